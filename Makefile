@@ -1,0 +1,59 @@
+# make setup | bench | test | leaderboard | bench-regress | speed | gpu-wheels
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# torch first, pinned: a bare `pip install fastai` would pull a multi-GB CUDA build of the newest torch.
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+
+# Offline copies beside the checkout (as on the project's machines) are used when present;
+# set FTBENCH_DATA / FTBENCH_WEIGHTS yourself to point elsewhere, or leave them empty to download.
+FTBENCH_DATA    ?= $(wildcard $(CURDIR)/../shared/data/cifar10.tgz)
+FTBENCH_WEIGHTS ?= $(wildcard $(CURDIR)/../shared/weights)
+export FTBENCH_DATA FTBENCH_WEIGHTS
+
+RESULTS ?= reports/results.jsonl
+PROFILE ?= auto
+
+.PHONY: setup bench test leaderboard bench-regress speed gpu-wheels gpu-check
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# Every experiment, then the leaderboard. A failed run is an error row; the leaderboard is rendered anyway
+# and the target fails at the end if any run failed.
+bench: setup
+	@status=0; \
+	$(BIN)/python bench/finetune.py --preset w1 --backbone resnet18.tv_in1k,tf_efficientnet_lite0 --strategy all --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
+	$(BIN)/python bench/finetune.py --preset w2 --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
+	$(BIN)/python bench/scratch.py --preset w3 --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
+	$(BIN)/python bench/search.py --grid --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
+	$(BIN)/python bench/search.py --random 12 --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
+	$(BIN)/python bench/leaderboard.py --results $(RESULTS) || status=1; \
+	exit $$status
+
+leaderboard: setup
+	$(BIN)/python bench/leaderboard.py --results $(RESULTS)
+
+test: setup
+	$(BIN)/python -m pytest -q --benchmark-disable
+
+# Speed regressions: time the benchmark suite, save it, and fail if the median is 15% worse than the last save.
+bench-regress: setup
+	$(BIN)/python -m pytest -q tests/benchmarks --benchmark-only --benchmark-autosave \
+		$$(ls .benchmarks/*/*.json >/dev/null 2>&1 && echo --benchmark-compare --benchmark-compare-fail=median:15%)
+
+speed: setup
+	$(BIN)/python bench/speed.py
+
+# Wheels of fastai and its pure-Python needs, for a GPU machine that has torch and timm but no fastai or network.
+gpu-wheels:
+	bash bench/gpu_check.sh --fetch
+
+gpu-check: setup
+	bash bench/gpu_check.sh

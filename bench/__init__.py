@@ -1,0 +1,1 @@
+"""The benchmark suite: data, strategies, records, leaderboard, and one script per experiment."""

@@ -1,0 +1,372 @@
+"""Run one configuration: build the Learner, apply the strategy, time it, and turn the outcome into a record.
+
+Shared by every script, so runs differ only in their config. Timing synchronizes the GPU, keeps each epoch's
+training apart from its validation, and keeps the test evaluation out of the training clock.
+"""
+import datetime as dt
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.basics import (SGD, Adam, CancelFitException, Callback, CrossEntropyLossFlat, DataLoaders, Learner,
+                           Recorder, accuracy, set_seed)
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import ParamScheduler
+from fastai.callback.training import BnFreeze
+from fastai.torch_core import find_bs
+
+import backbones
+from bench import data, record
+from bench.config import replace
+from bench.strategies import STRATEGIES
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIMIZERS = {  # PyTorch's defaults (betas 0.9/0.999, eps 1e-8), not fastai's (0.9/0.99, 1e-5), as in the seed
+    'adam': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=False),
+    'adamw': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=True),
+    'sgd': partial(SGD, mom=0.9),
+}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_runtime(cfg):
+    """Fill in what `auto` means on this machine, so the record says what actually ran."""
+    device = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
+    precision = ('bf16' if device == 'cuda' else 'fp32') if cfg.precision == 'auto' else cfg.precision
+    channels_last = cfg.channels_last or (cfg.precision == 'auto' and device == 'cuda')
+    return replace(cfg, device=device, precision=precision, channels_last=channels_last)
+
+
+def sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+# ---- the Learner ------------------------------------------------------------------------------------------
+
+def prepare_for(cfg, spec, train):
+    mean, std = (spec.mean, spec.std) if cfg.normalize == 'backbone' else ((0., 0., 0.), (1., 1., 1.))
+    return data.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
+                        channels_last=cfg.channels_last)
+
+
+def loaders(cfg, images, split_, spec):
+    train = data.batches(images, split_.train, prepare_for(cfg, spec, True), cfg.bs, train=True, seed=cfg.seed,
+                         device=cfg.device)
+    valid = data.batches(images, split_.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
+    test = data.batches(images, split_.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
+    return train, valid, test
+
+
+def learner(cfg, dls, net, cbs=(), splitter=backbones.splitter):
+    learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=OPTIMIZERS[cfg.opt],
+                    splitter=splitter, wd=cfg.wd, train_bn=cfg.train_bn, cbs=list(cbs))
+    if not cfg.train_bn:
+        learn.add_cb(BnFreeze())
+    return learn
+
+
+class RunLog(Callback):
+    """Per epoch: training loss (mean over the epoch), validation loss and accuracy, seconds spent training and
+    validating (GPU synchronized), and trainable parameters. Raises on a non-finite training loss."""
+    order = Recorder.order + 1
+
+    def __init__(self, device):
+        self.device, self.epochs, self.trainable_max, self.train_images = device, [], 0, 0
+
+    def before_epoch(self):
+        sync(self.device)
+        self.t0, self.loss_sum, self.seen, self.trained = time.perf_counter(), 0., 0, False
+        self.trainable = sum(p.numel() for p in self.learn.model.parameters() if p.requires_grad)
+        self.trainable_max = max(self.trainable_max, self.trainable)
+
+    def after_batch(self):
+        if self.training:
+            bs = find_bs(self.yb)
+            self.loss_sum = self.loss_sum + self.learn.loss.detach().float() * bs  # stays on the device: no sync
+            self.seen += bs
+
+    def after_train(self):
+        self.trained = True
+
+    def before_validate(self):
+        sync(self.device)
+        self.t1 = time.perf_counter()
+        self.train_s = self.t1 - self.t0
+
+    def after_epoch(self):
+        if not self.trained:  # Learner.validate fires fit and epoch events too
+            return
+        sync(self.device)
+        train_loss = float(self.loss_sum / max(self.seen, 1))
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f'the training loss became {train_loss} in epoch {len(self.epochs) + 1}; '
+                                f'lower the LR or use fp32')
+        logged = dict(zip(list(self.recorder.metric_names)[1:], list(self.learn.final_record)))
+        valid_loss, valid_acc = logged['valid_loss'], logged['accuracy']
+        self.train_images += self.seen
+        self.epochs.append(dict(epoch=len(self.epochs) + 1, train_loss=train_loss, valid_loss=float(valid_loss),
+                                valid_acc=float(valid_acc), train_seconds=self.train_s,
+                                valid_seconds=time.perf_counter() - self.t1, trainable=self.trainable))
+
+
+def apply_precision(learn, cfg):
+    if cfg.precision == 'bf16':
+        learn.to_bf16()
+    elif cfg.precision == 'fp16':
+        learn.to_fp16()
+    if cfg.channels_last:
+        learn.model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        learn.model.compile()
+
+
+# ---- one run ----------------------------------------------------------------------------------------------
+
+def train(cfg, images, split_, bar=True, test=True, log=print):
+    """Train and evaluate `cfg` (resolved); returns the result fields of its record."""
+    set_seed(cfg.seed)
+    torch.backends.cudnn.benchmark = cfg.device == 'cuda'
+    spec = backbones.describe(cfg.backbone)
+    net, weights = backbones.build(cfg.backbone, len(images.classes), cfg.head, cfg.head_hidden, cfg.head_dropout,
+                                   cfg.weights)
+    train_dl, valid_dl, test_dl = loaders(cfg, images, split_, spec)
+    params_total = sum(p.numel() for p in net.parameters())
+    if cfg.device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    runlog = RunLog(cfg.device)
+    extract_seconds = 0.
+    if cfg.cache_features:
+        t = time.perf_counter()
+        train_dl, valid_dl, test_dl = cached_features(net[0], cfg, (train_dl, valid_dl, test_dl))
+        extract_seconds = time.perf_counter() - t
+        learn = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net[1], [runlog],
+                        splitter=lambda head: [list(head.parameters())])
+    else:
+        learn = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, [runlog])
+    apply_precision(learn, cfg)
+    if not bar:
+        learn.remove_cb(ProgressCallback)
+
+    STRATEGIES[cfg.strategy](learn, cfg)
+
+    t = time.perf_counter()
+    valid_loss, valid_acc = (runlog.epochs[-1]['valid_loss'], runlog.epochs[-1]['valid_acc']) if runlog.epochs \
+        else map(float, learn.validate())
+    test_loss, test_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None)
+    sync(cfg.device)
+    eval_seconds = time.perf_counter() - t + sum(e['valid_seconds'] for e in runlog.epochs)
+    train_seconds = sum(e['train_seconds'] for e in runlog.epochs) + extract_seconds
+    return dict(
+        weights=weights, epochs=runlog.epochs, valid_loss=valid_loss, valid_acc=valid_acc, test_loss=test_loss,
+        test_acc=test_acc, train_seconds=train_seconds, eval_seconds=eval_seconds,
+        images_per_second=runlog.train_images / train_seconds if train_seconds else None,
+        peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
+        params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names),
+        image_size=cfg.size or cfg.resize or images.train_x.shape[1],
+        train_images=len(split_.train), valid_images=len(split_.valid), test_images=len(split_.test))
+
+
+@torch.no_grad()
+def cached_features(body, cfg, dls):
+    """The frozen body's outputs for every image, computed once in eval mode; the head then trains on them."""
+    body = body.to(cfg.device).eval()
+    if cfg.channels_last:
+        body = body.to(memory_format=torch.channels_last)
+    out = []
+    for dl in dls:
+        with torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+            feats = torch.cat([body(x).float() for x, _ in data.Batches(dl.x, dl.y, dl.prepare, dl.bs,
+                                                                         device=cfg.device)])
+        sync(cfg.device)
+        out.append(data.Batches(feats, dl.y, data.Unchanged(), dl.bs, shuffle=dl.shuffle, drop_last=dl.drop_last,
+                                seed=cfg.seed, device=cfg.device))
+    return out
+
+
+def peak_memory_mb(device):
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: the process's high-water mark
+
+
+# ---- dry run ----------------------------------------------------------------------------------------------
+
+class Plan(Callback):
+    """Stands in for training: at each fit, notes which groups train, their LRs and the trainable parameters,
+    then cancels the fit. Runs the strategy's real code on a parameter-free (meta) model."""
+    order = -100
+
+    def __init__(self):
+        self.phases, self.epoch = [], 0
+
+    def before_fit(self):
+        groups = self.learn.opt.param_lists
+        sched = next((cb for cb in self.learn.cbs if isinstance(cb, ParamScheduler)), None)
+        if sched is not None and 'lr' in sched.scheds:
+            lrs = np.max([np.broadcast_to(sched.scheds['lr'](p), (len(groups),)) for p in np.linspace(0, 1, 101)], 0)
+        else:
+            lrs = [h['lr'] for h in self.learn.opt.hypers]
+        self.phases.append(dict(start=self.epoch, stop=self.epoch + self.n_epoch, lrs=[float(x) for x in lrs],
+                                trains=[any(p.requires_grad for p in g) for g in groups],
+                                trainable=sum(p.numel() for p in self.learn.model.parameters() if p.requires_grad),
+                                one_cycle=sched is not None))
+        self.epoch += self.n_epoch
+        raise CancelFitException
+
+
+def plan(cfg, n_classes):
+    """The phases `cfg`'s strategy would run, with the group names and sizes, without training anything."""
+    net, _ = backbones.build(cfg.backbone, n_classes, cfg.head, cfg.head_hidden, cfg.head_dropout, 'none', meta=True)
+    groups = backbones.splitter(net)
+    empty = data.Batches(torch.zeros(0, 1, 1, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                         data.Prepare(), 1)
+    planner = Plan()
+    learn = learner(cfg, DataLoaders(empty, empty), net, [planner])
+    learn.remove_cb(ProgressCallback)
+    STRATEGIES[cfg.strategy](learn, cfg)
+    names = [*net.stage_names, 'head']
+    return dict(names=names, sizes=[sum(p.numel() for p in g) for g in groups],
+                total=sum(p.numel() for p in net.parameters()), phases=planner.phases)
+
+
+def format_plan(cfg, p):
+    lines = [f'{cfg.experiment} | {cfg.backbone} | {cfg.strategy} | weights {cfg.weights} | seed {cfg.seed}',
+             '  groups: ' + ' | '.join(f'{n} {s:,}' for n, s in zip(p['names'], p['sizes']))
+             + f'  (total {p["total"]:,})']
+    if not p['phases']:
+        lines.append(f'  no training; evaluate only (trainable 0 of {p["total"]:,})')
+    for ph in p['phases']:
+        trained = [n for n, t in zip(p['names'], ph['trains']) if t]
+        lrs = ' '.join(f'{x:.0e}' for x in ph['lrs'])
+        kind = 'one-cycle peak' if ph['one_cycle'] else 'flat'
+        lines.append(f'  epochs {ph["start"] + 1}-{ph["stop"]}: train {", ".join(trained)}; lr per group ({kind}) '
+                     f'[{lrs}]; trainable {ph["trainable"]:,} of {p["total"]:,}')
+    return '\n'.join(lines)
+
+
+# ---- records ----------------------------------------------------------------------------------------------
+
+def environment(device):
+    if torch.device(device).type == 'cuda':
+        name = torch.cuda.get_device_name()
+    else:
+        model = next((line.split(':', 1)[1].strip() for line in _read('/proc/cpuinfo').splitlines()
+                      if line.startswith('model name')), platform.processor() or platform.machine())
+        name = f'cpu: {model} ({os.cpu_count()} cores)'
+    versions = {'python': platform.python_version()}
+    for pkg in ('torch', 'torchvision', 'fastai', 'timm', 'numpy'):
+        versions[pkg] = version(pkg)
+    return dict(device_name=name, versions=versions, git_sha=git_sha())
+
+
+def _read(path):
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ''
+
+
+def git_sha():
+    try:
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ('-dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def make_record(cfg, key, started_at, env, results=None, error=None, extra=None):
+    results = results or {}
+    rec = dict(key=key, experiment=cfg.experiment, variant=cfg.variant, backbone=cfg.backbone, strategy=cfg.strategy,
+               weights=results.get('weights', cfg.weights), profile=cfg.profile, seed=cfg.seed, config=cfg.to_dict(),
+               device=env['device_name'], versions=env['versions'], git_sha=env['git_sha'], started_at=started_at,
+               peak_memory_kind='cuda_max_allocated' if cfg.device == 'cuda' else 'process_max_rss', error=error)
+    for name in ('epochs', 'valid_loss', 'valid_acc', 'test_loss', 'test_acc', 'train_seconds', 'eval_seconds',
+                 'images_per_second', 'peak_memory_mb', 'params_total', 'params_trainable', 'stage_names', 'image_size',
+                 'train_images', 'valid_images', 'test_images'):
+        rec[name] = results.get(name)
+    rec.update(extra or {})
+    return rec
+
+
+def error_message(e):
+    if isinstance(e, (backbones.WeightsError, NonFiniteLoss)):
+        return str(e)
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return 'out of GPU memory; lower --bs or --size'
+    lines = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+
+
+@dataclass
+class Outcome:
+    ran: int = 0
+    skipped: int = 0
+    failed: list = field(default_factory=list)
+
+
+def attempt(results_path, cfg, work, env, done, extra=None, force=False, outcome=None, log=print):
+    """Run `work()` (returning result fields) for `cfg` unless an identical run is already recorded; append its
+    record, or an error row if it raised. Returns the record (the earlier one when skipped)."""
+    key = record.run_key(cfg.to_dict(), extra)
+    if key in done and not force:
+        log(f'skip (already recorded): {cfg.experiment} {cfg.backbone} {cfg.strategy} {cfg.variant} seed {cfg.seed}')
+        if outcome:
+            outcome.skipped += 1
+        return done[key]
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
+    try:
+        results, error = work(), None
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        results, error = None, error_message(e)
+        if not isinstance(e, (backbones.WeightsError, NonFiniteLoss, torch.cuda.OutOfMemoryError)):
+            traceback.print_exc(file=sys.stderr)
+        log(f'error: {cfg.experiment} {cfg.backbone} {cfg.strategy}: {error}')
+        if cfg.device == 'cuda':
+            torch.cuda.empty_cache()
+    rec = make_record(cfg, key, started, env, results, error, extra)
+    record.append(results_path, rec)
+    if outcome:
+        outcome.ran += 1
+        if error:
+            outcome.failed.append(rec)
+    if not error:
+        done[key] = rec
+    return rec
+
+
+def done_records(results_path):
+    return {r['key']: r for r in record.read(results_path) if r.get('error') is None and 'key' in r}
+
+
+def sweep(cfgs, images, split_for, results_path, force=False, bar=True, log=print):
+    """Run every config not already recorded, appending a record after each; returns an Outcome."""
+    done, outcome = done_records(results_path), Outcome()
+    env = environment(cfgs[0].device) if cfgs else None
+    for i, cfg in enumerate(cfgs, 1):
+        log(f'[{i}/{len(cfgs)}] {cfg.experiment} {cfg.backbone} {cfg.strategy} {cfg.variant} seed {cfg.seed}')
+        rec = attempt(results_path, cfg, lambda: train(cfg, images, split_for(cfg), bar=bar), env, done,
+                      force=force, outcome=outcome, log=log)
+        if rec.get('error') is None and rec.get('test_acc') is not None:
+            log(f'    test acc {rec["test_acc"]:.4f}  train {rec["train_seconds"]:.1f} s  '
+                f'{rec["images_per_second"] or 0:.0f} img/s')
+    return outcome
