@@ -1,0 +1,166 @@
+"""The finetune script end to end on tiny data: records, resume, --force, error rows, Ctrl-C and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from bench import finetune, record
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',
+        '--epochs', '1', '--bs', '16', '--normalize', 'unit', '--profile', 'full', '--no-bar', '--no-render']
+
+
+def run(args, capsys=None):
+    """finetune.main as the shell would see it: its exit code."""
+    try:
+        code = finetune.main(args)
+    except SystemExit as e:
+        code = e.code
+    return code
+
+
+def cli(argv):
+    """Through bench.cli.main, which turns user mistakes into exit code 2."""
+    from bench import cli as cli_module
+    with pytest.raises(SystemExit) as e:
+        cli_module.main(lambda: finetune.main(argv))
+    return e.value.code
+
+
+def records(path):
+    return record.read(path)
+
+
+def test_records_hold_what_the_issue_lists(dataset_dir, tmp_path):
+    results = tmp_path / 'r.jsonl'
+    assert cli(['--data', str(dataset_dir), '--results', str(results), '--strategy', 'full,feature_extract',
+                '--seeds', '2', *TINY]) == 0
+    recs = records(results)
+    assert len(recs) == 4
+    rec = recs[0]
+    for field in ('experiment', 'backbone', 'strategy', 'weights', 'profile', 'seed', 'config', 'epochs', 'test_loss',
+                  'test_acc', 'train_seconds', 'eval_seconds', 'images_per_second', 'peak_memory_mb', 'params_total',
+                  'params_trainable', 'device', 'versions', 'git_sha', 'started_at', 'error'):
+        assert field in rec, field
+    assert rec['error'] is None and rec['weights'] == 'none'
+    assert set(rec['epochs'][0]) >= {'train_loss', 'valid_loss', 'valid_acc', 'train_seconds'}
+    assert rec['config']['dataset'].startswith('tiny:')
+    assert sorted(r['seed'] for r in recs) == [0, 0, 1, 1]
+    assert 0 <= rec['test_acc'] <= 1 and rec['train_seconds'] > 0
+
+
+def test_rerun_skips_and_force_reruns(dataset_dir, tmp_path, capsys):
+    results = tmp_path / 'r.jsonl'
+    args = ['--data', str(dataset_dir), '--results', str(results), *TINY]
+    assert cli(args) == 0
+    assert cli(args) == 0
+    assert len(records(results)) == 1
+    assert 'already recorded' in capsys.readouterr().out
+    assert cli(args + ['--force']) == 0
+    assert len(records(results)) == 2
+    assert cli(args + ['--epochs', '2']) == 0  # another configuration is another run
+    assert len(records(results)) == 3
+
+
+def test_failing_run_is_an_error_row_and_the_sweep_goes_on(dataset_dir, tmp_path):
+    results = tmp_path / 'r.jsonl'
+    code = cli(['--data', str(dataset_dir), '--results', str(results), '--strategy', 'full,feature_extract', *TINY,
+                '--lr', '1e12', '--head-lr', '1e12', '--opt', 'sgd'])
+    recs = records(results)
+    assert code == 1
+    assert len(recs) == 2 and all(r['error'] for r in recs)
+    assert 'training loss became nan' in recs[0]['error']
+    assert cli(['--data', str(dataset_dir), '--results', str(results), '--strategy', 'full', *TINY]) == 0
+    assert [r['error'] is None for r in records(results)] == [False, False, True]
+
+
+def test_torn_last_line_is_skipped_and_closed_off(dataset_dir, tmp_path, capsys):
+    results = tmp_path / 'r.jsonl'
+    results.write_text('{"key": "abc", "config": {}}\n{"key": "torn", "conf')
+    assert cli(['--data', str(dataset_dir), '--results', str(results), *TINY]) == 0
+    lines = results.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])['error'] is None
+    assert 'not a run record' in capsys.readouterr().err
+
+
+def write_weights(path, name):
+    save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--backbone', 'resnet81'], "unknown backbone 'resnet81'; did you mean resnet18"),
+    (['--strategy', 'fullest'], "unknown strategy 'fullest'; choose from zero_shot"),
+    (['--epochs', '0'], '--epochs must be positive, got 0'),
+    (['--lr', '-1'], '--lr must be positive'),
+    (['--subset', '-5'], '--subset must not be negative'),
+    (['--subset', '5000'], '--subset 5000 is larger than the'),
+    (['--seeds', '0'], '--seeds must be at least 1'),
+    (['--unfreeze', '7', '--strategy', 'partial'], '--unfreeze must be between 1 and 3'),
+])
+def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(args, message, dataset_dir, tmp_path, capsys):
+    results = tmp_path / 'r.jsonl'
+    code = cli(['--data', str(dataset_dir), '--results', str(results), *TINY, *args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert code == 2
+    assert len(errors) == 1 and message in errors[0] and 'Traceback' not in err
+    assert not results.exists()
+
+
+def test_bad_data_exits_2(tmp_path, dataset_tgz, capsys):
+    bad = tmp_path / 'bad.tgz'
+    bad.write_bytes(dataset_tgz.read_bytes()[:3000])
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    for source, message in ((tmp_path / 'missing', 'does not exist'), (bad, 'corrupt'), (empty, 'no images under train')):
+        assert cli(['--data', str(source), '--results', str(tmp_path / 'r.jsonl'), *TINY]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / 'r.jsonl').exists()
+
+
+def test_weights_for_another_architecture_exit_2(dataset_dir, tmp_path, capsys):
+    path = write_weights(tmp_path / 'vgg11.safetensors', 'vgg11')
+    code = cli(['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--weights', str(path)])
+    assert code == 2 and 'another architecture' in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(dataset_dir, tmp_path, capsys):
+    results = tmp_path / 'r.jsonl'
+    assert cli(['--data', str(dataset_dir), '--results', str(results), *TINY, '--backbone', 'resnet18',
+                '--head', 'linear', '--strategy', 'progressive', '--epochs', '4', '--unfreeze-at', '1,3',
+                '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'epochs 1-1: train head;' in out and 'trainable 2,052 of' in out
+    assert 'epochs 2-3: train layer4, head;' in out and 'epochs 4-4: train layer3, layer4, head;' in out
+    assert not results.exists()
+
+
+def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
+    """A real SIGINT to a real sweep: the finished records survive intact, and the rerun runs only the rest."""
+    results = tmp_path / 'r.jsonl'
+    argv = [sys.executable, str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir), '--results',
+            str(results), '--strategy', 'full,feature_extract,partial,lp_ft', '--seeds', '3', *TINY, '--epochs', '2']
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(records(results)) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert 'interrupted' in err and 'Traceback' not in err
+    kept = records(results)
+    assert 2 <= len(kept) < 12 and all(r['error'] is None for r in kept)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = records(results)
+    assert len(after) == 12 and len({r['key'] for r in after}) == 12

@@ -1,0 +1,139 @@
+"""Decoding, caching, splitting and batching of image folders and archives."""
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from bench import data
+from tests.conftest import CLASSES, N_TEST, N_TRAIN
+
+
+def test_folder_and_archive_give_the_same_images(dataset_dir, dataset_tgz, tmp_path):
+    a = data.load(dataset_dir, tmp_path / 'c1', log=lambda m: None)
+    b = data.load(dataset_tgz, tmp_path / 'c2', log=lambda m: None)
+    assert a.classes == b.classes == CLASSES
+    assert a.train_x.shape == (len(CLASSES) * N_TRAIN, 16, 16, 3) and a.train_x.dtype == torch.uint8
+    assert a.test_x.shape[0] == len(CLASSES) * N_TEST
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert a.fingerprint == b.fingerprint  # identity follows content, not path
+
+
+def test_cache_is_decoded_once_and_rebuilt_when_the_source_changes(dataset_dir, tmp_path):
+    import shutil
+    src = tmp_path / 'copy'
+    shutil.copytree(dataset_dir, src)
+    said = []
+    first = data.load(src, tmp_path / 'cache', log=said.append)
+    data.load(src, tmp_path / 'cache', log=said.append)
+    assert sum('decoding' in m for m in said) == 1
+    extra = src / 'train' / 'ant' / 'extra.png'
+    shutil.copy(src / 'train' / 'bee' / '0000.png', extra)
+    again = data.load(src, tmp_path / 'cache', log=said.append)
+    assert sum('decoding' in m for m in said) == 2
+    assert len(again.train_y) == len(first.train_y) + 1
+
+
+def test_missing_path_is_a_data_error(tmp_path):
+    with pytest.raises(data.DataError, match='does not exist'):
+        data.resolve_source(str(tmp_path / 'nope'))
+
+
+def test_folder_without_layout_is_a_data_error(tmp_path):
+    (tmp_path / 'flat').mkdir()
+    (tmp_path / 'flat' / 'x.txt').write_text('hi')
+    with pytest.raises(data.DataError, match='no images under train'):
+        data.load(tmp_path / 'flat', tmp_path / 'cache')
+
+
+def test_corrupt_archive_is_a_data_error(dataset_tgz, tmp_path):
+    bad = tmp_path / 'bad.tgz'
+    bad.write_bytes(dataset_tgz.read_bytes()[:2000])
+    with pytest.raises(data.DataError, match='corrupt'):
+        data.load(bad, tmp_path / 'cache')
+
+
+def test_corrupt_image_is_named(dataset_dir, tmp_path):
+    import shutil
+    src = tmp_path / 'copy'
+    shutil.copytree(dataset_dir, src)
+    (src / 'train' / 'cat' / '0003.png').write_bytes(b'not a png')
+    with pytest.raises(data.DataError, match='0003.png'):
+        data.load(src, tmp_path / 'cache')
+
+
+def test_nothing_half_written_after_a_failed_decode(dataset_dir, tmp_path):
+    import shutil
+    src = tmp_path / 'copy'
+    shutil.copytree(dataset_dir, src)
+    (src / 'test' / 'dog' / '0001.png').write_bytes(b'broken')
+    with pytest.raises(data.DataError):
+        data.load(src, tmp_path / 'cache')
+    assert not list((tmp_path / 'cache').glob('*/meta.json'))
+
+
+def test_archive_one_folder_deep(tmp_path, dataset_dir):
+    path = tmp_path / 'flat.tar.gz'
+    with tarfile.open(path, 'w:gz') as tar:
+        for sub in ('train', 'test'):
+            tar.add(dataset_dir / sub, arcname=sub)
+    images = data.load(path, tmp_path / 'cache', log=lambda m: None)
+    assert len(images.train_y) == len(CLASSES) * N_TRAIN
+
+
+def test_split_is_stratified_disjoint_and_seeded(images):
+    s = data.split(images, valid_frac=0.25, seed=0)
+    y = images.train_y.numpy()
+    assert len(s.train) == 60 and len(s.valid) == 20
+    assert not set(s.train) & set(s.valid)
+    assert np.bincount(y[s.valid]).tolist() == [5, 5, 5, 5]
+    again = data.split(images, valid_frac=0.25, seed=0)
+    other = data.split(images, valid_frac=0.25, seed=1)
+    assert np.array_equal(s.valid, again.valid) and not np.array_equal(s.valid, other.valid)
+
+
+def test_subsets_keep_class_balance(images):
+    s = data.split(images, valid_frac=0.25, subset=20, eval_subset=8)
+    assert np.bincount(images.train_y.numpy()[s.train]).tolist() == [5, 5, 5, 5]
+    assert len(s.valid) == len(s.test) == 8
+
+
+def test_subset_larger_than_the_data_is_refused(images):
+    with pytest.raises(data.DataError, match='--subset 1000 is larger than the 64 training images'):
+        data.split(images, subset=1000)
+
+
+def test_folds_cover_train_and_valid(images):
+    s = data.split(images, valid_frac=0.25)
+    fs = data.folds(s, images, 3)
+    assert len(fs) == 3
+    everything = np.sort(np.concatenate([s.train, s.valid]))
+    assert np.array_equal(np.sort(np.concatenate([f.valid for f in fs])), everything)
+
+
+def test_prepare_resizes_crops_and_normalizes():
+    xb = torch.full((2, 32, 32, 3), 255, dtype=torch.uint8)
+    out = data.Prepare(size=224, resize=256, mean=(0.5,) * 3, std=(0.5,) * 3)(xb)
+    assert out.shape == (2, 3, 224, 224) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_augmentation_keeps_shape_and_shifts_content():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
+    out = data.random_crop_flip(x, pad=4)
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+
+
+def test_batches_cover_every_image_once(images):
+    s = data.split(images)
+    dl = data.batches(images, s.train, data.Prepare(), bs=10, train=True)
+    seen = torch.cat([y for _, y in dl])
+    assert len(dl) == 7 and len(seen) == len(s.train) == 64
+    assert sorted(seen.tolist()) == sorted(images.train_y[torch.as_tensor(s.train)].tolist())
+
+
+def test_a_lone_last_training_image_is_dropped(images):
+    s = data.split(images)
+    assert len(data.batches(images, s.train, data.Prepare(), bs=7, train=True)) == 9  # 64 = 9 * 7 + 1
+    assert len(data.batches(images, s.valid, data.Prepare(), bs=15)) == 2  # evaluation keeps every image
