@@ -66,11 +66,10 @@ W1 = dict(experiment='w1', backbone='resnet18.tv_in1k', head='linear', epochs=10
           lr=1e-4, head_lr=1e-3, size=224, resize=256, unfreeze=1, unfreeze_at=(3, 6))
 W2 = dict(experiment='w2', backbone='vgg16', head='mlp', head_hidden=256, head_dropout=0.3, epochs=30, bs=64,
           opt='adam', wd=0.0, lr=1e-4, head_lr=1e-3, size=0, resize=0, unfreeze=1)
-W3 = dict(experiment='w3', weights='none', strategy='full', epochs=30, bs=64, opt='adam', wd=0.0, lr=1e-3,
-          size=0, resize=0, normalize='unit', train_bn=True)
+W3 = dict(experiment='w3', backbone='cifar_resnet32', weights='none', strategy='full', head='linear', epochs=30,
+          bs=64, opt='adam', wd=0.0, lr=1e-3, size=0, resize=0, normalize='unit')
 W4 = dict(experiment='search', backbone='cifar_cnn', weights='none', strategy='full', head='mlp', head_hidden=256,
-          head_dropout=0.3, epochs=15, bs=64, opt='adam', wd=0.0, lr=1e-3, size=0, resize=0, normalize='unit',
-          train_bn=True)
+          head_dropout=0.3, epochs=15, bs=64, opt='adam', wd=0.0, lr=1e-3, size=0, resize=0, normalize='unit')
 PRESETS = {'w1': W1, 'w2': W2, 'w3': W3, 'w4': W4}
 # Strategies a preset runs when --strategy is not given: the seed's.
 PRESET_STRATEGIES = {'w1': 'zero_shot,full,partial,progressive', 'w2': 'feature_extract,partial'}

@@ -300,6 +300,7 @@ def random_crop_flip(x, pad=4):
 
 class Batches:
     """A loader fastai's Learner accepts: (x, y) batches cut from cached tensors held on the model's device.
+    `passes` counts the times it was iterated (how often a test set was touched, say).
 
     Indexing a batch out of one tensor and transforming it whole replaces per-image decoding and collation,
     the bottleneck of the seed's W1 (its CPU workers resized one PIL image at a time)."""
@@ -309,7 +310,7 @@ class Batches:
         self.x, self.y, self.prepare, self.bs = x, y, prepare, bs
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
-        self.n = len(y)
+        self.n, self.passes = len(y), 0
         self.device = None
         self.to(device)
 
@@ -325,6 +326,7 @@ class Batches:
         return self
 
     def __iter__(self):
+        self.passes += 1
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
         order = order.to(self.device)
         for i in range(len(self)):

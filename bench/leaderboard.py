@@ -24,7 +24,9 @@ EXPERIMENTS = {  # title and what the table answers, for the seed's experiments;
     'w2': ('W2: VGG16 at native 32 px (ImageNet conv weights -> CIFAR-10)',
            'Feature extraction or partial fine-tuning of the last conv block?'),
     'w3': ('W3: training from scratch', 'CIFAR ResNet32 vs VGG16 from random init, and what makes VGG16 learn.'),
-    'search': ('W4: hyperparameter search', 'Grid vs random search on a small CNN.'),
+    'search': ('W4: hyperparameter search',
+               'Grid vs random search on a small CNN: trials scored on validation only; the best retrained once and '
+               'tested once (`refit test acc`).'),
 }
 GUIDE = """How to read this: each table is one experiment. A row is one configuration; `n` is how many seeds
 ran it, and accuracies and times are mean ± std over them. Rows are sorted by test accuracy. `train s` is
@@ -125,6 +127,43 @@ def provenance(recs):
             f'Code: {", ".join(shas)}. Versions: {" | ".join(versions)}.')
 
 
+def search_tables(ok, failed):
+    """Per search (kind, seed, CV, space): a summary row, then its trials sorted by validation score."""
+    searches = defaultdict(lambda: {'trial': [], 'refit': [], 'failed': []})
+    for r in ok + failed:
+        s = r.get('search') or {}
+        ident = (s.get('kind', '?'), s.get('seed'), s.get('cv'), s.get('space', ''))
+        searches[ident]['failed' if r.get('error') else s.get('role', 'trial')].append(r)
+    summary, details = [], []
+    for (kind, seed, cv, space), parts in sorted(searches.items(), key=lambda kv: str(kv[0])):
+        trials = sorted(parts['trial'], key=lambda r: (-r['valid_acc'], r['search']['trial']))
+        refit = parts['refit'][-1] if parts['refit'] else None
+        everything = trials + parts['refit'][-1:]
+        spent = sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in everything)
+        scoring = f'{cv}-fold CV' if cv else 'hold-out'
+        best = trials[0] if trials else None
+        summary.append([kind, seed, scoring, f'{len(trials)} ok / {len(parts["failed"])} failed',
+                        _params(best['search']['params']) if best else '-',
+                        f'{best["valid_acc"] * 100:.2f}' if best else '-',
+                        f'{refit["test_acc"] * 100:.2f}' if refit else '-', f'{spent:.0f}',
+                        (refit or best or parts['failed'][0])['device'], (refit or best or parts['failed'][0])['profile']])
+        rows = [[r['search']['trial'], _params(r['search']['params']), f'{r["valid_acc"] * 100:.2f}',
+                 f'{r["train_seconds"]:.1f}', f'{r["images_per_second"]:.0f}'] for r in trials]
+        rows += [[r['search']['trial'], _params(r['search']['params']), 'error', '-', r['error']]
+                 for r in sorted(parts['failed'], key=lambda r: r['search'].get('trial', 0))]
+        details += [f'### {kind} search (seed {seed}, {scoring}) over `{space}`', '',
+                    tabulate(rows, headers=['trial', 'params', 'valid acc %', 'train s', 'img/s'], tablefmt='github',
+                             disable_numparse=True), '']
+    head = tabulate(summary, headers=['search', 'seed', 'scoring', 'trials', 'best params', 'best valid acc %',
+                                      'refit test acc %', 'total s', 'device', 'profile'],
+                    tablefmt='github', disable_numparse=True)
+    return [head, '', *details]
+
+
+def _params(params):
+    return ', '.join(f'{k}={v:g}' for k, v in sorted(params.items()))
+
+
 def render(records, figures=None):
     """The leaderboard's markdown. `figures`: {experiment: [(title, relative path)]}, linked under each table."""
     figures = figures or {}
@@ -144,6 +183,10 @@ def render(records, figures=None):
         if question:
             out += [question, '']
         out += [provenance(ok + failed), '']
+        searched = [r for r in ok + failed if r.get('search')]
+        if searched:
+            out += search_tables([r for r in ok if r.get('search')], [r for r in failed if r.get('search')])
+            ok, failed = [r for r in ok if not r.get('search')], [r for r in failed if not r.get('search')]
         if ok:
             out += [table(aggregate(ok)), '']
         for caption, path in figures.get(exp, []):
@@ -154,16 +197,12 @@ def render(records, figures=None):
 
 
 def render_file(results, out=None):
-    """Read `results`, write the leaderboard (and its figures) beside it or to `out`; returns the path."""
+    """Read `results`, write the leaderboard beside it (or to `out`) and its figures into `figures/` beside that;
+    returns the leaderboard's path."""
     out = Path(out) if out else Path(results).with_name('leaderboard.md')
     records = record.read(results)
-    figures = {}
-    try:
-        from bench import figures as fig
-        figures = fig.render_all(records, out.parent / 'figures', relative_to=out.parent)
-    except ImportError:
-        pass
-    text = render(records, figures)
+    from bench import figures
+    text = render(records, figures.render_all(records, out.parent / 'figures', relative_to=out.parent))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + '.tmp')
     tmp.write_text(text)

@@ -300,7 +300,7 @@ def make_record(cfg, key, started_at, env, results=None, error=None, extra=None)
                peak_memory_kind='cuda_max_allocated' if cfg.device == 'cuda' else 'process_max_rss', error=error)
     for name in ('epochs', 'valid_loss', 'valid_acc', 'test_loss', 'test_acc', 'train_seconds', 'eval_seconds',
                  'images_per_second', 'peak_memory_mb', 'params_total', 'params_trainable', 'stage_names', 'image_size',
-                 'train_images', 'valid_images', 'test_images'):
+                 'train_images', 'valid_images', 'test_images', 'fold_valid_acc'):
         rec[name] = results.get(name)
     rec.update(extra or {})
     return rec
@@ -322,10 +322,11 @@ class Outcome:
     failed: list = field(default_factory=list)
 
 
-def attempt(results_path, cfg, work, env, done, extra=None, force=False, outcome=None, log=print):
+def attempt(results_path, cfg, work, env, done, extra=None, identity=None, force=False, outcome=None, log=print):
     """Run `work()` (returning result fields) for `cfg` unless an identical run is already recorded; append its
-    record, or an error row if it raised. Returns the record (the earlier one when skipped)."""
-    key = record.run_key(cfg.to_dict(), extra)
+    record, or an error row if it raised. Returns the record (the earlier one when skipped).
+    `extra` is stored in the record; `identity` (default: `extra`) is what, beside the config, makes it a run."""
+    key = record.run_key(cfg.to_dict(), extra if identity is None else identity)
     if key in done and not force:
         log(f'skip (already recorded): {cfg.experiment} {cfg.backbone} {cfg.strategy} {cfg.variant} seed {cfg.seed}')
         if outcome:

@@ -1,0 +1,92 @@
+"""W3's models, the scratch script's rows, and the figures drawn from records."""
+import struct
+
+import pytest
+import timm
+import torch
+
+import backbones
+from bench import figures, leaderboard, record, scratch
+from tests.test_leaderboard import FIXTURE, rec
+
+
+def test_cifar_resnet32_is_registered_with_timm_and_has_the_seeds_parameter_count():
+    assert 'cifar_resnet32' in timm.list_models('cifar_*')
+    model = timm.create_model('cifar_resnet32')
+    assert sum(p.numel() for p in model.parameters()) == 466906
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 64, 8, 8)
+    assert not any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_cifar_resnet32_stages_and_the_suites_build_agree():
+    net, _ = backbones.build('cifar_resnet32', 10, head='linear', weights='none')
+    assert net.stage_names == ('stages.0', 'stages.1', 'stages.2')
+    assert sum(p.numel() for p in net.parameters()) == 466906
+
+
+def test_vgg16_from_scratch_with_the_seeds_head():
+    net, desc = backbones.build('vgg16', 10, head='mlp', hidden=256, dropout=0.5, weights='none')
+    assert sum(p.numel() for p in net.parameters()) == 14848586 and desc == 'none'
+
+
+def test_scratch_rows_are_the_seeds_and_the_repairs():
+    cfgs = scratch.configs(scratch.parse(['--profile', 'full']))
+    rows = {(c.backbone, c.variant): c for c in cfgs}
+    assert set(rows) == {('cifar_resnet32', 'seed'), ('cifar_resnet32', 'augment'), ('vgg16', 'seed'),
+                         ('vgg16_bn', 'bn'), ('vgg16', 'lr1e-4')}
+    seed = rows[('vgg16', 'seed')]
+    assert (seed.lr, seed.bs, seed.epochs, seed.opt, seed.weights, seed.head_dropout, seed.normalize) == \
+        (1e-3, 64, 30, 'adam', 'none', 0.5, 'unit')
+    assert rows[('cifar_resnet32', 'augment')].augment and not rows[('cifar_resnet32', 'seed')].augment
+    assert rows[('vgg16', 'lr1e-4')].lr == 1e-4
+
+
+def test_scratch_flags_select_and_override():
+    cfgs = scratch.configs(scratch.parse(['--profile', 'quick', '--variants', 'seed', '--epochs', '2']))
+    assert {(c.backbone, c.variant) for c in cfgs} == {('cifar_resnet32', 'seed'), ('vgg16', 'seed')}
+    assert all(c.epochs == 2 and c.subset == 2000 for c in cfgs)
+
+
+def test_pareto_front_on_hand_made_points():
+    points = [(10, 0.50), (20, 0.70), (15, 0.40), (40, 0.70), (5, 0.30), (30, 0.90), (30, 0.85)]
+    assert figures.pareto_front(points) == [4, 0, 1, 5]
+
+
+def png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b'\x89PNG\r\n\x1a\n'
+    return struct.unpack('>II', head[16:24])
+
+
+def test_figures_from_fixture_records(tmp_path):
+    records = FIXTURE + [rec('full', 2, 0.91, secs=11.0)]
+    links = figures.render_all(records, tmp_path / 'figures', relative_to=tmp_path)
+    assert [p for _, p in links['w1']] == ['figures/w1-curves.png', 'figures/w1-pareto.png']
+    for name in ('w1-curves.png', 'w1-pareto.png', 'w2-curves.png'):
+        width, height = png_size(tmp_path / 'figures' / name)
+        assert 400 < width < 3000 and 300 < height < 2000
+
+
+def test_leaderboard_links_its_figures(tmp_path):
+    results = tmp_path / 'results.jsonl'
+    for r in FIXTURE:
+        record.append(results, r)
+    text = leaderboard.render_file(results).read_text()
+    assert '![Learning curves](figures/w1-curves.png)' in text
+    assert (tmp_path / 'figures' / 'w1-pareto.png').exists()
+
+
+def test_no_figures_without_successful_records(tmp_path):
+    assert figures.render_all([], tmp_path / 'f', relative_to=tmp_path) == {}
+    failed = [rec('full', 0, None, error='boom')]
+    assert figures.render_all(failed, tmp_path / 'f', relative_to=tmp_path) == {}
+    assert not (tmp_path / 'f').exists()
+    results = tmp_path / 'empty.jsonl'
+    results.write_text('')
+    assert leaderboard.render_file(results).exists()
+
+
+def test_shaded_band_needs_several_seeds(tmp_path):
+    path = figures.curves([rec('full', 0, 0.9), rec('full', 1, 0.8)], tmp_path / 'c.png', 't')
+    assert path.exists() and png_size(path)[0] > 400

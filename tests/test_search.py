@@ -1,0 +1,112 @@
+"""Grid and random search: the spaces, reproducible draws, resume, a test set touched once, and bad input."""
+import pytest
+
+from bench import cli, data, leaderboard, record, search
+
+TINY = ['--epochs', '1', '--profile', 'full', '--no-bar', '--no-render']
+
+
+def run(argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(lambda: search.main(argv))
+    return e.value.code
+
+
+def test_the_seeds_grid_has_12_distinct_trials():
+    trials = search.draws(search.GRID, True, 0, 0)
+    assert len(trials) == 12 == len({tuple(sorted(t.items())) for t in trials})
+    assert {t['lr'] for t in trials} == {1e-3, 5e-4} and {t['h'] for t in trials} == {128, 256, 512}
+
+
+def test_random_draws_are_reproducible_and_in_bounds():
+    a = search.draws(search.RANDOM, False, 12, seed=0)
+    assert a == search.draws(search.RANDOM, False, 12, seed=0)
+    assert a != search.draws(search.RANDOM, False, 12, seed=1)
+    assert len(a) == 12
+    for t in a:
+        assert 1e-4 <= t['lr'] <= 1e-3 and t['bs'] in (64, 96, 128, 160) and t['h'] in (128, 256, 384, 512)
+        assert isinstance(t['bs'], int) and isinstance(t['h'], int)
+
+
+def test_space_overrides():
+    space = search.parse_space(['lr=loguniform:1e-4:1e-2', 'bs=32,64', 'dropout=uniform:0.1:0.5'], search.RANDOM)
+    draws = search.draws(space, False, 30, seed=3)
+    assert all(1e-4 <= t['lr'] <= 1e-2 and t['bs'] in (32, 64) and 0.1 <= t['dropout'] <= 0.5 for t in draws)
+    assert search.describe_space(space).startswith('bs=32,64 dropout=uniform:0.1:0.5 h=128,256,384,512')
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--random', '0'], '--random must be at least 1'),
+    (['--random', '3', '--space', 'lr'], 'is not NAME=VALUES'),
+    (['--random', '3', '--space', 'lr=loguniform:1e-2'], 'loguniform needs two numbers'),
+    (['--random', '3', '--space', 'lr=loguniform:0:1'], '0 < LOW < HIGH'),
+    (['--random', '3', '--space', 'bs=sixty'], 'values must be numbers'),
+    (['--random', '3', '--space', 'colour=1,2'], "'colour' is not a hyperparameter"),
+    (['--grid', '--space', 'lr=loguniform:1e-4:1e-3'], 'a grid needs lists'),
+    (['--random', '2', '--cv', '1'], '--cv needs at least 2 folds'),
+    (['--random', '2', '--space', 'lr=-1'], '--lr must be positive'),
+])
+def test_bad_search_input_exits_2(args, message, dataset_dir, tmp_path, capsys):
+    code = run(['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and 'Traceback' not in err
+    assert not (tmp_path / 'r.jsonl').exists()
+
+
+def spy_on_test_loaders(monkeypatch):
+    made = []
+    real = data.batches
+
+    def batches(*args, **kwargs):
+        dl = real(*args, **kwargs)
+        if kwargs.get('test'):
+            made.append(dl)
+        return dl
+    monkeypatch.setattr(data, 'batches', batches)
+    return made
+
+
+@pytest.mark.parametrize('cv', [0, 2])
+def test_search_touches_the_test_set_once(cv, dataset_dir, tmp_path, monkeypatch):
+    test_loaders = spy_on_test_loaders(monkeypatch)
+    results = tmp_path / 'r.jsonl'
+    code = run(['--data', str(dataset_dir), '--results', str(results), '--random', '3', '--cv', str(cv),
+                '--space', 'bs=16,32', 'h=16,32', *TINY])
+    assert code == 0
+    assert sum(dl.passes for dl in test_loaders) == 1
+    recs = record.read(results)
+    trials = [r for r in recs if r['search']['role'] == 'trial']
+    refits = [r for r in recs if r['search']['role'] == 'refit']
+    assert len(trials) == 3 and len(refits) == 1
+    assert all(r['test_acc'] is None for r in trials) and refits[0]['test_acc'] is not None
+    best = max(trials, key=lambda r: r['valid_acc'])
+    assert refits[0]['search']['params'] == best['search']['params']
+    if cv:
+        assert all(len(r['fold_valid_acc']) == 2 for r in trials)
+
+
+def test_resume_runs_only_the_missing_trials(dataset_dir, tmp_path, capsys):
+    results = tmp_path / 'r.jsonl'
+    argv = ['--data', str(dataset_dir), '--results', str(results), '--grid', '--space', 'lr=1e-3,5e-4',
+            'bs=16,32', 'h=16', *TINY]
+    assert run(argv) == 0
+    lines = results.read_text().splitlines()
+    assert len(lines) == 5
+    results.write_text('\n'.join(lines[:2]) + '\n')  # interrupted after two trials
+    capsys.readouterr()
+    assert run(argv) == 0
+    out = capsys.readouterr()
+    assert '2 ran' not in out.out and '3 ran, 2 already recorded' in out.out
+    recs = record.read(results)
+    assert sorted(r['search']['trial'] for r in recs if r['search']['role'] == 'trial') == [1, 2, 3, 4]
+
+
+def test_leaderboard_shows_both_searches(dataset_dir, tmp_path):
+    results = tmp_path / 'r.jsonl'
+    common = ['--data', str(dataset_dir), '--results', str(results), '--space', 'bs=16', 'h=16,32', *TINY]
+    assert run(common + ['--grid', '--space', 'lr=1e-3', 'bs=16', 'h=16,32']) == 0
+    assert run(common + ['--random', '2']) == 0
+    text = leaderboard.render_file(results).read_text()
+    assert '| grid ' in text and '| random ' in text
+    assert '### grid search' in text and '### random search' in text
+    assert 'figures/search-params.png' in text
