@@ -43,10 +43,12 @@ leaderboard: setup
 test: setup
 	$(BIN)/python -m pytest -q --benchmark-disable
 
-# Speed regressions: time the benchmark suite, save it, and fail if the median is 15% worse than the last save.
+# Speed regressions: time the benchmark suite, save it, and fail if it got slower than the last save.
+# The minimum over >= 10 rounds is compared: on a shared 2-core VM medians moved up to 35% between identical runs.
+REGRESS ?= min:25%
 bench-regress: setup
-	$(BIN)/python -m pytest -q tests/benchmarks --benchmark-only --benchmark-autosave \
-		$$(ls .benchmarks/*/*.json >/dev/null 2>&1 && echo --benchmark-compare --benchmark-compare-fail=median:15%)
+	$(BIN)/python -m pytest -q tests/benchmarks --benchmark-only --benchmark-autosave --benchmark-min-rounds=10 \
+		$$(ls .benchmarks/*/*.json >/dev/null 2>&1 && echo --benchmark-compare --benchmark-compare-fail=$(REGRESS))
 
 speed: setup
 	$(BIN)/python bench/speed.py

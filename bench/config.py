@@ -80,7 +80,7 @@ QUICK = {
     'w1': dict(subset=1000, eval_subset=500, size=64, resize=72, epochs=3, bs=64, unfreeze_at=(1, 2)),
     'w2': dict(subset=2000, eval_subset=1000, epochs=3),
     'w3': dict(subset=2000, eval_subset=1000, epochs=3),
-    'w4': dict(subset=1200, eval_subset=1000, epochs=2),
+    'w4': dict(subset=2500, eval_subset=1000, epochs=3),
     None: dict(subset=1000, eval_subset=500, size=64, resize=72, epochs=3, bs=64, unfreeze_at=(1, 2)),
 }
 

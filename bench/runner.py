@@ -160,6 +160,9 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
     apply_precision(learn, cfg)
     if not bar:
         learn.remove_cb(ProgressCallback)
+        learn.logger = lambda row: log('    epoch ' + '  '.join(
+            f'{name} {value:.4f}' if isinstance(value, float) else f'{name} {value}'
+            for name, value in zip(learn.recorder.metric_names, row)))
 
     STRATEGIES[cfg.strategy](learn, cfg)
 

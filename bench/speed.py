@@ -1,0 +1,140 @@
+"""What the harness costs: the fastai Learner loop against a plain PyTorch loop, and the batch pipeline against
+the model, measured side by side in one process so the ratios hold on a noisy machine.
+
+    python bench/speed.py                                  # ResNet18, 32 px, batch 128, on this machine's device
+    python bench/speed.py --size 224 --bs 256 --json       # one JSON object, for scripts
+
+Prints: the cache load time (60k CIFAR images, warm); the pipeline's images/s (index cached uint8 -> resized,
+normalized batch); the model's images/s (forward + backward + optimizer step on a ready batch); the plain loop's
+and the Learner's images/s over the same batches, model, optimizer and precision; and their ratios. The two
+loops alternate for --repeats rounds and the median of each is reported. Targets: Learner >= 0.95x plain on
+CPU (>= 0.9x on GPU); pipeline >= 10x model.
+"""
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from fastai.basics import DataLoaders  # noqa: E402
+from fastai.callback.progress import ProgressCallback  # noqa: E402
+
+import backbones  # noqa: E402
+from bench import cli, data, runner  # noqa: E402
+from bench.config import Config, UsageError  # noqa: E402
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--backbone', default='resnet18', help='timm model name')
+    p.add_argument('--size', type=int, default=32, help='px fed to the model (resized from the cached images)')
+    p.add_argument('--bs', type=int, default=128, help='images per batch')
+    p.add_argument('--steps', type=int, default=10, help='training steps per measurement')
+    p.add_argument('--repeats', type=int, default=3, help='alternating rounds of plain and Learner loops')
+    p.add_argument('--data', help='folder or .tgz (default $FTBENCH_DATA, else untar_data)')
+    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    p.add_argument('--json', action='store_true', help='print one JSON object instead of text')
+    return p.parse_args(argv)
+
+
+def timed(fn, device):
+    runner.sync(device)
+    t = time.perf_counter()
+    fn()
+    runner.sync(device)
+    return time.perf_counter() - t
+
+
+def plain_loop(model, opt, dl, cfg):
+    """The reference: what a hand-written timm-style training loop does per batch."""
+    model.train()
+    for x, y in dl:
+        with torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def measure(args):
+    if args.steps < 1 or args.bs < 1 or args.repeats < 1 or args.size < 1:
+        raise UsageError('--steps, --bs, --repeats and --size must be positive')
+    cfg = runner.resolve_runtime(Config(backbone=args.backbone, weights='none', head='linear', strategy='full',
+                                        bs=args.bs, size=args.size, resize=args.size, device=args.device))
+    cli.validate([cfg])
+    source = data.resolve_source(args.data)
+    images = data.load(source, log=lambda m: print(m, file=sys.stderr))
+    cache_load_s = min(timed(lambda: data.load(source), 'cpu') for _ in range(3))
+
+    spec = backbones.describe(cfg.backbone)
+    n = args.steps * args.bs
+    idx = torch.arange(min(n, len(images.train_y)))
+    if len(idx) < n:
+        raise UsageError(f'--steps x --bs = {n} needs more than the {len(images.train_y)} images in the data')
+    dl = data.batches(images, idx, runner.prepare_for(cfg, spec, train=False), cfg.bs, train=True, device=cfg.device)
+    pipeline_ips = n / min(timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
+
+    torch.manual_seed(0)
+    net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
+    plain_net = copy.deepcopy(net).to(cfg.device)
+    if cfg.channels_last:
+        plain_net = plain_net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(plain_net.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    x, y = next(iter(dl))
+    ready = [(x, y)] * args.steps
+    one_batch = data.batches(images, idx[:cfg.bs], runner.prepare_for(cfg, spec, train=False), cfg.bs,
+                             device=cfg.device)  # fit validates each epoch; outside the training clock, kept short
+    learn = runner.learner(cfg, DataLoaders(dl, one_batch, device=cfg.device), net)
+    learn.remove_cb(ProgressCallback)
+    learn.logger = lambda row: None
+    runner.apply_precision(learn, cfg)
+    learn.unfreeze()
+    log = runner.RunLog(cfg.device)
+    learn.add_cb(log)
+    plain_loop(plain_net, opt, ready[:2], cfg)  # warm-up: allocator, cudnn autotuning
+    learn.fit(1, lr=1e-4)
+    model_s, plain_s, learner_s = [], [], []
+    for _ in range(args.repeats):
+        model_s.append(timed(lambda: plain_loop(plain_net, opt, ready, cfg), cfg.device))
+        plain_s.append(timed(lambda: plain_loop(plain_net, opt, dl, cfg), cfg.device))
+        learn.fit(1, lr=1e-4)
+        learner_s.append(log.epochs[-1]['train_seconds'])
+    out = dict(backbone=cfg.backbone, size=args.size, bs=args.bs, steps=args.steps, device=cfg.device,
+               precision=cfg.precision, channels_last=cfg.channels_last,
+               device_name=runner.environment(cfg.device)['device_name'], cache_images=len(images.train_y) +
+               len(images.test_y), cache_load_s=cache_load_s, pipeline_ips=pipeline_ips,
+               model_ips=n / statistics.median(model_s), plain_ips=n / statistics.median(plain_s),
+               learner_ips=n / statistics.median(learner_s))
+    out['ratio'] = out['learner_ips'] / out['plain_ips']
+    out['pipeline_ratio'] = out['pipeline_ips'] / out['model_ips']
+    if cfg.device == 'cuda':
+        out['peak_memory_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+def main(argv=None):
+    args = parse(argv)
+    out = measure(args)
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+        return 0
+    print(f'{out["backbone"]} at {out["size"]} px, batch {out["bs"]}, {out["steps"]} steps, {out["device_name"]} '
+          f'({out["precision"]}{", channels_last" if out["channels_last"] else ""})')
+    print(f'cache load ({out["cache_images"]:,} images, warm): {out["cache_load_s"]:.3f} s')
+    print(f'pipeline: {out["pipeline_ips"]:,.0f} img/s   model: {out["model_ips"]:,.0f} img/s   '
+          f'ratio {out["pipeline_ratio"]:.1f}x (target >= 10x)')
+    print(f'plain loop: {out["plain_ips"]:,.1f} img/s   Learner: {out["learner_ips"]:,.1f} img/s   '
+          f'ratio {out["ratio"]:.3f} (target >= {0.9 if out["device"] == "cuda" else 0.95})')
+    if 'peak_memory_mb' in out:
+        print(f'peak GPU memory: {out["peak_memory_mb"]:,.0f} MB')
+    return 0
+
+
+if __name__ == '__main__':
+    cli.main(main)
