@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The prepared GPU check: what the harness costs on a GPU, in one short run.
+#
+#   bash bench/gpu_check.sh --fetch   # here, where PyPI is reachable: wheels of fastai and its pure-Python needs
+#                                     # into .whl/, the CIFAR-10 archive into .gpu/ (both git-ignored, ~25 MB)
+#   bash bench/gpu_check.sh           # on the GPU machine: Python 3.12 with torch, no fastai, no network
+#
+# On the GPU machine it installs the wheels into /tmp/site (fastprogress 1.0.3: the 1.1 series imports the
+# fasthtml web stack; spaCy is skipped: only fastai.text needs it), then runs
+#   1. bench/speed.py at 224 px: Learner vs plain loop, pipeline vs model, cache load time, peak memory;
+#   2. one epoch of W1 `full` (ResNet18, Resize 256 + CenterCrop 224, 40k train / 10k valid / 10k test, bf16,
+#      channels_last) with --weights none: random init, for timing only; its accuracy means nothing;
+# and writes speed.json, w1-results.jsonl and gpu-summary.json into $OUT (or reports/gpu/). About 3 minutes.
+# With this workplace's device tool: run(command="bash bench/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=420).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=(fastai==2.8.12 fastcore==2.2.41 fastprogress==1.0.3 fastdownload==0.0.8 fasttransform==0.0.5
+        plum-dispatch==2.9.0 beartype==0.23.1 timm==1.0.31)
+
+if [ "${1:-}" = "--fetch" ]; then
+    rm -rf .whl && mkdir -p .whl .gpu
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}"
+    src="${FTBENCH_DATA:-../shared/data/cifar10.tgz}"
+    [ -f "$src" ] || { echo "error: no CIFAR-10 archive at $src; set FTBENCH_DATA" >&2; exit 2; }
+    cp "$src" .gpu/cifar10.tgz
+    echo "ready: $(ls .whl | wc -l) wheels in .whl/, data in .gpu/; carry both to the GPU machine"
+    exit 0
+fi
+
+[ -d .whl ] && [ -f .gpu/cifar10.tgz ] || { echo "error: run 'bash bench/gpu_check.sh --fetch' first" >&2; exit 2; }
+out="${OUT:-reports/gpu}"
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 FTBENCH_DATA=.gpu/cifar10.tgz FTBENCH_CACHE=/tmp/ftbench-cache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+
+python3 bench/speed.py --size 224 --bs 256 --steps 20 --repeats 3 --json | tee "$out/speed.json"
+python3 bench/finetune.py --preset w1 --backbone resnet18 --strategy full --weights none --epochs 1 \
+    --profile full --results "$out/w1-results.jsonl" --no-bar --no-render
+
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+speed = json.load(open(f'{out}/speed.json'))
+w1 = [json.loads(line) for line in open(f'{out}/w1-results.jsonl')][-1]
+summary = dict(speed=speed, w1_full_one_epoch={k: w1[k] for k in (
+    'device', 'train_seconds', 'eval_seconds', 'images_per_second', 'peak_memory_mb', 'train_images',
+    'valid_images', 'test_images', 'error')}, versions=w1['versions'], weights='none (timing only)')
+summary['w1_full_10_epochs_estimate_s'] = 10 * (w1['train_seconds'] + w1['epochs'][0]['valid_seconds'])
+json.dump(summary, open(f'{out}/gpu-summary.json', 'w'), indent=1, sort_keys=True)
+print(json.dumps(summary, indent=1, sort_keys=True))
+PY
