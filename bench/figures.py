@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from bench.leaderboard import group_key, latest_per_run  # noqa: E402
 
@@ -96,7 +96,7 @@ def pareto(records, path, title):
     for i, (label, _) in enumerate(confs):
         ax.annotate(label, (points[i][0], points[i][1] * 100), fontsize=7, xytext=(4, 4), textcoords='offset points',
                     color='C3' if i in front else '0.35')
-    ax.set_xscale('log')
+    _plain_log_axis(ax)
     ax.set_xlabel('training time, s (log scale)')
     ax.set_ylabel('test accuracy, %')
     ax.grid(alpha=0.3, which='both')
@@ -121,12 +121,21 @@ def search_params(records, path):
             ys = [r['valid_acc'] * 100 for r in mine]
             ax.scatter(xs, ys, color='C0' if kind == 'grid' else 'C1')
             if p == 'lr':
-                ax.set_xscale('log')
+                _plain_log_axis(ax)
             ax.set_xlabel(p)
             ax.set_ylabel(f'{kind}: validation acc, %')
             ax.grid(alpha=0.3)
     fig.suptitle('Search: validation score against each hyperparameter')
     return _save(fig, path)
+
+
+def _plain_log_axis(ax):
+    """A log x axis labelled with plain numbers (30, not 3x10^1), minor ticks unlabelled."""
+    ax.set_xscale('log')
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path):

@@ -19,7 +19,7 @@ from tabulate import tabulate  # noqa: E402
 from bench import record  # noqa: E402
 
 EXPERIMENTS = {  # title and what the table answers, for the seed's experiments; others get their name
-    'w1': ('W1: ResNet18-style fine-tuning at 224 px (ImageNet -> CIFAR-10)',
+    'w1': ('W1: fine-tuning an ImageNet backbone on CIFAR-10 (the seed: ResNet18 at 224 px)',
            'Which strategy should I use on a pretrained backbone, and what does it cost?'),
     'w2': ('W2: VGG16 at native 32 px (ImageNet conv weights -> CIFAR-10)',
            'Feature extraction or partial fine-tuning of the last conv block?'),
@@ -30,7 +30,8 @@ EXPERIMENTS = {  # title and what the table answers, for the seed's experiments;
 }
 GUIDE = """How to read this: each table is one experiment. A row is one configuration; `n` is how many seeds
 ran it, and accuracies and times are mean ± std over them. Rows are sorted by test accuracy. `train s` is
-the training clock only (GPU synchronized, validation excluded); `img/s` is training images per second.
+the training clock only (GPU synchronized, validation excluded); `img/s` is training images per second;
+`epochs` are the epochs that trained (0 for zero_shot).
 `trainable / total` counts parameters (the largest trainable set over the schedule). Compare times only
 between rows made on the same device and profile: `quick` rows ran on a subset at small size for a CPU and
 measure the harness, not the accuracy the full settings reach. Peak memory on CPU is the process's RSS
@@ -65,6 +66,16 @@ def _mean(values):
     return statistics.mean(values) if values else float('-inf')
 
 
+def _device(rec):
+    """The device, with the speed settings that tell runs on it apart (bf16, channels_last, compiled)."""
+    cfg = rec['config']
+    extras = [x for x in (cfg.get('precision') if cfg.get('precision') not in (None, 'fp32', 'auto') else None,
+                          'channels_last' if cfg.get('channels_last') else None,
+                          'compiled' if cfg.get('compile') else None,
+                          'cached features' if cfg.get('cache_features') else None) if x]
+    return rec['device'] + (f' ({", ".join(extras)})' if extras else '')
+
+
 def _short_weights(w):
     return (w or '').split(' sha256:')[0]
 
@@ -81,14 +92,14 @@ def aggregate(records):
         rows.append(dict(
             strategy=first['strategy'], backbone=first['backbone'], variant=first.get('variant') or '',
             weights=_short_weights(first.get('weights')), size=first.get('image_size') or cfg.get('size'),
-            epochs=cfg['epochs'], params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
+            epochs=len(first.get('epochs') or []), params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
             n=len(recs), train_s=mean_std([r['train_seconds'] for r in recs], '{:.1f}'),
             ips=mean_std([r['images_per_second'] for r in recs], '{:.0f}'),
             mem=mean_std([r['peak_memory_mb'] for r in recs], '{:.0f}'),
             valid=mean_std([r['valid_acc'] for r in recs], scale=100),
             test=mean_std([r['test_acc'] for r in recs], scale=100),
             test_loss=mean_std([r['test_loss'] for r in recs], '{:.3f}'),
-            device=first['device'], profile=first['profile'],
+            device=_device(first), profile=first['profile'],
             _sort=(-_mean([r['test_acc'] for r in recs]), -_mean([r['valid_acc'] for r in recs]), group_key(first))))
     rows.sort(key=lambda r: r['_sort'])
     return rows

@@ -91,7 +91,6 @@ class RunLog(Callback):
         sync(self.device)
         self.t0, self.loss_sum, self.seen, self.trained = time.perf_counter(), 0., 0, False
         self.trainable = sum(p.numel() for p in self.learn.model.parameters() if p.requires_grad)
-        self.trainable_max = max(self.trainable_max, self.trainable)
 
     def after_batch(self):
         if self.training:
@@ -118,6 +117,7 @@ class RunLog(Callback):
         logged = dict(zip(list(self.recorder.metric_names)[1:], list(self.learn.final_record)))
         valid_loss, valid_acc = logged['valid_loss'], logged['accuracy']
         self.train_images += self.seen
+        self.trainable_max = max(self.trainable_max, self.trainable)
         self.epochs.append(dict(epoch=len(self.epochs) + 1, train_loss=train_loss, valid_loss=float(valid_loss),
                                 valid_acc=float(valid_acc), train_seconds=self.train_s,
                                 valid_seconds=time.perf_counter() - self.t1, trainable=self.trainable))
