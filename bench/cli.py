@@ -5,7 +5,6 @@ stderr and exit code 2. Failed runs are error rows and make the script exit 1 at
 keeps every finished record.
 """
 import sys
-from pathlib import Path
 
 import backbones
 from bench import data
@@ -88,6 +87,13 @@ def split_for(images):
     return get
 
 
+def execute(args, cfgs):
+    """Validate every planned run, load the data, then run them (or print their plans). The exit code."""
+    validate(cfgs)
+    images = load_images(args.data)
+    return run(prepare(cfgs, images), args, images)
+
+
 def run(cfgs, args, images):
     """Dry run (print the plans) or sweep; then render the leaderboard. Returns the exit code."""
     if args.dry_run:
@@ -111,6 +117,3 @@ def render(args):
     out = leaderboard.render_file(args.results, args.out)
     print(f'leaderboard: {out}')
 
-
-def default_out(results):
-    return Path(results).with_name('leaderboard.md')

@@ -54,6 +54,6 @@ def read(path, warn=True):
     return records
 
 
-def done(records):
-    """Keys of runs recorded without error."""
-    return {r['key'] for r in records if r.get('error') is None and 'key' in r}
+def done(path):
+    """{key: record} of the runs in `path` recorded without error: what a rerun skips."""
+    return {r['key']: r for r in read(path) if r.get('error') is None and 'key' in r}

@@ -151,7 +151,7 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
     extract_seconds = 0.
     if cfg.cache_features:
         t = time.perf_counter()
-        train_dl, valid_dl, test_dl = cached_features(net[0], cfg, (train_dl, valid_dl, test_dl))
+        train_dl, valid_dl = cached_features(net[0], cfg, (train_dl, valid_dl))  # on the training clock
         extract_seconds = time.perf_counter() - t
         learn = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net[1], [runlog],
                         splitter=lambda head: [list(head.parameters())])
@@ -169,6 +169,8 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
     t = time.perf_counter()
     valid_loss, valid_acc = (runlog.epochs[-1]['valid_loss'], runlog.epochs[-1]['valid_acc']) if runlog.epochs \
         else map(float, learn.validate())
+    if test and cfg.cache_features:
+        test_dl, = cached_features(net[0], cfg, (test_dl,))  # on the evaluation clock
     test_loss, test_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None)
     sync(cfg.device)
     eval_seconds = time.perf_counter() - t + sum(e['valid_seconds'] for e in runlog.epochs)
@@ -358,13 +360,9 @@ def attempt(results_path, cfg, work, env, done, extra=None, identity=None, force
     return rec
 
 
-def done_records(results_path):
-    return {r['key']: r for r in record.read(results_path) if r.get('error') is None and 'key' in r}
-
-
 def sweep(cfgs, images, split_for, results_path, force=False, bar=True, log=print):
     """Run every config not already recorded, appending a record after each; returns an Outcome."""
-    done, outcome = done_records(results_path), Outcome()
+    done, outcome = record.done(results_path), Outcome()
     env = environment(cfgs[0].device) if cfgs else None
     for i, cfg in enumerate(cfgs, 1):
         log(f'[{i}/{len(cfgs)}] {cfg.experiment} {cfg.backbone} {cfg.strategy} {cfg.variant} seed {cfg.seed}')

@@ -64,10 +64,7 @@ def configs(args):
 
 def main(argv=None):
     args = parse(argv)
-    cfgs = configs(args)
-    cli.validate(cfgs)
-    images = cli.load_images(args.data)
-    return cli.run(cli.prepare(cfgs, images), args, images)
+    return cli.execute(args, configs(args))
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn.model_selection import ParameterGrid, ParameterSampler  # noqa: E402
 
-from bench import cli, data, runner  # noqa: E402
+from bench import cli, data, record, runner  # noqa: E402
 from bench.config import FIELDS, UsageError, add_io_flags, add_run_flags, flag_overrides, replace, resolve  # noqa: E402
 
 GRID = {'lr': [1e-3, 5e-4], 'bs': [64, 128], 'h': [128, 256, 512]}
@@ -141,7 +141,7 @@ def search(args, base, trials, images, log=print):
     split_ = cli.split_for(images)(base)
     splits = data.folds(split_, images, args.cv, seed=base.split_seed) if args.cv else [split_]
     about = dict(kind=kind, seed=args.seed, cv=args.cv, space=args.space_text)
-    done, env, outcome = runner.done_records(args.results), runner.environment(base.device), runner.Outcome()
+    done, env, outcome = record.done(args.results), runner.environment(base.device), runner.Outcome()
     recs, best = [], None
     bar = tqdm(list(enumerate(trials, 1)), desc=f'{kind} search', unit='trial', file=sys.stderr)
     for i, params in bar:
