@@ -66,17 +66,18 @@ def load_images(source):
     return data.load(data.resolve_source(source), log=lambda m: print(m, file=sys.stderr))
 
 
-def prepare(cfgs, images):
-    """Resolve what `auto` means here and stamp the dataset; check subsets against the data."""
+def prepare(cfgs, images, split_of):
+    """Resolve what `auto` means here and stamp the dataset; check subsets against the data (via `split_of`)."""
     out = []
     for cfg in cfgs:
         cfg = resolve_runtime(replace(cfg, dataset=images.key))
-        split_for(images)(cfg)
+        split_of(cfg)
         out.append(cfg)
     return out
 
 
 def split_for(images):
+    """cfg -> its Split of `images`, computed once per distinct split setting; make one per script run."""
     cache = {}
 
     def get(cfg):
@@ -91,10 +92,11 @@ def execute(args, cfgs):
     """Validate every planned run, load the data, then run them (or print their plans). The exit code."""
     validate(cfgs)
     images = load_images(args.data)
-    return run(prepare(cfgs, images), args, images)
+    split_of = split_for(images)
+    return run(prepare(cfgs, images, split_of), args, images, split_of)
 
 
-def run(cfgs, args, images):
+def run(cfgs, args, images, split_of):
     """Dry run (print the plans) or sweep; then render the leaderboard. Returns the exit code."""
     if args.dry_run:
         for cfg in cfgs:
@@ -103,7 +105,7 @@ def run(cfgs, args, images):
         return 0
     for cfg in cfgs[:1]:
         print_config(cfg)
-    outcome = sweep(cfgs, images, split_for(images), args.results, force=args.force, bar=not args.no_bar)
+    outcome = sweep(cfgs, images, split_of, args.results, force=args.force, bar=not args.no_bar)
     print(f'{outcome.ran} ran, {outcome.skipped} already recorded, {len(outcome.failed)} failed; '
           f'records in {args.results}')
     render(args)

@@ -134,12 +134,11 @@ def score(cfg, images, splits, bar):
     return out
 
 
-def search(args, base, trials, images, log=print):
-    """Run (or resume) every trial, then retrain the best once and test it. Returns (trial records, refit)."""
+def search(args, base, trials, images, split_, splits, log=print):
+    """Run (or resume) every trial, scored on `splits` (folds, or [split_]), then retrain the best once on `split_`
+    and test it. Returns (trial records, refit, outcome)."""
     from tqdm import tqdm
     kind = 'grid' if args.grid else 'random'
-    split_ = cli.split_for(images)(base)
-    splits = data.folds(split_, images, args.cv, seed=base.split_seed) if args.cv else [split_]
     about = dict(kind=kind, seed=args.seed, cv=args.cv, space=args.space_text)
     done, env, outcome = record.done(args.results), runner.environment(base.device), runner.Outcome()
     recs, best = [], None
@@ -186,12 +185,12 @@ def main(argv=None):
     if args.dry_run:
         return 0
     images = cli.load_images(args.data)
-    base = cli.prepare([base], images)[0]
-    for t in trials:
-        cli.prepare([trial_config(base, t)], images)
-    if args.cv:
-        data.folds(cli.split_for(images)(base), images, args.cv)
-    recs, refit, outcome = search(args, base, trials, images)
+    split_of = cli.split_for(images)
+    base = cli.prepare([base], images, split_of)[0]
+    cli.prepare([trial_config(base, t) for t in trials], images, split_of)
+    split_ = split_of(base)
+    splits = data.folds(split_, images, args.cv, seed=base.split_seed) if args.cv else [split_]
+    recs, refit, outcome = search(args, base, trials, images, split_, splits)
     if refit and refit.get('error') is None:
         spent = sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in recs + [refit])
         print(f'result: best {refit["search"]["params"]}, test accuracy {refit["test_acc"]:.4f}; '
