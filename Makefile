@@ -13,6 +13,7 @@ export FTBENCH_DATA FTBENCH_WEIGHTS
 
 RESULTS ?= reports/results.jsonl
 PROFILE ?= auto
+SEEDS   ?= 3
 
 .PHONY: setup bench test leaderboard bench-regress speed gpu-wheels gpu-check
 
@@ -25,17 +26,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# Every experiment, then the leaderboard. A failed run is an error row; the leaderboard is rendered anyway
-# and the target fails at the end if any run failed.
+# Every experiment declared in bench/config.py, SEEDS seeds each, then the leaderboard. A failed run is an error
+# row; the leaderboard is rendered anyway and the target fails at the end if any run failed.
 bench: setup
-	@status=0; \
-	$(BIN)/python bench/finetune.py --preset w1 --backbone resnet18.tv_in1k,tf_efficientnet_lite0 --strategy all --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
-	$(BIN)/python bench/finetune.py --preset w2 --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
-	$(BIN)/python bench/scratch.py --preset w3 --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
-	$(BIN)/python bench/search.py --grid --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
-	$(BIN)/python bench/search.py --random 12 --profile $(PROFILE) --results $(RESULTS) --no-render || status=1; \
-	$(BIN)/python bench/leaderboard.py --results $(RESULTS) || status=1; \
-	exit $$status
+	$(BIN)/python bench/suite.py --profile $(PROFILE) --seeds $(SEEDS) --results $(RESULTS)
 
 leaderboard: setup
 	$(BIN)/python bench/leaderboard.py --results $(RESULTS)

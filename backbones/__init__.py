@@ -19,11 +19,11 @@ import torch.nn as nn
 from timm.models import split_model_name_tag
 
 from backbones import cifar  # noqa: F401  (registers cifar_resnet32 and cifar_cnn with timm)
-from backbones.heads import HEADS, make_head
+from backbones.heads import HEADS, check_head, make_head
 from backbones.weights import (WeightsError, check_fit, file_shapes, load_state_dict, local_file,
                                no_hub_message, sha256)
 
-__all__ = ['HEADS', 'Net', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'splitter']
+__all__ = ['HEADS', 'Net', 'check_head', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'splitter']
 
 
 class Body(nn.Module):

@@ -1,16 +1,17 @@
-"""What every bench script does between its flags and its runs: expand, validate, load, plan, run, render.
+"""What every bench script does between its flags and its runs: validate, plan, execute, render.
 
 Every mistake a user can make is found here before anything runs or is written, and ends in one sentence on
 stderr and exit code 2. Failed runs are error rows and make the script exit 1 at the end; Ctrl-C exits 130 and
 keeps every finished record.
 """
 import sys
+from dataclasses import replace
 
 import backbones
 from bench import data
-from bench.config import UsageError, print_config, replace, validate_numbers
-from bench.runner import plan, format_plan, resolve_runtime, sweep
-from bench.strategies import STRATEGIES, problem
+from bench.config import UsageError, print_config, validate_numbers
+from bench.executor import Job, sweep
+from bench.strategies import STRATEGIES, problem, unknown_strategy_message
 
 
 def main(fn):
@@ -26,12 +27,12 @@ def main(fn):
 
 
 def expand_strategies(text, default):
-    names = [s.strip() for s in (text or default).split(',') if s.strip()]
+    names = [s.strip() for s in text.split(',') if s.strip()] if text else list(default)
     if names == ['all']:
         return list(STRATEGIES)
     for name in names:
         if name not in STRATEGIES:
-            raise UsageError(f'unknown strategy {name!r}; choose from {", ".join(STRATEGIES)} or all')
+            raise UsageError(unknown_strategy_message(name))
     return names
 
 
@@ -50,8 +51,10 @@ def validate(cfgs):
             spec = backbones.describe(cfg.backbone)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        if cfg.head == 'fastai' and spec.feature_ndim != 4:
-            raise UsageError(f'{cfg.backbone} gives token features; use --head linear or mlp')
+        try:
+            backbones.check_head(cfg.head, spec.feature_ndim)
+        except ValueError as e:
+            raise UsageError(f'{cfg.backbone}: {e}') from None
         why = problem(cfg, len(spec.stage_names))
         if why:
             raise UsageError(why)
@@ -66,50 +69,55 @@ def load_images(source):
     return data.load(data.resolve_source(source), log=lambda m: print(m, file=sys.stderr))
 
 
-def prepare(cfgs, images, split_of):
-    """Resolve what `auto` means here and stamp the dataset; check subsets against the data (via `split_of`)."""
-    out = []
+def stamp(cfgs, images):
+    """Name the dataset in every config, and check its subsets against the data before anything runs."""
     for cfg in cfgs:
-        cfg = resolve_runtime(replace(cfg, dataset=images.key))
-        split_of(cfg)
-        out.append(cfg)
-    return out
+        data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
+    return [replace(cfg, dataset=images.key) for cfg in cfgs]
 
 
-def split_for(images):
-    """cfg -> its Split of `images`, computed once per distinct split setting; make one per script run."""
-    cache = {}
-
-    def get(cfg):
-        k = (cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
-        if k not in cache:
-            cache[k] = data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
-        return cache[k]
-    return get
-
-
-def execute(args, cfgs):
-    """Validate every planned run, load the data, then run them (or print their plans). The exit code."""
+def execute(args, cfgs, executor):
+    """Validate every planned run, then print their plans (--dry-run) or run them; render. The exit code."""
     validate(cfgs)
-    images = load_images(args.data)
-    split_of = split_for(images)
-    return run(prepare(cfgs, images, split_of), args, images, split_of)
-
-
-def run(cfgs, args, images, split_of):
-    """Dry run (print the plans) or sweep; then render the leaderboard. Returns the exit code."""
     if args.dry_run:
-        for cfg in cfgs:
-            print_config(cfg)
-            print(format_plan(cfg, plan(cfg, len(images.classes))))
-        return 0
-    for cfg in cfgs[:1]:
-        print_config(cfg)
-    outcome = sweep(cfgs, images, split_of, args.results, force=args.force, bar=not args.no_bar)
-    print(f'{outcome.ran} ran, {outcome.skipped} already recorded, {len(outcome.failed)} failed; '
-          f'records in {args.results}')
+        return dry_run(args, cfgs)
+    images = load_images(args.data)
+    cfgs = stamp(cfgs, images)
+    print_config(cfgs[0])
+    with executor.start(images, bar=show_bar(args)):
+        outcome = run(args, [Job(cfg) for cfg in cfgs], executor)
     render(args)
     return 1 if outcome.failed else 0
+
+
+def run(args, jobs, executor):
+    """Sweep `jobs` on a started `executor` and say what happened; returns the sweep's Outcome."""
+    outcome = sweep(jobs, executor, args.results, force=args.force)
+    print(f'{outcome.ran} ran, {outcome.skipped} already recorded, {len(outcome.failed)} failed; '
+          f'records in {args.results}')
+    return outcome
+
+
+def dry_run(args, cfgs):
+    """Each run's phases, from the strategy's own code on a parameter-free model. Needs no data and downloads
+    nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed."""
+    from bench.runner import format_plan, plan
+    source = data.local_source(args.data)
+    if source is None:
+        n_classes = 10
+        print('no local data (--data, $FTBENCH_DATA or a finished fastai download): the plan assumes CIFAR-10\'s '
+              '10 classes')
+    else:
+        images = data.load(source, log=lambda m: print(m, file=sys.stderr))
+        cfgs, n_classes = stamp(cfgs, images), len(images.classes)
+    for cfg in cfgs:
+        print_config(cfg)
+        print(format_plan(cfg, plan(cfg, n_classes)))
+    return 0
+
+
+def show_bar(args):
+    return sys.stdout.isatty() if args.bar is None else args.bar
 
 
 def render(args):
@@ -118,4 +126,3 @@ def render(args):
     from bench import leaderboard
     out = leaderboard.render_file(args.results, args.out)
     print(f'leaderboard: {out}')
-

@@ -1,111 +1,235 @@
-"""One run's settings, the seed's presets, the CPU profile, and the flags every script shares.
+"""One run's settings, the experiments, the profiles, and the flags every script shares.
 
-A run's config is resolved in layers: `Config` defaults <- preset (the seed's experiment) <- profile
-(`quick` shrinks data, size and epochs so a 2-core CPU finishes) <- flags given on the command line.
-The resolved config is printed at start and stored whole in every record.
+A run's config is resolved in layers: `Config` defaults <- experiment (the seed's setup) <- profile (`cpu`
+changes what a 2-core CPU cannot afford) <- flags given on the command line <- what `auto` means on the
+hardware the run lands on. The resolved config is printed at start and stored whole in every record.
+
+Each setting's meaning and unit is written once, beside its field; the scripts' flags are made from them.
 """
 import argparse
-import dataclasses
 import json
-import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-import torch
+from backbones.heads import HEADS
 
 
 class UsageError(Exception):
     """A mistake in the user's input, found before anything runs; the message is one sentence."""
 
 
+def setting(default, help, choices=None, flag=True):
+    """A Config field with its help text (meaning and unit) and, if `flag`, a command-line flag of its own."""
+    return field(default=default, metadata=dict(help=help, choices=choices, flag=flag))
+
+
+AUTO_ON_OFF = ('auto', 'on', 'off')
+
+
 @dataclass(frozen=True)
 class Config:
-    experiment: str = 'finetune'     # leaderboard table the run belongs to
-    variant: str = ''                # short label telling rows of an experiment apart (e.g. 'augment')
-    backbone: str = 'resnet18'       # timm model name, optionally with a pretrained tag (resnet18.tv_in1k)
-    weights: str = 'hub'             # hub (FTBENCH_WEIGHTS folder, else timm download) | none | path to a file
-    head: str = 'fastai'             # fastai (create_head) | linear (pool -> Linear) | mlp (pool -> hidden -> out)
-    head_hidden: int = 256           # units in the mlp head's hidden layer
-    head_dropout: float = 0.3        # dropout probability in the mlp head
-    strategy: str = 'full'           # name in bench.strategies.STRATEGIES
-    epochs: int = 10                 # passes over the training images, all phases together
-    lr: float = 1e-4                 # LR of what trains with the body (top of the slice if lr_mult > 1)
-    head_lr: float = 1e-3            # LR of the head when it trains alone or ahead of the body
-    lr_mult: float = 1.0             # body LRs spread geometrically over lr/lr_mult .. lr; 1 = one LR
-    unfreeze: int = 1                # partial: last stages that train with the head
-    unfreeze_at: tuple = (3, 6)      # progressive: 0-based epochs at which one more stage unfreezes
-    lp_epochs: int = 0               # lp_ft: linear-probe epochs before the full fine-tune; 0 = half
-    opt: str = 'adamw'               # adam (L2 weight decay) | adamw (decoupled) | sgd (momentum 0.9)
-    wd: float = 0.01                 # weight decay
-    sched: str = 'flat'              # flat (Learner.fit) | one_cycle (Learner.fit_one_cycle)
-    bs: int = 128                    # images per batch
-    train_bn: bool = False           # BatchNorm of frozen stages trains too (fastai's default is True)
-    size: int = 224                  # px, square crop fed to the model; 0 = the images' own size
-    resize: int = 256                # px, shorter side before the center crop; 0 = size
-    normalize: str = 'backbone'      # backbone (its pretrained mean/std) | unit (pixels / 255 only)
-    augment: bool = False            # random crop with 4 px padding + horizontal flip
-    subset: int = 0                  # training images kept, stratified; 0 = all
-    eval_subset: int = 0             # validation and test images kept, each, stratified; 0 = all
-    valid_frac: float = 0.2          # share of the train folder held out for validation (50k -> 40k/10k)
-    split_seed: int = 0              # seed of the train/valid split and subsets (the same for every run)
-    seed: int = 0                    # seed of init, shuffling and dropout
-    precision: str = 'auto'          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool = False      # NHWC memory format (set on CUDA by `auto` precision)
-    compile: bool = False            # torch.compile the model (only strategies that never change the frozen set)
-    cache_features: bool = False     # feature_extract: compute the frozen body's outputs once, train the head on them
-    device: str = 'auto'             # auto (cuda if present) | cpu | cuda
-    dataset: str = ''                # name:fingerprint of the decoded images, filled in after loading
-    profile: str = 'full'            # full | quick: which settings made this run
+    experiment: str = setting('finetune', 'leaderboard table the run belongs to')
+    variant: str = setting('', 'short label telling rows of an experiment apart (e.g. augment)', flag=False)
+    backbone: str = setting('resnet18', 'timm model name, optionally with a pretrained tag (resnet18.tv_in1k)',
+                            flag=False)
+    weights: str = setting('hub', 'hub (a file in $FTBENCH_WEIGHTS, else timm\'s download) | none (random init) '
+                                  '| FILE (.safetensors/.pth with timm key names)')
+    head: str = setting('fastai', 'fastai (create_head) | linear (pool -> Linear) | mlp (pool -> hidden -> out)',
+                        choices=HEADS)
+    head_hidden: int = setting(256, 'units in the mlp head\'s hidden layer')
+    head_dropout: float = setting(0.3, 'dropout probability in the mlp head, in [0, 1)')
+    strategy: str = setting('full', 'name in bench.strategies.STRATEGIES', flag=False)
+    epochs: int = setting(10, 'passes over the training images, all phases together')
+    lr: float = setting(1e-4, 'learning rate of what trains with the body (top of the slice if --lr-mult > 1)')
+    head_lr: float = setting(1e-3, 'learning rate of the head when it trains alone or ahead of the body')
+    lr_mult: float = setting(1.0, 'discriminative LRs: the body\'s stages get slice(lr / lr_mult, lr); 1 = one LR')
+    unfreeze: int = setting(1, 'partial: how many of the last stages train with the head')
+    unfreeze_at: tuple = setting((3, 6), 'progressive: 0-based epochs at which one more stage unfreezes, '
+                                         'comma-separated (e.g. 3,6)')
+    lp_epochs: int = setting(0, 'lp_ft: linear-probe epochs before the full fine-tune; 0 = half of --epochs')
+    opt: str = setting('adamw', 'adam (L2 weight decay) | adamw (decoupled weight decay) | sgd (momentum 0.9)',
+                       choices=('adam', 'adamw', 'sgd'))
+    wd: float = setting(0.01, 'weight decay (not applied to BatchNorm and bias parameters)')
+    sched: str = setting('flat', 'flat (Learner.fit) | one_cycle (Learner.fit_one_cycle)', choices=('flat', 'one_cycle'))
+    bs: int = setting(128, 'images per batch')
+    train_bn: bool = setting(False, 'BatchNorm of frozen stages trains too (fastai\'s default); default: frozen '
+                                    'stages keep their BatchNorm weights and statistics')
+    size: int = setting(224, 'px, square crop fed to the model; 0 = the images\' own size')
+    resize: int = setting(256, 'px, shorter side before the center crop; 0 = --size')
+    normalize: str = setting('backbone', 'backbone (its pretrained mean/std) | unit (pixels / 255 only)',
+                             choices=('backbone', 'unit'))
+    augment: bool = setting(False, 'random crop with 4 px padding + horizontal flip, per batch on the device')
+    subset: int = setting(0, 'training images kept, stratified; 0 = all')
+    eval_subset: int = setting(0, 'validation and test images kept, each, stratified; 0 = all')
+    valid_frac: float = setting(0.2, 'share of the train folder held out for validation (50k -> 40k/10k)',
+                                flag=False)
+    split_seed: int = setting(0, 'seed of the train/valid split and subsets: the same for every run, so runs '
+                                 'with the same seed are paired', flag=False)
+    seed: int = setting(0, 'seed of init, data order, augmentation and dropout', flag=False)
+    precision: str = setting('auto', 'auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast on the run\'s '
+                                     'device) | fp16 (CUDA only)', choices=('auto', 'fp32', 'bf16', 'fp16'))
+    channels_last: str = setting('auto', 'NHWC memory format: auto (on: never slower here, up to 4.6x faster on '
+                                         'CPU) | on | off', choices=AUTO_ON_OFF)
+    compile: bool = setting(False, 'torch.compile the model (only strategies that never change the frozen set)')
+    cache_features: str = setting('auto', 'train the head on the frozen body\'s outputs, computed once: auto (on '
+                                          'where the strategy allows it) | on | off', choices=AUTO_ON_OFF)
+    device: str = setting('auto', 'auto (cuda if the run\'s machine has it) | cpu | cuda', choices=('auto', 'cpu', 'cuda'))
+    dataset: str = setting('', 'name:fingerprint of the decoded images, filled in after loading', flag=False)
+    profile: str = setting('full', 'full (the seed\'s settings) | cpu (a budget a 2-core CPU finishes)', flag=False)
 
     def to_dict(self):
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
-FIELDS = {f.name for f in fields(Config)}
-
-W1 = dict(experiment='w1', backbone='resnet18.tv_in1k', head='linear', epochs=10, bs=128, opt='adamw', wd=0.01,
-          lr=1e-4, head_lr=1e-3, size=224, resize=256, unfreeze=1, unfreeze_at=(3, 6))
-W2 = dict(experiment='w2', backbone='vgg16', head='mlp', head_hidden=256, head_dropout=0.3, epochs=30, bs=64,
-          opt='adam', wd=0.0, lr=1e-4, head_lr=1e-3, size=0, resize=0, unfreeze=1)
-W3 = dict(experiment='w3', backbone='cifar_resnet32', weights='none', strategy='full', head='linear', epochs=30,
-          bs=64, opt='adam', wd=0.0, lr=1e-3, size=0, resize=0, normalize='unit')
-W4 = dict(experiment='search', backbone='cifar_cnn', weights='none', strategy='full', head='mlp', head_hidden=256,
-          head_dropout=0.3, epochs=15, bs=64, opt='adam', wd=0.0, lr=1e-3, size=0, resize=0, normalize='unit')
-PRESETS = {'w1': W1, 'w2': W2, 'w3': W3, 'w4': W4}
-# Strategies a preset runs when --strategy is not given: the seed's.
-PRESET_STRATEGIES = {'w1': 'zero_shot,full,partial,progressive', 'w2': 'feature_extract,partial'}
-
-# The quick profile: what a 2-core CPU can run in minutes. Same code, same strategies; less data, smaller
-# images, fewer epochs. Progressive keeps its shape (head, +1 stage, +2 stages).
-QUICK = {
-    'w1': dict(subset=1000, eval_subset=500, size=64, resize=72, epochs=3, bs=64, unfreeze_at=(1, 2)),
-    'w2': dict(subset=2000, eval_subset=1000, epochs=3),
-    'w3': dict(subset=2000, eval_subset=1000, epochs=3),
-    'w4': dict(subset=2500, eval_subset=1000, epochs=3),
-    None: dict(subset=1000, eval_subset=500, size=64, resize=72, epochs=3, bs=64, unfreeze_at=(1, 2)),
-}
+FIELDS = {f.name: f for f in fields(Config)}
 
 
-def resolve_profile(profile):
-    return ('full' if torch.cuda.is_available() else 'quick') if profile == 'auto' else profile
+# ---- experiments ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: what differs from Config's defaults, what changes on a CPU, and what it runs."""
+    name: str             # the records' `experiment` and the scripts' --preset
+    script: str           # bench/<script>.py runs it
+    title: str
+    question: str
+    settings: dict        # the seed's setup, as differences from Config's defaults
+    cpu: dict             # the cpu profile: what a 2-core CPU changes, with rankings that still hold
+    strategies: tuple = ('full',)      # run when --strategy is not given
+    backbones: tuple = ()              # run when --backbone is not given (default: settings['backbone'])
+    variants: dict = field(default_factory=dict)   # rows by (backbone, variant): settings on top of the rest
+    bench: tuple = ((),)               # `make bench`: the script's arguments, one tuple per invocation
 
 
-def resolve(preset=None, profile='auto', **flags):
-    """Config from defaults <- preset <- profile <- flags (None = not given)."""
-    unknown = set(flags) - FIELDS
+W1 = Experiment(
+    name='w1', script='finetune',
+    title='W1: fine-tuning an ImageNet backbone on CIFAR-10 (the seed: ResNet18 at 224 px)',
+    question='Which strategy should I use on a pretrained backbone, and what does it cost?',
+    settings=dict(
+        backbone='resnet18.tv_in1k',    # the seed's torchvision ImageNet weights
+        head='linear',                  # the seed's head: global pool -> Linear
+    ),                                  # the rest are Config's defaults: AdamW 1e-4 (head alone 1e-3), 224 px, 10 epochs
+    cpu=dict(
+        subset=5000, eval_subset=1000,  # 1/8 of the training images; 1,000 validation and test images
+        size=32, resize=32,             # native CIFAR size: 49x fewer pixels than 224 px
+        epochs=4, bs=64,
+        unfreeze_at=(1, 2),             # progressive keeps its shape: head, +1 stage, +2 stages
+    ),
+    strategies=('zero_shot', 'full', 'partial', 'progressive'),
+    # No ResNet18 ImageNet weights exist offline; EfficientNet-Lite0 (weights in $FTBENCH_WEIGHTS) runs beside it.
+    backbones=('resnet18.tv_in1k', 'tf_efficientnet_lite0'),
+    bench=(('--strategy', 'all'),),
+)
+
+W2 = Experiment(
+    name='w2', script='finetune',
+    title='W2: VGG16 at native 32 px (ImageNet conv weights -> CIFAR-10)',
+    question='Feature extraction or partial fine-tuning of the last conv block?',
+    settings=dict(
+        backbone='vgg16',               # torchvision's ImageNet conv layers (fc6/fc7 are not used)
+        head='mlp',                     # GAP -> 256 -> ReLU -> Dropout 0.3 -> 10
+        epochs=30, bs=64, opt='adam', wd=0.0,
+        size=0, resize=0,               # native 32 px
+    ),
+    cpu=dict(subset=4000, eval_subset=1000, epochs=4),
+    strategies=('feature_extract', 'partial'),
+)
+
+W3 = Experiment(
+    name='w3', script='scratch',
+    title='W3: training from scratch',
+    question='CIFAR ResNet32 vs VGG16 from random init, and what makes VGG16 learn.',
+    settings=dict(
+        backbone='cifar_resnet32', weights='none', head='linear',
+        epochs=30, bs=64, opt='adam', wd=0.0, lr=1e-3,
+        size=0, resize=0, normalize='unit',     # native 32 px, pixels / 255
+    ),
+    cpu=dict(subset=2000, eval_subset=1000, epochs=4),
+    variants={
+        ('cifar_resnet32', 'seed'): {},
+        ('cifar_resnet32', 'augment'): dict(augment=True),                      # random crop + flip
+        ('vgg16', 'seed'): dict(head='mlp', head_hidden=256, head_dropout=0.5),  # the seed's VGG16: never learns
+        ('vgg16_bn', 'bn'): dict(head='mlp', head_hidden=256, head_dropout=0.5),  # BatchNorm makes it learn
+        ('vgg16', 'lr1e-4'): dict(head='mlp', head_hidden=256, head_dropout=0.5, lr=1e-4),  # so does a lower LR
+    },
+)
+
+W4 = Experiment(
+    name='w4', script='search',
+    title='W4: hyperparameter search',
+    question='Grid vs random search on a small CNN: trials scored on validation only; the best retrained with '
+             'every seed and tested once each.',
+    settings=dict(
+        backbone='cifar_cnn', weights='none', head='mlp',  # GAP -> h -> ReLU -> Dropout 0.3 -> 10
+        epochs=15, bs=64, opt='adam', wd=0.0, lr=1e-3,
+        size=0, resize=0, normalize='unit',
+    ),
+    cpu=dict(subset=4000, eval_subset=1000, epochs=4),
+    bench=(('--grid',), ('--random', '12')),
+)
+
+EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4)}
+# finetune.py without --preset: Config's defaults, and W1's CPU budget for a pretrained backbone.
+CUSTOM = Experiment(name='finetune', script='finetune', title='Fine-tuning runs outside the presets', question='',
+                    settings={}, cpu=W1.cpu)
+PROFILES = ('full', 'cpu')
+
+
+def experiment(name):
+    if name not in EXPERIMENTS:
+        raise UsageError(f'unknown preset {name!r}; choose one of {", ".join(EXPERIMENTS)}')
+    return EXPERIMENTS[name]
+
+
+def resolve_profile(profile, device):
+    """`auto` is full where the run's device is CUDA, cpu elsewhere."""
+    return ('full' if device == 'cuda' else 'cpu') if profile == 'auto' else profile
+
+
+def resolve(preset=None, profile='auto', target=None, **flags):
+    """Config from defaults <- experiment <- profile <- flags (None = not given) <- `auto` on `target`
+    (a record.Hardware; default: this process's)."""
+    unknown = set(flags) - set(FIELDS)
     if unknown:
         raise UsageError(f'unknown setting {sorted(unknown)[0]!r}')
-    if preset is not None and preset not in PRESETS:
-        raise UsageError(f'unknown preset {preset!r}; choose one of {", ".join(PRESETS)}')
-    profile = resolve_profile(profile)
-    values = dict(PRESETS.get(preset, {}))
-    if profile == 'quick':
-        values.update(QUICK[preset])
-    values.update({k: v for k, v in flags.items() if v is not None})
-    values['profile'] = profile
-    return Config(**values)
+    from bench import record
+    target = target or record.hardware()
+    exp = EXPERIMENTS[preset] if preset else CUSTOM
+    values = dict(exp.settings, experiment=exp.name)
+    given = {k: v for k, v in flags.items() if v is not None}
+    device = resolve_device(given.get('device', 'auto'), target)
+    profile = resolve_profile(profile, device)
+    if profile == 'cpu':
+        values.update(exp.cpu)
+    values.update(given)
+    return resolve_auto(Config(**values, profile=profile), target)
 
 
-# ---- flags shared by the scripts -------------------------------------------------------------------------
+def resolve_device(device, target):
+    if device == 'auto':
+        return target.device
+    if device == 'cuda' and target.device != 'cuda':
+        raise UsageError(f'--device cuda was asked for, but the run\'s machine ({target.name}) has no CUDA device')
+    return device
+
+
+def resolve_auto(cfg, target=None):
+    """What `auto` means on `target` (a record.Hardware; default: this process's), so the record says what ran."""
+    from dataclasses import replace
+    from bench import record
+    from bench.strategies import can_cache_features
+    target = target or record.hardware(cfg.device)
+    device = resolve_device(cfg.device, target)
+    precision = ('bf16' if device == 'cuda' else 'fp32') if cfg.precision == 'auto' else cfg.precision
+    if precision == 'fp16' and device != 'cuda':
+        raise UsageError('--precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU')
+    channels_last = 'on' if cfg.channels_last == 'auto' else cfg.channels_last
+    cache = cfg.cache_features
+    if cache == 'auto':
+        cache = 'on' if can_cache_features(cfg) else 'off'
+    return replace(cfg, device=device, precision=precision, channels_last=channels_last, cache_features=cache)
+
+
+# ---- flags ------------------------------------------------------------------------------------------------
 
 def _csv_ints(text):
     try:
@@ -115,65 +239,51 @@ def _csv_ints(text):
 
 
 def add_run_flags(p):
-    """Flags that set Config fields (default None: not given, so the preset's value stands)."""
+    """One flag per Config field that has one, with the field's help; default None (not given: the experiment's
+    value stands)."""
     g = p.add_argument_group('run settings (override the preset)')
-    g.add_argument('--backbone', help='timm model name(s), comma-separated')
-    g.add_argument('--weights', help='hub | none | FILE (.safetensors/.pth with timm key names)')
-    g.add_argument('--head', choices=['fastai', 'linear', 'mlp'])
-    g.add_argument('--head-hidden', type=int)
-    g.add_argument('--head-dropout', type=float)
-    g.add_argument('--epochs', type=int)
-    g.add_argument('--lr', type=float, help='LR of what trains with the body')
-    g.add_argument('--head-lr', type=float, help='LR of the head alone (feature_extract, progressive, lp_ft)')
-    g.add_argument('--lr-mult', type=float, help='discriminative LRs: slice(lr / lr_mult, lr); 1 = one LR')
-    g.add_argument('--unfreeze', type=int, help='partial: last stages trained with the head')
-    g.add_argument('--unfreeze-at', type=_csv_ints, help='progressive: epochs at which a stage unfreezes, e.g. 3,6')
-    g.add_argument('--lp-epochs', type=int)
-    g.add_argument('--opt', choices=['adam', 'adamw', 'sgd'])
-    g.add_argument('--wd', type=float)
-    g.add_argument('--sched', choices=['flat', 'one_cycle'])
-    g.add_argument('--bs', type=int)
-    g.add_argument('--train-bn', action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument('--size', type=int, help='px fed to the model (0 = native)')
-    g.add_argument('--resize', type=int, help='px, shorter side before the center crop (0 = size)')
-    g.add_argument('--normalize', choices=['backbone', 'unit'])
-    g.add_argument('--augment', action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument('--subset', type=int, help='training images kept (0 = all)')
-    g.add_argument('--eval-subset', type=int, help='validation and test images kept (0 = all)')
-    g.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'])
-    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument('--cache-features', action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument('--device', choices=['auto', 'cpu', 'cuda'])
-    g.add_argument('--experiment', help='leaderboard table name')
+    for f in fields(Config):
+        if not f.metadata.get('flag'):
+            continue
+        name = '--' + f.name.replace('_', '-')
+        help_text = f'{f.metadata["help"]} (default: {_shown(f.default)})'
+        if f.type is bool or f.type == 'bool':
+            g.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.type is tuple or f.type == 'tuple':
+            g.add_argument(name, type=_csv_ints, metavar='N,N', help=help_text)
+        else:
+            kind = {'int': int, 'float': float, 'str': str}.get(f.type, f.type)
+            g.add_argument(name, type=kind, choices=f.metadata.get('choices'), help=help_text)
     return p
+
+
+def _shown(value):
+    return ','.join(map(str, value)) if isinstance(value, tuple) else value
 
 
 def add_io_flags(p, presets):
-    p.add_argument('--preset', choices=presets, help='the seed\'s settings; flags override them')
-    p.add_argument('--profile', default='auto', choices=['auto', 'full', 'quick'],
-                   help='auto: full on CUDA, quick on CPU')
+    p.add_argument('--preset', choices=presets, help='the experiment\'s settings (bench/config.py); flags override them')
+    p.add_argument('--profile', default='auto', choices=['auto', *PROFILES],
+                   help='full: the seed\'s settings; cpu: a budget a 2-core CPU finishes (see bench/config.py); '
+                        'auto: full where the runs have CUDA, else cpu (default: auto)')
     p.add_argument('--data', help='folder or .tgz in fastai layout (train/<class>/*, test/<class>/*); '
                                   'default $FTBENCH_DATA, else untar_data(URLs.CIFAR)')
-    p.add_argument('--seeds', type=int, default=1, help='seeds per configuration (0..N-1, from --seed)')
-    p.add_argument('--seed', type=int, default=0, help='first seed')
-    p.add_argument('--results', default='reports/results.jsonl', help='JSON-lines file the records are appended to')
+    p.add_argument('--seeds', type=int, default=1, help='seeds per configuration, counting up from --seed (default: 1)')
+    p.add_argument('--seed', type=int, default=0, help='first seed (default: 0)')
+    p.add_argument('--results', default='reports/results.jsonl',
+                   help='JSON-lines file the records are appended to (default: reports/results.jsonl)')
     p.add_argument('--out', default=None, help='leaderboard file (default: leaderboard.md beside --results)')
-    p.add_argument('--dry-run', action='store_true', help='print the plan, train nothing, write nothing')
+    p.add_argument('--dry-run', action='store_true', help='print the plan; train, download and write nothing')
     p.add_argument('--force', action='store_true', help='rerun configurations already recorded')
     p.add_argument('--no-render', action='store_true', help='do not render the leaderboard at the end')
-    p.add_argument('--no-bar', action='store_true', help='no fastai progress bars')
+    p.add_argument('--bar', action=argparse.BooleanOptionalAction, default=None,
+                   help='progress bars (default: only when the output is a terminal)')
     return p
 
 
-RUN_FLAGS = ('weights', 'head', 'head_hidden', 'head_dropout', 'epochs', 'lr', 'head_lr', 'lr_mult', 'unfreeze',
-             'unfreeze_at', 'lp_epochs', 'opt', 'wd', 'sched', 'bs', 'train_bn', 'size', 'resize', 'normalize',
-             'augment', 'subset', 'eval_subset', 'precision', 'channels_last', 'compile', 'cache_features',
-             'device', 'experiment')
-
-
 def flag_overrides(args):
-    return {k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k, None) is not None}
+    return {name: getattr(args, name) for name, f in FIELDS.items()
+            if f.metadata.get('flag') and getattr(args, name, None) is not None}
 
 
 def split_list(text):
@@ -182,8 +292,7 @@ def split_list(text):
 
 def validate_numbers(cfg):
     """The numeric sanity every run needs; strategy- and model-specific checks live with those."""
-    positive = ('epochs', 'bs', 'lr', 'head_lr', 'lr_mult', 'head_hidden')
-    for name in positive:
+    for name in ('epochs', 'bs', 'lr', 'head_lr', 'lr_mult', 'head_hidden'):
         if getattr(cfg, name) <= 0:
             raise UsageError(f'--{name.replace("_", "-")} must be positive, got {getattr(cfg, name)}')
     for name in ('subset', 'eval_subset', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs'):
@@ -193,14 +302,7 @@ def validate_numbers(cfg):
         raise UsageError(f'--head-dropout must be in [0, 1), got {cfg.head_dropout}')
     if not 0 < cfg.valid_frac < 1:
         raise UsageError(f'the validation share must be in (0, 1), got {cfg.valid_frac}')
-    if cfg.device == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda was asked for, but torch sees no CUDA device')
 
 
-def print_config(cfg, out=sys.stdout):
-    print('config: ' + json.dumps(cfg.to_dict(), sort_keys=True), file=out)
-
-
-def replace(cfg, **changes):
-    return dataclasses.replace(cfg, **changes)
-
+def print_config(cfg):
+    print('config: ' + json.dumps(cfg.to_dict(), sort_keys=True))

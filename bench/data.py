@@ -69,6 +69,17 @@ def resolve_source(spec=None):
                         f'to a local folder or .tgz') from None
 
 
+def local_source(spec=None):
+    """The path `resolve_source` would read, if it needs no download; else None. Downloads nothing."""
+    if spec or os.environ.get(DATA_ENV):
+        return resolve_source(spec)
+    if not (Path(os.environ.get('FASTAI_HOME', '~/.fastai')).expanduser() / 'config.ini').is_file():
+        return None  # fastai has never downloaded anything for this user (and asking it would write its config)
+    from fastai.data.external import URLs
+    path = URLs.path(URLs.CIFAR, c_key='data').with_suffix('')  # where untar_data extracts cifar10.tgz
+    return path if path.is_dir() else None
+
+
 def load(source, cache_dir=None, log=print):
     """Images of `source`, decoded once and cached; later calls read the cache."""
     source = Path(source)

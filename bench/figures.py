@@ -1,26 +1,23 @@
-"""Figures rendered from the records, never from a live run, so they can be redrawn at any time.
+"""Figures drawn from the records, never from a live run, so they can be redrawn at any time.
 
-Per experiment, into the `figures/` folder beside the leaderboard:
-- `<experiment>-curves.png`: training loss, validation loss and validation accuracy per epoch, one line per
+Per leaderboard table (one experiment on one hardware and profile), into the `figures/` folder beside it:
+- `<table>-curves.png`: training loss, validation loss and validation accuracy per epoch, one line per
   configuration, the mean over seeds with a shaded ±1 std band where n > 1;
-- `<experiment>-pareto.png`: test accuracy against training time (log axis), every configuration a point, the
-  Pareto front (configurations no other beats on both accuracy and time) joined and labelled;
-- `search-params.png`: validation score against each hyperparameter, one panel row per search kind.
-No figure is drawn for an experiment without successful records.
+- `<table>-pareto.png`: test accuracy against training time (log axis), every configuration a point with ±1 std
+  bars over seeds, the Pareto front (configurations no other beats on both accuracy and time) joined in red;
+- `<table>-params.png`, for a search: validation score against each hyperparameter, one panel row per search kind.
+No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from bench.leaderboard import group_key, latest_per_run  # noqa: E402
-
-LABEL_FIELDS = ('backbone', 'strategy', 'variant')
+from bench import stats  # noqa: E402
 
 
 def pareto_front(points):
@@ -34,24 +31,6 @@ def pareto_front(points):
     return sorted(front, key=lambda i: points[i])
 
 
-def configurations(records):
-    """[(label, [records over seeds])], labelled by whichever of backbone/strategy/variant differ, sorted."""
-    groups = defaultdict(list)
-    for rec in records:
-        groups[group_key(rec)].append(rec)
-    varying = [f for f in LABEL_FIELDS if len({r.get(f) or '' for r in records}) > 1] or ['strategy']
-    out = []
-    for key, recs in sorted(groups.items()):
-        label = ' '.join(str(recs[0].get(f) or '') for f in varying).strip() or recs[0]['strategy']
-        out.append((label, recs))
-    seen = defaultdict(int)  # configurations equal in these fields but not in others get numbered
-    for i, (label, recs) in enumerate(out):
-        seen[label] += 1
-        if seen[label] > 1:
-            out[i] = (f'{label} #{seen[label]}', recs)
-    return out
-
-
 def _curve(recs, field):
     """Mean and std over seeds of a per-epoch field, over the epochs every seed has."""
     n = min(len(r['epochs']) for r in recs)
@@ -59,16 +38,16 @@ def _curve(recs, field):
     return np.arange(1, n + 1), values.mean(0), values.std(0)
 
 
-def curves(records, path, title):
-    confs = [(label, recs) for label, recs in configurations(records) if all(r.get('epochs') for r in recs)]
-    if not confs:
+def curves(rows, path, title):
+    rows = [row for row in rows if all(r.get('epochs') for r in row.records)]
+    if not rows:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for label, recs in confs:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for row in rows:
         for ax, field in zip(axes, ('train_loss', 'valid_loss', 'valid_acc')):
-            x, mean, std = _curve(recs, field)
-            line, = ax.plot(x, mean, marker='o', ms=3, label=f'{label} (n={len(recs)})')
-            if len(recs) > 1:
+            x, mean, std = _curve(row.records, field)
+            line, = ax.plot(x, mean, marker='o', ms=3, label=f'{row.label} (n={row.n})')
+            if row.n > 1:
                 ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     for ax, name in zip(axes, ('training loss', 'validation loss', 'validation accuracy')):
         ax.set_title(name)
@@ -80,32 +59,40 @@ def curves(records, path, title):
     return _save(fig, path)
 
 
-def pareto(records, path, title):
-    confs = [(label, recs) for label, recs in configurations(records)
-             if all(r.get('test_acc') is not None and r.get('train_seconds') for r in recs)]
-    if not confs:
+def pareto(rows, path, title):
+    fig = pareto_figure(rows, title)
+    return _save(fig, path) if fig else None
+
+
+def pareto_figure(rows, title):
+    rows = [row for row in rows if all(r.get('test_acc') is not None and r.get('train_seconds') for r in row.records)]
+    if not rows:
         return None
-    points = [(float(np.mean([r['train_seconds'] for r in recs])), float(np.mean([r['test_acc'] for r in recs])))
-              for _, recs in confs]
+    times = [np.array([r['train_seconds'] for r in row.records], dtype=float) for row in rows]
+    accs = [np.array([r['test_acc'] for r in row.records], dtype=float) * 100 for row in rows]
+    points = [(float(t.mean()), float(a.mean())) for t, a in zip(times, accs)]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(8, 5))
-    t, a = zip(*points)
-    ax.scatter(t, np.array(a) * 100, color='0.6', zorder=2, label='configuration')
+    for i, (t, a) in enumerate(zip(times, accs)):
+        ax.errorbar(t.mean(), a.mean(), xerr=t.std(ddof=1) if len(t) > 1 else None,
+                    yerr=a.std(ddof=1) if len(a) > 1 else None, fmt='o', color='C3' if i in front else '0.55',
+                    ecolor='0.7', capsize=3, zorder=2)
     ft, fa = zip(*[points[i] for i in front])
-    ax.plot(ft, np.array(fa) * 100, color='C3', marker='o', zorder=3, label='Pareto front')
-    for i, (label, _) in enumerate(confs):
-        ax.annotate(label, (points[i][0], points[i][1] * 100), fontsize=7, xytext=(4, 4), textcoords='offset points',
+    ax.plot(ft, fa, color='C3', zorder=3, label='Pareto front')
+    for i, row in enumerate(rows):
+        ax.annotate(row.label, points[i], fontsize=7, xytext=(4, 4), textcoords='offset points',
                     color='C3' if i in front else '0.35')
-    _plain_log_axis(ax)
+    spread = [t.mean() + s * (t.std(ddof=1) if len(t) > 1 else 0) for t in times for s in (-1, 1)]
+    log_x_axis(ax, max(min(spread), min(t.min() for t in times) / 2), max(spread))
     ax.set_xlabel('training time, s (log scale)')
-    ax.set_ylabel('test accuracy, %')
+    ax.set_ylabel('test accuracy, % (bars: ±1 std over seeds)')
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title(title, fontsize=10)
+    return fig
 
 
-def search_params(records, path):
+def search_params(records, path, title):
     """Validation score against each hyperparameter, grid and random side by side."""
     trials = [r for r in records if (r.get('search') or {}).get('role') == 'trial' and r.get('valid_acc') is not None]
     if not trials:
@@ -118,23 +105,35 @@ def search_params(records, path):
         for col, p in enumerate(params):
             ax = axes[row][col]
             xs = [r['search']['params'].get(p) for r in mine]
-            ys = [r['valid_acc'] * 100 for r in mine]
-            ax.scatter(xs, ys, color='C0' if kind == 'grid' else 'C1')
+            ax.scatter(xs, [r['valid_acc'] * 100 for r in mine], color='C0' if kind == 'grid' else 'C1')
             if p == 'lr':
-                _plain_log_axis(ax)
+                log_x_axis(ax, min(xs), max(xs))
             ax.set_xlabel(p)
             ax.set_ylabel(f'{kind}: validation acc, %')
             ax.grid(alpha=0.3)
-    fig.suptitle('Search: validation score against each hyperparameter')
+    fig.suptitle(title)
     return _save(fig, path)
 
 
-def _plain_log_axis(ax):
-    """A log x axis labelled with plain numbers (30, not 3x10^1), minor ticks unlabelled."""
+def log_ticks(lo, hi):
+    """Tick positions for a log axis over [lo, hi]: 1-2-5 steps, finer steps when the range is short, and a few
+    rounded points spread evenly (in log) when it spans too little for either."""
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+                 for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    return sorted({float(f'{x:.2g}') for x in np.geomspace(lo, hi, 4)})
+
+
+def log_x_axis(ax, lo, hi):
+    """Make `ax`'s x axis logarithmic over [lo, hi] (with a margin), labelled with plain numbers whatever its span."""
+    lo, hi = (lo, hi) if hi > lo else (lo / 1.5, hi * 1.5)
+    lo, hi = lo / 1.15, hi * 1.15
     ax.set_xscale('log')
-    formatter = ScalarFormatter()
-    formatter.set_scientific(False)
-    ax.xaxis.set_major_formatter(formatter)
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
@@ -147,23 +146,18 @@ def _save(fig, path):
     return path
 
 
-def render_all(records, folder, relative_to):
-    """Draw every figure the records support; {experiment: [(caption, path relative to the leaderboard)]}."""
-    from bench.leaderboard import EXPERIMENTS
+def draw(table, folder, name, title):
+    """Every figure `table` (a stats.Table) supports, as [(caption, path)], files named `<name>-<kind>.png`."""
     folder = Path(folder)
-    by_exp = defaultdict(list)
-    for rec in records:
-        by_exp[rec['experiment']].append(rec)
-    links = {}
-    for exp, recs in sorted(by_exp.items()):
-        ok, _ = latest_per_run(recs)
-        if not ok:
-            continue
-        title = EXPERIMENTS.get(exp, (exp,))[0]
-        trials = [r for r in ok if (r.get('search') or {}).get('role') == 'trial']
-        shown = [r for r in ok if r not in trials]
-        made = [('Learning curves', curves(shown, folder / f'{exp}-curves.png', title)),
-                ('Accuracy against training time, Pareto front in red', pareto(shown, folder / f'{exp}-pareto.png', title)),
-                ('Validation score against each hyperparameter', search_params(ok, folder / f'{exp}-params.png'))]
-        links[exp] = [(caption, p.relative_to(relative_to).as_posix()) for caption, p in made if p is not None]
-    return links
+    records = [r for row in table.rows for r in row.records]
+    searched = [r for r in records if r.get('search')]
+    rows = table.rows
+    if searched:
+        rows = stats.rows([r for r in searched if r['search'].get('role') == 'refit'],
+                          label=lambda r: f'{r["search"]["kind"]} search (refit)')
+    made = [('Learning curves', curves(rows, folder / f'{name}-curves.png', title)),
+            ('Accuracy against training time, ±1 std over seeds, Pareto front in red',
+             pareto(rows, folder / f'{name}-pareto.png', title)),
+            ('Validation score against each hyperparameter', search_params(searched, folder / f'{name}-params.png',
+                                                                          title))]
+    return [(caption, path) for caption, path in made if path is not None]

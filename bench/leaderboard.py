@@ -1,55 +1,47 @@
-"""Render reports/leaderboard.md from the records, deterministically: the same records give the same bytes.
+"""Render reports/leaderboard.md (and reports/figures/) from the records, deterministically: the same records
+give the same bytes.
 
     python bench/leaderboard.py [--results reports/results.jsonl] [--out reports/leaderboard.md]
 
-One table per experiment, one row per configuration with its seeds aggregated (mean ± std, n), sorted by test
-accuracy; failed runs are listed apart with their message. Never trains; never edit its output by hand.
+One section per experiment, one table per hardware and profile inside it (times are only compared on the same
+machine), one row per configuration with its seeds pooled (mean ± std, n), sorted by test accuracy, each row
+compared with the table's best by a paired t interval over the seeds both ran (bench/stats.py), and the verdicts
+written out under the table. Failed runs are listed apart with their message. Never trains; never edit its output
+by hand.
 """
 import argparse
-import json
-import statistics
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tabulate import tabulate
 
-from tabulate import tabulate  # noqa: E402
+from bench import record, stats
+from bench.config import EXPERIMENTS
 
-from bench import record  # noqa: E402
+GUIDE = f"""How to read this: each section is one experiment, with one table per hardware and profile: runs from
+different machines are never pooled, and times are only comparable within a table. A row is one configuration;
+`n` is how many seeds ran it, and every number is mean ± std over them. Seeds change initialization, data order
+and augmentation, while the train/validation/test split stays fixed, so runs of two rows with the same seed are
+paired. Rows are sorted by test accuracy. Each row is compared with the table's best row over the seeds both
+ran: `Δ test` is the mean paired difference in percentage points with its 95% confidence interval (Student's t
+on the per-seed differences; with 3 seeds a bootstrap would have only 10 distinct resamples). A row whose
+interval includes 0 is `tied` with the best: the data cannot tell them apart. `time ×` is the row's training time
+over the best row's, the geometric mean of the per-seed ratios with its 95% interval. With fewer than
+{stats.MIN_SEEDS} paired seeds no verdict is given. The lines under each table say the same in words.
+`train s` is the training clock only (GPU synchronized, warm-up, validation and test excluded); `img/s` is
+training images per second; `epochs` are the epochs that trained (0 for zero_shot); `trainable / total` counts
+parameters (the largest trainable set over the schedule). `cpu`-profile rows ran a smaller budget sized so that
+their ranking holds at twice the budget (see the README); they are not the accuracy the seed's full settings
+reach. Peak memory on CPU is the process's peak resident set during the run (reset at its start; it includes the
+decoded images the process holds); on CUDA it is the run's peak allocated memory after warm-up."""
 
-EXPERIMENTS = {  # title and what the table answers, for the seed's experiments; others get their name
-    'w1': ('W1: fine-tuning an ImageNet backbone on CIFAR-10 (the seed: ResNet18 at 224 px)',
-           'Which strategy should I use on a pretrained backbone, and what does it cost?'),
-    'w2': ('W2: VGG16 at native 32 px (ImageNet conv weights -> CIFAR-10)',
-           'Feature extraction or partial fine-tuning of the last conv block?'),
-    'w3': ('W3: training from scratch', 'CIFAR ResNet32 vs VGG16 from random init, and what makes VGG16 learn.'),
-    'search': ('W4: hyperparameter search',
-               'Grid vs random search on a small CNN: trials scored on validation only; the best retrained once and '
-               'tested once (`refit test acc`).'),
-}
-GUIDE = """How to read this: each table is one experiment. A row is one configuration; `n` is how many seeds
-ran it, and accuracies and times are mean ± std over them. Rows are sorted by test accuracy. `train s` is
-the training clock only (GPU synchronized, validation excluded); `img/s` is training images per second;
-`epochs` are the epochs that trained (0 for zero_shot).
-`trainable / total` counts parameters (the largest trainable set over the schedule). Compare times only
-between rows made on the same device and profile: `quick` rows ran on a subset at small size for a CPU and
-measure the harness, not the accuracy the full settings reach. Peak memory on CPU is the process's RSS
-high-water mark (an upper bound for the run); on CUDA it is the run's peak allocated memory."""
-
-
-def group_key(rec):
-    cfg = dict(rec['config'])
-    cfg.pop('seed', None)
-    return json.dumps({'config': cfg, 'search': rec.get('search')}, sort_keys=True, default=str)
-
-
-def latest_per_run(records):
-    """For each run identity: its latest successful record, else its latest error. File order is time order."""
-    ok, failed = {}, {}
-    for rec in records:
-        (failed if rec.get('error') else ok)[rec['key']] = rec
-    return list(ok.values()), [r for k, r in failed.items() if k not in ok]
+COLUMNS = [('strategy', 'strategy'), ('backbone', 'backbone'), ('variant', 'variant'), ('weights', 'weights'),
+           ('size', 'px'), ('epochs', 'epochs'), ('params', 'trainable / total'), ('n', 'n'),
+           ('train_s', 'train s'), ('ips', 'img/s'), ('mem', 'peak MB'), ('valid', 'valid acc %'),
+           ('test', 'test acc %'), ('test_loss', 'test loss'), ('delta', 'Δ test vs best, pp (95% CI)'),
+           ('verdict', 'verdict'), ('time', 'time × best (95% CI)'), ('settings', 'settings')]
 
 
 def mean_std(values, fmt='{:.2f}', scale=1.0):
@@ -58,125 +50,139 @@ def mean_std(values, fmt='{:.2f}', scale=1.0):
         return '-'
     if len(values) == 1:
         return fmt.format(values[0])
+    import statistics
     return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return statistics.mean(values) if values else float('-inf')
-
-
-def _device(rec):
-    """The device, with the speed settings that tell runs on it apart (bf16, channels_last, compiled)."""
+def settings(rec):
+    """The speed settings that tell runs on one device apart."""
     cfg = rec['config']
-    extras = [x for x in (cfg.get('precision') if cfg.get('precision') not in (None, 'fp32', 'auto') else None,
-                          'channels_last' if cfg.get('channels_last') else None,
-                          'compiled' if cfg.get('compile') else None,
-                          'cached features' if cfg.get('cache_features') else None) if x]
-    return rec['device'] + (f' ({", ".join(extras)})' if extras else '')
+    return ', '.join(x for x in (cfg.get('precision'),
+                                 'channels_last' if cfg.get('channels_last') in ('on', True) else None,
+                                 'compiled' if cfg.get('compile') else None,
+                                 'cached features' if cfg.get('cache_features') in ('on', True) else None) if x)
 
 
-def _short_weights(w):
+def short_weights(w):
     return (w or '').split(' sha256:')[0]
 
 
-def aggregate(records):
-    """Rows of one experiment: one per configuration, seeds pooled."""
-    groups = defaultdict(list)
-    for rec in records:
-        groups[group_key(rec)].append(rec)
-    rows = []
-    for recs in groups.values():
-        recs.sort(key=lambda r: r['seed'])
-        first, cfg = recs[0], recs[0]['config']
-        rows.append(dict(
-            strategy=first['strategy'], backbone=first['backbone'], variant=first.get('variant') or '',
-            weights=_short_weights(first.get('weights')), size=first.get('image_size') or cfg.get('size'),
-            epochs=len(first.get('epochs') or []), params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
-            n=len(recs), train_s=mean_std([r['train_seconds'] for r in recs], '{:.1f}'),
-            ips=mean_std([r['images_per_second'] for r in recs], '{:.0f}'),
-            mem=mean_std([r['peak_memory_mb'] for r in recs], '{:.0f}'),
-            valid=mean_std([r['valid_acc'] for r in recs], scale=100),
-            test=mean_std([r['test_acc'] for r in recs], scale=100),
-            test_loss=mean_std([r['test_loss'] for r in recs], '{:.3f}'),
-            device=_device(first), profile=first['profile'],
-            _sort=(-_mean([r['test_acc'] for r in recs]), -_mean([r['valid_acc'] for r in recs]), group_key(first))))
-    rows.sort(key=lambda r: r['_sort'])
-    return rows
+def table_row(row, best):
+    recs, first = row.records, row.records[0]
+    cfg = first['config']
+    column = {name: [r.get(name) for r in recs] for name in ('train_seconds', 'images_per_second', 'peak_memory_mb',
+                                                               'valid_acc', 'test_acc', 'test_loss')}
+    verdict, _ = stats.verdict(row, best)
+    diff, _ = stats.paired_difference(row, best) if row is not best else (None, 0)
+    ratio = stats.paired_ratio(row, best) if row is not best else None
+    return dict(
+        strategy=first['strategy'], backbone=first['backbone'], variant=first.get('variant') or '',
+        weights=short_weights(first.get('weights')), size=first.get('image_size') or cfg.get('size'),
+        epochs=len(first.get('epochs') or []), params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
+        n=row.n, train_s=mean_std(column['train_seconds'], '{:.1f}'), ips=mean_std(column['images_per_second'], '{:.0f}'),
+        mem=mean_std(column['peak_memory_mb'], '{:.0f}'), valid=mean_std(column['valid_acc'], scale=100),
+        test=mean_std(column['test_acc'], scale=100), test_loss=mean_std(column['test_loss'], '{:.3f}'),
+        delta=f'{diff.mean:+.1f} ({diff.lo:+.1f} to {diff.hi:+.1f})' if diff else '-',
+        verdict=verdict, time=f'{ratio.mean:.2f} ({ratio.lo:.2f} to {ratio.hi:.2f})' if ratio else '-',
+        settings=settings(first))
 
 
-COLUMNS = [('strategy', 'strategy'), ('backbone', 'backbone'), ('variant', 'variant'), ('weights', 'weights'),
-           ('size', 'px'), ('epochs', 'epochs'), ('params', 'trainable / total'), ('n', 'n'),
-           ('train_s', 'train s'), ('ips', 'img/s'), ('mem', 'peak MB'), ('valid', 'valid acc %'),
-           ('test', 'test acc %'), ('test_loss', 'test loss'), ('device', 'device'), ('profile', 'profile')]
-
-
-def table(rows, columns=COLUMNS):
+def markdown_table(rows, columns=COLUMNS):
     if not any(r.get('variant') for r in rows):
         columns = [c for c in columns if c[0] != 'variant']
     return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt='github',
                     disable_numparse=True)
 
 
+def verdict_lines(table):
+    """The table's verdicts in words, best first; or why there are none."""
+    best = table.best
+    lines = [f'- Best: **{best.label}**, test accuracy {mean_std([r["test_acc"] for r in best.records], scale=100)} % '
+             f'(n = {best.n}).']
+    if len(table.rows) == 1:
+        return lines
+    if best.n < stats.MIN_SEEDS:
+        return lines + [f'- No verdict is possible: the best row has {best.n} seed{"s" * (best.n != 1)}, and a paired '
+                        f'comparison needs at least {stats.MIN_SEEDS} (`--seeds {stats.MIN_SEEDS}`).']
+    return lines + [f'- {words}.' for row in table.rows[1:] for _, words in [stats.verdict(row, best)]]
+
+
 def error_table(failed):
-    """One row per backbone, weights and message, naming the strategies that failed with it."""
+    """One row per backbone, weights, device and message, naming the strategies that failed with it."""
     groups = defaultdict(set)
     for r in failed:
-        groups[(r['backbone'], _short_weights(r.get('weights')), r.get('variant') or '', r['error'])].add(r['strategy'])
-    rows = [[b, v, w, ', '.join(sorted(s)), msg] for (b, w, v, msg), s in sorted(groups.items())]
-    return tabulate(rows, headers=['backbone', 'variant', 'weights', 'strategies', 'error'], tablefmt='github',
-                    disable_numparse=True)
+        groups[(r['backbone'], r.get('variant') or '', short_weights(r.get('weights')), r.get('device') or '',
+                r['error'])].add(r['strategy'])
+    rows = [[b, v, w, ', '.join(sorted(s)), d, msg] for (b, v, w, d, msg), s in sorted(groups.items())]
+    return tabulate(rows, headers=['backbone', 'variant', 'weights', 'strategies', 'device', 'error'],
+                    tablefmt='github', disable_numparse=True)
 
 
 def provenance(recs):
-    devices = sorted({r['device'] for r in recs})
-    profiles = sorted({r['profile'] for r in recs})
-    weights = sorted({_short_weights(r.get('weights')) for r in recs})
+    weights = sorted({short_weights(r.get('weights')) for r in recs})
     shas = sorted({(r.get('git_sha') or 'unknown')[:12] for r in recs})
     versions = sorted({', '.join(f'{k} {v}' for k, v in sorted((r.get('versions') or {}).items())) for r in recs})
-    return (f'Made on {"; ".join(devices)}. Profile: {", ".join(profiles)}. Weights: {", ".join(weights)}. '
-            f'Code: {", ".join(shas)}. Versions: {" | ".join(versions)}.')
+    return f'Weights: {", ".join(weights)}. Code: {", ".join(shas)}. Versions: {" | ".join(versions)}.'
 
 
-def search_tables(ok, failed):
-    """Per search (kind, seed, CV, space): a summary row, then its trials sorted by validation score."""
-    searches = defaultdict(lambda: {'trial': [], 'refit': [], 'failed': []})
-    for r in ok + failed:
-        s = r.get('search') or {}
-        ident = (s.get('kind', '?'), s.get('seed'), s.get('cv'), s.get('space', ''))
-        searches[ident]['failed' if r.get('error') else s.get('role', 'trial')].append(r)
+def heading(table):
+    return f'### {table.device} · profile {table.profile}'
+
+
+def slug(table):
+    """A file-name-safe name for a table's figures."""
+    text = f'{table.experiment}-{table.device}-{table.profile}'.lower().replace('cpu: ', '')
+    return re.sub(r'[^a-z0-9]+', '-', text).strip('-')
+
+
+# ---- searches ---------------------------------------------------------------------------------------------
+
+def search_label(rec):
+    s = rec['search']
+    return f'{s["kind"]} search' + (f' ({s["cv"]}-fold CV)' if s.get('cv') else '')
+
+
+def search_section(recs):
+    """Per search: a summary row (the refits' test accuracy over seeds), the verdict between searches, and each
+    search's trials sorted by validation score."""
+    searches = defaultdict(lambda: {'trial': [], 'refit': []})
+    for r in recs:
+        s = r['search']
+        searches[(s['kind'], s.get('seed'), s.get('cv'), s.get('space', ''))][s.get('role', 'trial')].append(r)
     summary, details = [], []
     for (kind, seed, cv, space), parts in sorted(searches.items(), key=lambda kv: str(kv[0])):
         trials = sorted(parts['trial'], key=lambda r: (-r['valid_acc'], r['search']['trial']))
-        refit = parts['refit'][-1] if parts['refit'] else None
-        everything = trials + parts['refit'][-1:]
-        spent = sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in everything)
-        scoring = f'{cv}-fold CV' if cv else 'hold-out'
+        refits = sorted(parts['refit'], key=lambda r: r['seed'])
         best = trials[0] if trials else None
-        summary.append([kind, seed, scoring, f'{len(trials)} ok / {len(parts["failed"])} failed',
-                        _params(best['search']['params']) if best else '-',
+        scoring = f'{cv}-fold CV' if cv else 'hold-out'
+        summary.append([kind, seed, scoring, len(trials), _params(best['search']['params']) if best else '-',
                         f'{best["valid_acc"] * 100:.2f}' if best else '-',
-                        f'{refit["test_acc"] * 100:.2f}' if refit else '-', f'{spent:.0f}',
-                        (refit or best or parts['failed'][0])['device'], (refit or best or parts['failed'][0])['profile']])
+                        mean_std([r['test_acc'] for r in refits], scale=100), len(refits),
+                        f'{stats.seconds_spent(trials + refits):.0f}'])
         rows = [[r['search']['trial'], _params(r['search']['params']), f'{r["valid_acc"] * 100:.2f}',
                  f'{r["train_seconds"]:.1f}', f'{r["images_per_second"]:.0f}'] for r in trials]
-        rows += [[r['search']['trial'], _params(r['search']['params']), 'error', '-', r['error']]
-                 for r in sorted(parts['failed'], key=lambda r: r['search'].get('trial', 0))]
-        details += [f'### {kind} search (seed {seed}, {scoring}) over `{space}`', '',
+        details += [f'#### {kind} search (seed {seed}, {scoring}) over `{space}`', '',
                     tabulate(rows, headers=['trial', 'params', 'valid acc %', 'train s', 'img/s'], tablefmt='github',
                              disable_numparse=True), '']
-    head = tabulate(summary, headers=['search', 'seed', 'scoring', 'trials', 'best params', 'best valid acc %',
-                                      'refit test acc %', 'total s', 'device', 'profile'],
-                    tablefmt='github', disable_numparse=True)
-    return [head, '', *details]
+    out = [tabulate(summary, headers=['search', 'seed', 'scoring', 'trials', 'best params', 'best valid acc %',
+                                      'refit test acc %', 'refit n', 'total s'],
+                    tablefmt='github', disable_numparse=True), '']
+    refits = [r for r in recs if r['search'].get('role') == 'refit']
+    if refits:
+        table = stats.Table('', '', '', stats.rows(refits, label=search_label))
+        out += ['Refits compared (the best configuration of each search, retrained per seed):', '',
+                *verdict_lines(table), '']
+    return out + details
 
 
 def _params(params):
     return ', '.join(f'{k}={v:g}' for k, v in sorted(params.items()))
 
 
+# ---- the page ---------------------------------------------------------------------------------------------
+
 def render(records, figures=None):
-    """The leaderboard's markdown. `figures`: {experiment: [(title, relative path)]}, linked under each table."""
+    """The leaderboard's markdown. `figures`: {table slug: [(caption, relative path)]}, linked under each table."""
     figures = figures or {}
     by_exp = defaultdict(list)
     for rec in records:
@@ -188,20 +194,22 @@ def render(records, figures=None):
         out += ['No runs recorded yet: run `make bench`.', '']
     order = [e for e in EXPERIMENTS if e in by_exp] + sorted(e for e in by_exp if e not in EXPERIMENTS)
     for exp in order:
-        ok, failed = latest_per_run(by_exp[exp])
-        title, question = EXPERIMENTS.get(exp, (exp, ''))
-        out += [f'## {title}', '']
-        if question:
-            out += [question, '']
-        out += [provenance(ok + failed), '']
-        searched = [r for r in ok + failed if r.get('search')]
-        if searched:
-            out += search_tables([r for r in ok if r.get('search')], [r for r in failed if r.get('search')])
-            ok, failed = [r for r in ok if not r.get('search')], [r for r in failed if not r.get('search')]
-        if ok:
-            out += [table(aggregate(ok)), '']
-        for caption, path in figures.get(exp, []):
-            out += [f'![{caption}]({path})', '']
+        ok, failed = stats.latest_per_run(by_exp[exp])
+        declared = EXPERIMENTS.get(exp)
+        out += [f'## {declared.title if declared else exp}', '']
+        if declared and declared.question:
+            out += [declared.question, '']
+        for table in stats.tables(ok):
+            recs = [r for row in table.rows for r in row.records]
+            out += [heading(table), '', provenance(recs), '']
+            searched = [r for r in recs if r.get('search')]
+            if searched:
+                out += search_section(searched)
+            else:
+                out += [markdown_table([table_row(row, table.best) for row in table.rows]), '',
+                        *verdict_lines(table), '']
+            for caption, path in figures.get(slug(table), []):
+                out += [f'![{caption}]({path})', '']
         if failed:
             out += ['Failed runs (latest error per configuration; rerun to retry):', '', error_table(failed), '']
     return '\n'.join(out).rstrip() + '\n'
@@ -210,10 +218,16 @@ def render(records, figures=None):
 def render_file(results, out=None):
     """Read `results`, write the leaderboard beside it (or to `out`) and its figures into `figures/` beside that;
     returns the leaderboard's path."""
+    from bench import figures
     out = Path(out) if out else Path(results).with_name('leaderboard.md')
     records = record.read(results)
-    from bench import figures
-    text = render(records, figures.render_all(records, out.parent / 'figures', relative_to=out.parent))
+    links = {}
+    for table in stats.tables(stats.latest_per_run(records)[0]):
+        declared = EXPERIMENTS.get(table.experiment)
+        title = f'{declared.title if declared else table.experiment}\n{table.device}, profile {table.profile}'
+        made = figures.draw(table, out.parent / 'figures', slug(table), title)
+        links[slug(table)] = [(caption, path.relative_to(out.parent).as_posix()) for caption, path in made]
+    text = render(records, links)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + '.tmp')
     tmp.write_text(text)
@@ -221,11 +235,15 @@ def render_file(results, out=None):
     return out
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--results', default='reports/results.jsonl', help='records to render')
+    p.add_argument('--results', default='reports/results.jsonl', help='records to render (default: %(default)s)')
     p.add_argument('--out', default=None, help='markdown file (default: leaderboard.md beside --results)')
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if not Path(args.results).exists():
         print(f'error: no results file at {args.results}; run a bench script first or pass --results', file=sys.stderr)
         return 2

@@ -1,21 +1,108 @@
-"""The results file: one JSON line per run, appended and never rewritten.
+"""The record: one JSON line per run, appended by the driver alone and never rewritten.
 
-A run's identity is its resolved config (which holds the experiment, the seed and the dataset fingerprint) plus
-any search bookkeeping; a run whose identity already has a successful record is done, and a rerun skips it.
-Reading is tolerant: a torn last line (a crash mid-write) is skipped with a warning, never fatal.
+This module owns what a record holds (`make`), the environment it captures (`hardware`, `environment`,
+`git_sha`), a run's identity (`run_key`: its resolved config, any search bookkeeping, and the hardware it ran
+on), appending, tolerant reading (a torn or foreign line is skipped with a warning, never fatal) and what a
+rerun skips (`done`). A run whose identity already has a successful record is done; a failed one is retried.
 """
+import datetime as dt
 import hashlib
 import json
 import os
+import platform
+import subprocess
 import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+RESULT_FIELDS = ('epochs', 'valid_loss', 'valid_acc', 'test_loss', 'test_acc', 'train_seconds', 'warmup_seconds',
+                 'eval_seconds', 'images_per_second', 'peak_memory_mb', 'params_total', 'params_trainable',
+                 'stage_names', 'image_size', 'train_images', 'valid_images', 'test_images', 'fold_valid_acc')
+PACKAGES = ('torch', 'torchvision', 'fastai', 'timm', 'numpy')
 
-def run_key(config, extra=None):
-    """Stable identity of a run: sha1 of its config (and search bookkeeping), independent of key order."""
-    text = json.dumps({'config': config, 'extra': extra or {}}, sort_keys=True, default=str)
+
+# ---- environment ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where runs land: the device type `auto` resolves to, and the name that is part of a run's identity."""
+    device: str   # cuda | cpu
+    name: str     # the GPU model, or 'cpu: <model> (<n> cores)'
+
+
+def hardware(device='auto'):
+    """This process's hardware for runs on `device` (auto: cuda if torch sees one)."""
+    import torch
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return Hardware(device, device_name(device))
+
+
+def device_name(device):
+    import torch
+    if device == 'cuda':
+        return torch.cuda.get_device_name()
+    return f'cpu: {cpu_model()} ({os.cpu_count()} cores)'
+
+
+@lru_cache(maxsize=None)
+def cpu_model():
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device):
+    """What the machine a run ran on says about itself: device name and library versions."""
+    return dict(device_name=device_name(device),
+                versions={'python': platform.python_version(), **{p: version(p) for p in PACKAGES}})
+
+
+@lru_cache(maxsize=None)
+def git_sha():
+    """The code version: HEAD, with -dirty if tracked files changed; None outside a git checkout."""
+    try:
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ('-dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def now():
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
+
+
+# ---- identity and the record ------------------------------------------------------------------------------
+
+def run_key(config, identity=None, device=None):
+    """Stable identity of a run: sha1 of its resolved config, search bookkeeping and hardware name."""
+    text = json.dumps({'config': config, 'extra': identity or {}, 'device': device}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
+
+def make(cfg, key, started_at, env, code_version, results=None, error=None, extra=None):
+    """A record: who ran (config, environment, code) and what came out (results, or the error)."""
+    results = results or {}
+    rec = dict(key=key, experiment=cfg.experiment, variant=cfg.variant, backbone=cfg.backbone, strategy=cfg.strategy,
+               weights=results.get('weights', cfg.weights), profile=cfg.profile, seed=cfg.seed, config=cfg.to_dict(),
+               device=env['device_name'], versions=env['versions'], git_sha=code_version, started_at=started_at,
+               peak_memory_kind='cuda_max_allocated' if cfg.device == 'cuda' else 'process_peak_rss', error=error)
+    rec.update({name: results.get(name) for name in RESULT_FIELDS})
+    rec.update(extra or {})
+    return rec
+
+
+# ---- the file ---------------------------------------------------------------------------------------------
 
 def append(path, record):
     """Append one record as a single write, then fsync; a torn tail from an earlier crash is closed off first."""
@@ -33,8 +120,8 @@ def append(path, record):
         os.fsync(f.fileno())
 
 
-def read(path, warn=True):
-    """All records in `path` (none if it does not exist), skipping lines that are not JSON objects."""
+def read(path):
+    """All records in `path` (none if it does not exist), skipping lines that are not run records."""
     path = Path(path)
     if not path.exists():
         return []
@@ -47,13 +134,18 @@ def read(path, warn=True):
                 rec = json.loads(raw)
             except ValueError:
                 rec = None
-            if isinstance(rec, dict) and 'config' in rec:
+            if is_record(rec):
                 records.append(rec)
-            elif warn:
+            else:
                 print(f'warning: {path}:{n} is not a run record; skipped', file=sys.stderr)
     return records
 
 
+def is_record(rec):
+    return (isinstance(rec, dict) and isinstance(rec.get('config'), dict) and isinstance(rec.get('key'), str)
+            and isinstance(rec.get('experiment'), str) and 'seed' in rec and 'error' in rec)
+
+
 def done(path):
     """{key: record} of the runs in `path` recorded without error: what a rerun skips."""
-    return {r['key']: r for r in read(path) if r.get('error') is None and 'key' in r}
+    return {r['key']: r for r in read(path) if r['error'] is None}

@@ -3,17 +3,11 @@
 Shared by every script, so runs differ only in their config. Timing synchronizes the GPU, keeps each epoch's
 training apart from its validation, and keeps the test evaluation out of the training clock.
 """
-import datetime as dt
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +21,8 @@ from fastai.torch_core import find_bs
 
 import backbones
 from bench import data, record
-from bench.config import replace
 from bench.strategies import STRATEGIES
 
-REPO = Path(__file__).resolve().parents[1]
 OPTIMIZERS = {  # PyTorch's defaults (betas 0.9/0.999, eps 1e-8), not fastai's (0.9/0.99, 1e-5), as in the seed
     'adam': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=False),
     'adamw': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=True),
@@ -40,14 +32,6 @@ OPTIMIZERS = {  # PyTorch's defaults (betas 0.9/0.999, eps 1e-8), not fastai's (
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def resolve_runtime(cfg):
-    """Fill in what `auto` means on this machine, so the record says what actually ran."""
-    device = ('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device
-    precision = ('bf16' if device == 'cuda' else 'fp32') if cfg.precision == 'auto' else cfg.precision
-    channels_last = cfg.channels_last or (cfg.precision == 'auto' and device == 'cuda')
-    return replace(cfg, device=device, precision=precision, channels_last=channels_last)
 
 
 def sync(device):
@@ -60,7 +44,7 @@ def sync(device):
 def prepare_for(cfg, spec, train):
     mean, std = (spec.mean, spec.std) if cfg.normalize == 'backbone' else ((0., 0., 0.), (1., 1., 1.))
     return data.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
-                        channels_last=cfg.channels_last)
+                        channels_last=cfg.channels_last == 'on')
 
 
 def loaders(cfg, images, split_, spec):
@@ -128,7 +112,7 @@ def apply_precision(learn, cfg):
         learn.to_bf16()
     elif cfg.precision == 'fp16':
         learn.to_fp16()
-    if cfg.channels_last:
+    if cfg.channels_last == 'on':
         learn.model.to(memory_format=torch.channels_last)
     if cfg.compile:
         learn.model.compile()
@@ -145,11 +129,10 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
                                    cfg.weights)
     train_dl, valid_dl, test_dl = loaders(cfg, images, split_, spec)
     params_total = sum(p.numel() for p in net.parameters())
-    if cfg.device == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(cfg.device)
     runlog = RunLog(cfg.device)
     extract_seconds = 0.
-    if cfg.cache_features:
+    if cfg.cache_features == 'on':
         t = time.perf_counter()
         train_dl, valid_dl = cached_features(net[0], cfg, (train_dl, valid_dl))  # on the training clock
         extract_seconds = time.perf_counter() - t
@@ -160,7 +143,7 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
     apply_precision(learn, cfg)
     if not bar:
         learn.remove_cb(ProgressCallback)
-        learn.logger = lambda row: log('    epoch ' + '  '.join(
+        learn.logger = lambda row: log('    ' + '  '.join(
             f'{name} {value:.4f}' if isinstance(value, float) else f'{name} {value}'
             for name, value in zip(learn.recorder.metric_names, row)))
 
@@ -169,7 +152,7 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
     t = time.perf_counter()
     valid_loss, valid_acc = (runlog.epochs[-1]['valid_loss'], runlog.epochs[-1]['valid_acc']) if runlog.epochs \
         else map(float, learn.validate())
-    if test and cfg.cache_features:
+    if test and cfg.cache_features == 'on':
         test_dl, = cached_features(net[0], cfg, (test_dl,))  # on the evaluation clock
     test_loss, test_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None)
     sync(cfg.device)
@@ -189,7 +172,7 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
 def cached_features(body, cfg, dls):
     """The frozen body's outputs for every image, computed once in eval mode; the head then trains on them."""
     body = body.to(cfg.device).eval()
-    if cfg.channels_last:
+    if cfg.channels_last == 'on':
         body = body.to(memory_format=torch.channels_last)
     out = []
     for dl in dls:
@@ -202,11 +185,26 @@ def cached_features(body, cfg, dls):
     return out
 
 
+def reset_peak_memory(device):
+    """Start the run's memory high-water mark afresh: CUDA's peak allocation, or (Linux) the process's peak RSS."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path('/proc/self/clear_refs').write_text('5')  # resets VmHWM, the peak resident set size
+    except OSError:
+        pass  # elsewhere the mark covers the whole process so far: an upper bound for the run
+
+
 def peak_memory_mb(device):
     if torch.device(device).type == 'cuda':
         return torch.cuda.max_memory_allocated() / 2 ** 20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: the process's high-water mark
+    try:
+        status = Path('/proc/self/status').read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith('VmHWM:'))) / 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ---- dry run ----------------------------------------------------------------------------------------------
@@ -264,51 +262,53 @@ def format_plan(cfg, p):
     return '\n'.join(lines)
 
 
-# ---- records ----------------------------------------------------------------------------------------------
+# ---- a job, as a worker runs it --------------------------------------------------------------------------
 
-def environment(device):
-    if torch.device(device).type == 'cuda':
-        name = torch.cuda.get_device_name()
-    else:
-        model = next((line.split(':', 1)[1].strip() for line in _read('/proc/cpuinfo').splitlines()
-                      if line.startswith('model name')), platform.processor() or platform.machine())
-        name = f'cpu: {model} ({os.cpu_count()} cores)'
-    versions = {'python': platform.python_version()}
-    for pkg in ('torch', 'torchvision', 'fastai', 'timm', 'numpy'):
-        versions[pkg] = version(pkg)
-    return dict(device_name=name, versions=versions, git_sha=git_sha())
+_splits = {}  # one Split per images and split settings, computed once per process
 
 
-def _read(path):
+def split_of(cfg, images):
+    key = (images.key, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
+    if key not in _splits:
+        _splits[key] = data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
+    return _splits[key]
+
+
+def score(cfg, images, splits, bar=False, log=print):
+    """Train on each of `splits` without touching the test set; the mean validation accuracy is the score."""
+    results = [train(cfg, images, s, bar=bar, test=False, log=log) for s in splits]
+    out = dict(results[0])
+    out.update(valid_acc=float(np.mean([r['valid_acc'] for r in results])),
+               valid_loss=float(np.mean([r['valid_loss'] for r in results])),
+               train_seconds=sum(r['train_seconds'] for r in results),
+               eval_seconds=sum(r['eval_seconds'] for r in results),
+               fold_valid_acc=[r['valid_acc'] for r in results])
+    return out
+
+
+def work(job, images, bar=False, log=print):
+    """Run `job` (an executor.Job) on `images`: {'started_at', 'env', and 'results' or 'error'}, plain values
+    only, so that the driver can record it wherever it ran. Never raises, except on Ctrl-C."""
+    cfg = job.cfg
+    out = dict(started_at=record.now(), env=record.environment(cfg.device))
     try:
-        return Path(path).read_text()
-    except OSError:
-        return ''
+        split = split_of(cfg, images)
+        if job.folds:
+            out['results'] = score(cfg, images, data.folds(split, images, job.folds, seed=cfg.split_seed), bar, log)
+        else:
+            out['results'] = train(cfg, images, split, bar=bar, test=job.test, log=log)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        out['error'] = error_message(e)
+        if not isinstance(e, EXPECTED_ERRORS):
+            traceback.print_exc(file=sys.stderr)
+        if cfg.device == 'cuda':
+            torch.cuda.empty_cache()
+    return out
 
 
-def git_sha():
-    try:
-        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ('-dirty' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def make_record(cfg, key, started_at, env, results=None, error=None, extra=None):
-    results = results or {}
-    rec = dict(key=key, experiment=cfg.experiment, variant=cfg.variant, backbone=cfg.backbone, strategy=cfg.strategy,
-               weights=results.get('weights', cfg.weights), profile=cfg.profile, seed=cfg.seed, config=cfg.to_dict(),
-               device=env['device_name'], versions=env['versions'], git_sha=env['git_sha'], started_at=started_at,
-               peak_memory_kind='cuda_max_allocated' if cfg.device == 'cuda' else 'process_max_rss', error=error)
-    for name in ('epochs', 'valid_loss', 'valid_acc', 'test_loss', 'test_acc', 'train_seconds', 'eval_seconds',
-                 'images_per_second', 'peak_memory_mb', 'params_total', 'params_trainable', 'stage_names', 'image_size',
-                 'train_images', 'valid_images', 'test_images', 'fold_valid_acc'):
-        rec[name] = results.get(name)
-    rec.update(extra or {})
-    return rec
+EXPECTED_ERRORS = (backbones.WeightsError, NonFiniteLoss, torch.cuda.OutOfMemoryError)
 
 
 def error_message(e):
@@ -318,57 +318,3 @@ def error_message(e):
         return 'out of GPU memory; lower --bs or --size'
     lines = str(e).strip().splitlines()
     return f'{type(e).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
-
-
-@dataclass
-class Outcome:
-    ran: int = 0
-    skipped: int = 0
-    failed: list = field(default_factory=list)
-
-
-def attempt(results_path, cfg, work, env, done, extra=None, identity=None, force=False, outcome=None, log=print):
-    """Run `work()` (returning result fields) for `cfg` unless an identical run is already recorded; append its
-    record, or an error row if it raised. Returns the record (the earlier one when skipped).
-    `extra` is stored in the record; `identity` (default: `extra`) is what, beside the config, makes it a run."""
-    key = record.run_key(cfg.to_dict(), extra if identity is None else identity)
-    if key in done and not force:
-        log(f'skip (already recorded): {cfg.experiment} {cfg.backbone} {cfg.strategy} {cfg.variant} seed {cfg.seed}')
-        if outcome:
-            outcome.skipped += 1
-        return done[key]
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
-    try:
-        results, error = work(), None
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
-        results, error = None, error_message(e)
-        if not isinstance(e, (backbones.WeightsError, NonFiniteLoss, torch.cuda.OutOfMemoryError)):
-            traceback.print_exc(file=sys.stderr)
-        log(f'error: {cfg.experiment} {cfg.backbone} {cfg.strategy}: {error}')
-        if cfg.device == 'cuda':
-            torch.cuda.empty_cache()
-    rec = make_record(cfg, key, started, env, results, error, extra)
-    record.append(results_path, rec)
-    if outcome:
-        outcome.ran += 1
-        if error:
-            outcome.failed.append(rec)
-    if not error:
-        done[key] = rec
-    return rec
-
-
-def sweep(cfgs, images, split_for, results_path, force=False, bar=True, log=print):
-    """Run every config not already recorded, appending a record after each; returns an Outcome."""
-    done, outcome = record.done(results_path), Outcome()
-    env = environment(cfgs[0].device) if cfgs else None
-    for i, cfg in enumerate(cfgs, 1):
-        log(f'[{i}/{len(cfgs)}] {cfg.experiment} {cfg.backbone} {cfg.strategy} {cfg.variant} seed {cfg.seed}')
-        rec = attempt(results_path, cfg, lambda: train(cfg, images, split_for(cfg), bar=bar), env, done,
-                      force=force, outcome=outcome, log=log)
-        if rec.get('error') is None and rec.get('test_acc') is not None:
-            log(f'    test acc {rec["test_acc"]:.4f}  train {rec["train_seconds"]:.1f} s  '
-                f'{rec["images_per_second"] or 0:.0f} img/s')
-    return outcome

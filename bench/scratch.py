@@ -4,67 +4,60 @@ The seed trained both from random init on CIFAR-10 at 32 px (pixels / 255, no au
 30 epochs, 40k/10k/10k). ResNet32 (466,906 parameters) reached 77.97% best validation, ~75.7% test, in 446 s;
 VGG16 (no BatchNorm, GAP -> 256 -> Dropout 0.5 -> 10, 14,848,586 parameters) never learned: 10% test, loss stuck
 at ln 10 for 30 epochs, 730 s. This script runs the seed's two rows and, with the same budget, the rows that
-explain them: ResNet32 with standard augmentation (random crop, 4 px padding, + flip; the literature reports
-~92-93% with a longer schedule), VGG16 with BatchNorm (vgg16_bn), and VGG16 at a 10x lower LR.
+explain them (W3's variants in bench/config.py): ResNet32 with standard augmentation (random crop, 4 px padding,
++ flip; the literature reports ~92-93% with a longer schedule), VGG16 with BatchNorm (vgg16_bn), and VGG16 at a
+10x lower LR.
 
-    python bench/scratch.py --preset w3                            # every variant below
+    python bench/scratch.py --preset w3 --seeds 3                  # every variant
     python bench/scratch.py --preset w3 --variants seed,augment --seeds 3
     python bench/scratch.py --backbone cifar_resnet32 --epochs 5   # the preset's settings, one model
 
 Records go to --results (experiment `w3`), the leaderboard and figures are rendered at the end.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import cli
+from bench.config import W3, UsageError, add_io_flags, add_run_flags, flag_overrides, resolve, split_list
+from bench.executor import make_executor
 
-from bench import cli  # noqa: E402
-from bench.config import UsageError, add_io_flags, add_run_flags, flag_overrides, resolve, split_list  # noqa: E402
 
-VGG_HEAD = dict(head='mlp', head_hidden=256, head_dropout=0.5)
-VARIANTS = {  # name -> (backbone, settings on top of the preset); each is a leaderboard row
-    ('cifar_resnet32', 'seed'): {},
-    ('cifar_resnet32', 'augment'): dict(augment=True),
-    ('vgg16', 'seed'): VGG_HEAD,
-    ('vgg16_bn', 'bn'): VGG_HEAD,
-    ('vgg16', 'lr1e-4'): dict(VGG_HEAD, lr=1e-4),
-}
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    add_io_flags(p, presets=[W3.name])
+    p.add_argument('--backbone', help='timm model name(s), comma-separated: only these rows, and a model outside '
+                                      'the variants runs once with the preset\'s settings (default: every row)')
+    p.add_argument('--variants', help=f'comma list of {", ".join(sorted({v for _, v in W3.variants}))} '
+                                      f'(default: all)')
+    add_run_flags(p)
+    return p
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
-    add_io_flags(p, presets=['w3'])
-    p.add_argument('--variants', help=f'comma list of {", ".join(sorted({v for _, v in VARIANTS}))} (default: all)')
-    add_run_flags(p)
-    return p.parse_args(argv)
+    return parser().parse_args(argv)
 
 
-def configs(args):
+def configs(args, target):
     overrides = flag_overrides(args)
-    wanted = split_list(args.variants) or None
-    known = {v for _, v in VARIANTS}
-    for v in wanted or []:
+    wanted = split_list(args.variants)
+    known = {v for _, v in W3.variants}
+    for v in wanted:
         if v not in known:
             raise UsageError(f'unknown variant {v!r}; choose from {", ".join(sorted(known))}')
     names = split_list(args.backbone)
-    cfgs = []
-    for (backbone, variant), settings in VARIANTS.items():
-        if (names and backbone not in names) or (wanted and variant not in wanted):
-            continue
-        cfgs.append(resolve('w3', args.profile, **{**settings, 'backbone': backbone, 'variant': variant,
-                                                   **overrides}))
-    for name in names:  # a backbone outside the table runs once with the preset's settings
-        if not any(backbone == name for backbone, _ in VARIANTS):
-            cfgs.append(resolve('w3', args.profile, **{'backbone': name, **overrides}))
-    if not cfgs:
+    rows = [(backbone, dict(settings, variant=variant)) for (backbone, variant), settings in W3.variants.items()
+            if (not names or backbone in names) and (not wanted or variant in wanted)]
+    rows += [(name, {}) for name in names if not any(b == name for b, _ in W3.variants)]
+    if not rows:
         raise UsageError('no configuration matches --backbone and --variants')
+    cfgs = [resolve(W3.name, args.profile, target, **{**settings, 'backbone': backbone, **overrides})
+            for backbone, settings in rows]
     return cli.with_seeds(cfgs, args.seed, args.seeds)
 
 
 def main(argv=None):
     args = parse(argv)
-    return cli.execute(args, configs(args))
+    executor = make_executor('local')
+    return cli.execute(args, configs(args, executor.hardware), executor)
 
 
 if __name__ == '__main__':

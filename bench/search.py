@@ -8,62 +8,73 @@ The seed scored trials by 3-fold CV on the 50k training images, then retrained e
 grid best (bs 64, h 256, lr 1e-3) CV 74.75%, test 77.41%, 1,327 s; random best (bs 96, h 128, lr 9.33e-4)
 CV 72.39%, test 79.27%, 1,251 s.
 
-    python bench/search.py --grid
-    python bench/search.py --random 12 --seed 0
+    python bench/search.py --grid --seeds 3
+    python bench/search.py --random 12 --seed 0 --seeds 3
     python bench/search.py --random 20 --cv 3 --space lr=loguniform:1e-4:1e-2 bs=64,128 --backbone cifar_resnet32
 
 Spaces and draws come from scikit-learn (ParameterGrid, ParameterSampler with scipy's loguniform), seeded, and
 are printed before anything runs. Trials are scored on the validation split (or K-fold CV with --cv K, over the
-training and validation images); the test set is touched once per search, by the best configuration retrained on
-the training split. Every trial is a record (experiment `search`); a rerun skips finished trials.
+training and validation images). A search runs once, with --seed (its trials are the sample); its best
+configuration is then retrained on the training split with every seed and tested once per seed, so grid and
+random end in a test accuracy with a spread, paired by seed. Every trial and refit is a record (experiment
+`w4`); a rerun skips finished ones.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
+from dataclasses import replace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from scipy import stats
+from sklearn.model_selection import ParameterGrid, ParameterSampler
 
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
-from sklearn.model_selection import ParameterGrid, ParameterSampler  # noqa: E402
-
-from bench import cli, data, record, runner  # noqa: E402
-from bench.config import FIELDS, UsageError, add_io_flags, add_run_flags, flag_overrides, replace, resolve  # noqa: E402
+from bench import cli, data
+from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags, flag_overrides, resolve
+from bench.executor import Job, make_executor
+from bench.stats import seconds_spent
 
 GRID = {'lr': [1e-3, 5e-4], 'bs': [64, 128], 'h': [128, 256, 512]}
 RANDOM = {'lr': stats.loguniform(1e-4, 1e-3), 'bs': [64, 96, 128, 160], 'h': [128, 256, 384, 512]}
 ALIASES = {'h': 'head_hidden', 'dropout': 'head_dropout'}  # short names in a space -> Config fields
-INTEGER = {'bs', 'head_hidden', 'epochs', 'unfreeze', 'lp_epochs'}
+NOT_SEARCHABLE = ('experiment', 'variant', 'backbone', 'strategy', 'dataset', 'profile', 'device', 'seed')
 DISTRIBUTIONS = {'loguniform': lambda a, b: stats.loguniform(a, b), 'uniform': lambda a, b: stats.uniform(a, b - a),
                  'randint': lambda a, b: stats.randint(int(a), int(b) + 1)}
 
 
-def parse(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument('--grid', action='store_true', help='every combination of the space (lists only)')
     kind.add_argument('--random', type=int, metavar='N', help='N draws from the space')
-    p.add_argument('--cv', type=int, default=0, metavar='K', help='score by K-fold CV (default: hold-out validation)')
+    p.add_argument('--cv', type=int, default=0, metavar='K',
+                   help='score by K-fold CV over the training and validation images (default: 0, hold-out)')
     p.add_argument('--space', nargs='+', default=[], metavar='NAME=VALUES',
                    help='override one dimension: lr=loguniform:1e-4:1e-2, bs=64,128, h=randint:64:512, '
                         'dropout=uniform:0.1:0.5')
-    add_io_flags(p, presets=['w4'])
+    add_io_flags(p, presets=[W4.name])
+    p.add_argument('--backbone', help='timm model name the trials train (default: cifar_cnn)')
     add_run_flags(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    return parser().parse_args(argv)
+
+
+def is_integer(field):
+    return FIELDS[field].type in (int, 'int')
 
 
 # ---- the space ----------------------------------------------------------------------------------------------
 
 def parse_space(items, base):
-    """{field: list or distribution}: `base` with each NAME=VALUES item replacing one dimension."""
+    """{name: list or distribution}: `base` with each NAME=VALUES item replacing one dimension."""
     space = dict(base)
     for item in items:
         name, sep, text = item.partition('=')
         if not sep or not text:
             raise UsageError(f'--space item {item!r} is not NAME=VALUES (e.g. lr=loguniform:1e-4:1e-2 or bs=64,128)')
         field = ALIASES.get(name, name)
-        if field not in FIELDS or field in ('experiment', 'backbone', 'strategy', 'dataset', 'profile', 'device'):
+        if field not in FIELDS or field in NOT_SEARCHABLE:
             raise UsageError(f'--space {name!r} is not a hyperparameter; use lr, bs, h, dropout, wd, epochs, head_lr ...')
         kind, _, bounds = text.partition(':')
         if kind in DISTRIBUTIONS:
@@ -76,7 +87,7 @@ def parse_space(items, base):
             space[name] = DISTRIBUTIONS[kind](lo, hi)
         else:
             try:
-                values = [int(x) if field in INTEGER else float(x) for x in text.split(',') if x.strip()]
+                values = [int(x) if is_integer(field) else float(x) for x in text.split(',') if x.strip()]
             except ValueError:
                 raise UsageError(f'--space {item!r}: values must be numbers, or one of '
                                  f'{", ".join(f"{d}:LOW:HIGH" for d in DISTRIBUTIONS)}') from None
@@ -113,58 +124,36 @@ def draws(space, grid, n, seed):
 
 def _plain(field, v):
     v = v.item() if isinstance(v, np.generic) else v
-    return int(round(v)) if field in INTEGER else float(f'{float(v):.6g}')
+    return int(round(v)) if is_integer(field) else float(f'{float(v):.6g}')
 
-
-# ---- the search ---------------------------------------------------------------------------------------------
 
 def trial_config(base, params):
     return replace(base, **{ALIASES.get(k, k): v for k, v in params.items()})
 
 
-def score(cfg, images, splits, bar):
-    """Train on each split without touching the test set; the mean validation accuracy is the score."""
-    results = [runner.train(cfg, images, s, bar=bar, test=False) for s in splits]
-    out = dict(results[0])
-    out.update(valid_acc=float(np.mean([r['valid_acc'] for r in results])),
-               valid_loss=float(np.mean([r['valid_loss'] for r in results])),
-               train_seconds=sum(r['train_seconds'] for r in results),
-               eval_seconds=sum(r['eval_seconds'] for r in results),
-               fold_valid_acc=[r['valid_acc'] for r in results] if len(results) > 1 else None)
-    return out
+# ---- the search ---------------------------------------------------------------------------------------------
+
+def trial_jobs(base, trials, about, cv):
+    """One job per trial, scored on validation (or K folds) without touching the test set."""
+    return [Job(trial_config(base, params), folds=cv, test=False,
+                extra={'search': dict(about, role='trial', trial=i, params=params)},
+                identity={'search': dict(about, role='trial')})
+            for i, params in enumerate(trials, 1)]
 
 
-def search(args, base, trials, images, split_, splits, log=print):
-    """Run (or resume) every trial, scored on `splits` (folds, or [split_]), then retrain the best once on `split_`
-    and test it. Returns (trial records, refit, outcome)."""
-    from tqdm import tqdm
-    kind = 'grid' if args.grid else 'random'
-    about = dict(kind=kind, seed=args.seed, cv=args.cv, space=args.space_text)
-    done, env, outcome = record.done(args.results), runner.environment(base.device), runner.Outcome()
-    recs, best = [], None
-    bar = tqdm(list(enumerate(trials, 1)), desc=f'{kind} search', unit='trial', file=sys.stderr)
-    for i, params in bar:
-        cfg = trial_config(base, params)
-        rec = runner.attempt(args.results, cfg, lambda: score(cfg, images, splits, not args.no_bar), env, done,
-                             extra={'search': dict(about, role='trial', trial=i, params=params)},
-                             identity={'search': dict(about, role='trial')}, force=args.force, outcome=outcome,
-                             log=lambda m: bar.write(m))
-        recs.append(rec)
-        if rec.get('error') is None and (best is None or rec['valid_acc'] > best['valid_acc']):
-            best = rec
-        if best:
-            bar.set_postfix(best=f'{best["valid_acc"]:.4f}')
-    if best is None:
-        log(f'{kind} search: every trial failed; nothing to retrain')
-        return recs, None, outcome
+def best_trial(records):
+    """The successful trial with the highest validation score (the earlier trial on a tie), or None."""
+    ok = [r for r in records if r['error'] is None]
+    return max(ok, key=lambda r: (r['valid_acc'], -r['search']['trial'])) if ok else None
+
+
+def refit_jobs(base, best, about, seeds):
+    """The best configuration retrained on the training split once per seed, each tested once."""
     params = best['search']['params']
-    cfg = trial_config(base, params)
-    log(f'best of {kind}: {params} with validation score {best["valid_acc"]:.4f}; retraining it once and testing')
-    refit = runner.attempt(args.results, cfg, lambda: runner.train(cfg, images, split_, bar=not args.no_bar), env,
-                           done, extra={'search': dict(about, role='refit', trial=best['search']['trial'],
-                                                       params=params)},
-                           identity={'search': dict(about, role='refit')}, force=args.force, outcome=outcome, log=log)
-    return recs, refit, outcome
+    return [Job(replace(trial_config(base, params), seed=s),
+                extra={'search': dict(about, role='refit', trial=best['search']['trial'], params=params)},
+                identity={'search': dict(about, role='refit')})
+            for s in seeds]
 
 
 def main(argv=None):
@@ -172,33 +161,46 @@ def main(argv=None):
     args = parse(argv)
     if args.cv and args.cv < 2:
         raise UsageError(f'--cv needs at least 2 folds, got {args.cv}')
-    base = resolve('w4', args.profile, **flag_overrides(args), **({'backbone': args.backbone} if args.backbone else {}),
+    executor = make_executor('local')
+    base = resolve(W4.name, args.profile, executor.hardware, **flag_overrides(args), backbone=args.backbone,
                    seed=args.seed)
     space = parse_space(args.space, GRID if args.grid else RANDOM)
-    args.space_text = describe_space(space)
     trials = draws(space, args.grid, args.random or 0, args.seed)
+    seeds = cli.with_seeds([base], args.seed, args.seeds)
     cli.validate([trial_config(base, t) for t in trials])
-    print(f'{"grid" if args.grid else "random"} search over {args.space_text} (seed {args.seed}, '
-          f'{f"{args.cv}-fold CV" if args.cv else "hold-out validation"}): {len(trials)} trials')
+    kind = 'grid' if args.grid else 'random'
+    about = dict(kind=kind, seed=args.seed, cv=args.cv, space=describe_space(space))
+    print(f'{kind} search over {about["space"]} (seed {args.seed}, '
+          f'{f"{args.cv}-fold CV" if args.cv else "hold-out validation"}): {len(trials)} trials, then the best '
+          f'retrained with {len(seeds)} seed{"s" * (len(seeds) > 1)}')
     for i, t in enumerate(trials, 1):
         print(f'  trial {i:3d}: ' + ', '.join(f'{k}={v:g}' for k, v in t.items()))
     if args.dry_run:
         return 0
     images = cli.load_images(args.data)
-    split_of = cli.split_for(images)
-    base = cli.prepare([base], images, split_of)[0]
-    cli.prepare([trial_config(base, t) for t in trials], images, split_of)
-    split_ = split_of(base)
-    splits = data.folds(split_, images, args.cv, seed=base.split_seed) if args.cv else [split_]
-    recs, refit, outcome = search(args, base, trials, images, split_, splits)
-    if refit and refit.get('error') is None:
-        spent = sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in recs + [refit])
-        print(f'result: best {refit["search"]["params"]}, test accuracy {refit["test_acc"]:.4f}; '
+    base = cli.stamp([base], images)[0]
+    if args.cv:
+        data.folds(data.split(images, base.valid_frac, base.split_seed, base.subset, base.eval_subset), images,
+                   args.cv)
+    with executor.start(images, bar=cli.show_bar(args)):
+        searched = cli.run(args, trial_jobs(base, trials, about, args.cv), executor)
+        best = best_trial(searched.records)
+        if best is None:
+            print(f'{kind} search: every trial failed; nothing to retrain')
+            cli.render(args)
+            return 1
+        print(f'best of {kind}: {best["search"]["params"]} with validation score {best["valid_acc"]:.4f}; '
+              f'retraining it with {len(seeds)} seed{"s" * (len(seeds) > 1)} and testing each once')
+        refits = cli.run(args, refit_jobs(base, best, about, [c.seed for c in seeds]), executor)
+    tested = [r for r in refits.records if r['error'] is None]
+    if tested:
+        accs = [r['test_acc'] for r in tested]
+        spent = seconds_spent([*searched.records, *tested])
+        print(f'result: best {best["search"]["params"]}, test accuracy {np.mean(accs):.4f} '
+              f'(n = {len(accs)}{f", std {np.std(accs, ddof=1):.4f}" if len(accs) > 1 else ""}); '
               f'{spent:.0f} s of training and evaluation, {time.perf_counter() - t0:.0f} s in all')
-    print(f'{outcome.ran} ran, {outcome.skipped} already recorded, {len(outcome.failed)} failed; '
-          f'records in {args.results}')
     cli.render(args)
-    return 1 if outcome.failed or refit is None or refit.get('error') else 0
+    return 1 if searched.failed or refits.failed or not tested else 0
 
 
 if __name__ == '__main__':

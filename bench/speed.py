@@ -16,21 +16,18 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from fastai.basics import DataLoaders
+from fastai.callback.progress import ProgressCallback
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from fastai.basics import DataLoaders  # noqa: E402
-from fastai.callback.progress import ProgressCallback  # noqa: E402
-
-import backbones  # noqa: E402
-from bench import cli, data, runner  # noqa: E402
-from bench.config import Config, UsageError  # noqa: E402
+import backbones
+from bench import cli, data, record, runner
+from bench.config import Config, UsageError, resolve_auto
 
 
-def parse(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--backbone', default='resnet18', help='timm model name')
     p.add_argument('--size', type=int, default=32, help='px fed to the model (resized from the cached images)')
@@ -38,9 +35,14 @@ def parse(argv=None):
     p.add_argument('--steps', type=int, default=10, help='training steps per measurement')
     p.add_argument('--repeats', type=int, default=3, help='alternating rounds of plain and Learner loops')
     p.add_argument('--data', help='folder or .tgz (default $FTBENCH_DATA, else untar_data)')
-    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
+                   help='auto (cuda if present) | cpu | cuda (default: auto)')
     p.add_argument('--json', action='store_true', help='print one JSON object instead of text')
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    return parser().parse_args(argv)
 
 
 def timed(fn, device):
@@ -65,8 +67,8 @@ def plain_loop(model, opt, dl, cfg):
 def measure(args):
     if args.steps < 1 or args.bs < 1 or args.repeats < 1 or args.size < 1:
         raise UsageError('--steps, --bs, --repeats and --size must be positive')
-    cfg = runner.resolve_runtime(Config(backbone=args.backbone, weights='none', head='linear', strategy='full',
-                                        bs=args.bs, size=args.size, resize=args.size, device=args.device))
+    cfg = resolve_auto(Config(backbone=args.backbone, weights='none', head='linear', strategy='full', bs=args.bs,
+                              size=args.size, resize=args.size, device=args.device), record.hardware(args.device))
     cli.validate([cfg])
     source = data.resolve_source(args.data)
     images = data.load(source, log=lambda m: print(m, file=sys.stderr))
@@ -83,7 +85,7 @@ def measure(args):
     torch.manual_seed(0)
     net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
     plain_net = copy.deepcopy(net).to(cfg.device)
-    if cfg.channels_last:
+    if cfg.channels_last == 'on':
         plain_net = plain_net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(plain_net.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     x, y = next(iter(dl))
@@ -107,7 +109,7 @@ def measure(args):
         learner_s.append(log.epochs[-1]['train_seconds'])
     out = dict(backbone=cfg.backbone, size=args.size, bs=args.bs, steps=args.steps, device=cfg.device,
                precision=cfg.precision, channels_last=cfg.channels_last,
-               device_name=runner.environment(cfg.device)['device_name'], cache_images=len(images.train_y) +
+               device_name=record.device_name(cfg.device), cache_images=len(images.train_y) +
                len(images.test_y), cache_load_s=cache_load_s, pipeline_ips=pipeline_ips,
                model_ips=n / statistics.median(model_s), plain_ips=n / statistics.median(plain_s),
                learner_ips=n / statistics.median(learner_s))
@@ -125,7 +127,7 @@ def main(argv=None):
         print(json.dumps(out, sort_keys=True))
         return 0
     print(f'{out["backbone"]} at {out["size"]} px, batch {out["bs"]}, {out["steps"]} steps, {out["device_name"]} '
-          f'({out["precision"]}{", channels_last" if out["channels_last"] else ""})')
+          f'({out["precision"]}{", channels_last" if out["channels_last"] == "on" else ""})')
     print(f'cache load ({out["cache_images"]:,} images, warm): {out["cache_load_s"]:.3f} s')
     print(f'pipeline: {out["pipeline_ips"]:,.0f} img/s   model: {out["model_ips"]:,.0f} img/s   '
           f'ratio {out["pipeline_ratio"]:.1f}x (target >= 10x)')

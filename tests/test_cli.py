@@ -144,6 +144,36 @@ def test_dry_run_prints_the_plan_and_writes_nothing(dataset_dir, tmp_path, capsy
     assert not results.exists()
 
 
+def test_dry_run_needs_no_data_and_downloads_nothing(tmp_path, monkeypatch, capsys):
+    import fastai.data.external
+    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai'))
+    monkeypatch.setattr(fastai.data.external, 'untar_data', lambda *a, **k: pytest.fail('dry run downloaded'))
+    results = tmp_path / 'r.jsonl'
+    assert cli(['--preset', 'w1', '--strategy', 'partial', '--results', str(results), '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert "the plan assumes CIFAR-10's 10 classes" in out and 'trainable 8,398,858 of 11,181,642' in out
+    assert not results.exists() and not (tmp_path / 'fastai').exists()
+
+
+def test_output_to_a_file_has_no_warnings_or_progress_bars(dataset_dir, tmp_path):
+    argv = [sys.executable, str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir), '--results',
+            str(tmp_path / 'r.jsonl'), *[a for a in TINY if a != '--no-bar'], '--strategy', 'full,progressive',
+            '--epochs', '2', '--unfreeze-at', '1', '--backbone', 'cifar_resnet32']
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS=''))
+    assert done.returncode == 0, done.stderr
+    assert 'Warning' not in done.stderr and 'warn' not in done.stderr.lower(), done.stderr
+    assert '\r' not in done.stdout and '█' not in done.stdout and '<progress' not in done.stdout
+    assert 'train_loss' in done.stdout  # the epochs are still logged, as plain lines
+
+
+@pytest.mark.parametrize('script', ['finetune', 'scratch', 'search', 'speed', 'leaderboard'])
+def test_every_flag_has_help(script):
+    import importlib
+    actions = [a for a in importlib.import_module(f'bench.{script}').parser()._actions if a.option_strings]
+    assert len(actions) >= 3
+    assert [a.option_strings[0] for a in actions if not (a.help or '').strip()] == []
+
+
 def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
     """A real SIGINT to a real sweep: the finished records survive intact, and the rerun runs only the rest."""
     results = tmp_path / 'r.jsonl'

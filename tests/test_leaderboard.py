@@ -1,22 +1,11 @@
-"""The leaderboard rendered from hand-made records: aggregation over seeds, order, error rows, determinism."""
+"""The leaderboard rendered from hand-made records: seeds pooled per hardware, paired verdicts, error rows,
+tolerance of bad lines, determinism."""
 import json
 
-from bench import leaderboard, record
+import pytest
 
-
-def rec(strategy, seed, test_acc, *, experiment='w1', backbone='resnet18', error=None, lr=1e-4, secs=10.0):
-    config = dict(experiment=experiment, backbone=backbone, strategy=strategy, seed=seed, lr=lr, epochs=3, size=64)
-    return dict(key=record.run_key(config), experiment=experiment, variant='', backbone=backbone, strategy=strategy,
-                weights='file:w.safetensors sha256:abc', profile='quick', seed=seed, config=config, device='cpu: test',
-                versions={'torch': '2'}, git_sha='deadbeef', started_at='2026-01-01T00:00:00+00:00', error=error,
-                epochs=[] if error else [dict(epoch=1, train_loss=1.0, valid_loss=1.0, valid_acc=test_acc,
-                                               train_seconds=secs, valid_seconds=1.0, trainable=5)],
-                valid_acc=None if error else test_acc, test_acc=None if error else test_acc,
-                test_loss=None if error else 1.234, train_seconds=None if error else secs,
-                eval_seconds=None if error else 1.0, images_per_second=None if error else 100.0,
-                peak_memory_mb=None if error else 512.0, params_total=None if error else 100,
-                params_trainable=None if error else 5, image_size=64)
-
+from bench import leaderboard, record, stats
+from tests.records import rec
 
 FIXTURE = [rec('full', 0, 0.90), rec('full', 1, 0.92, secs=12.0), rec('partial', 0, 0.95),
            rec('zero_shot', 0, 0.10), rec('full', 0, None, backbone='resnet50', error='no weights offline'),
@@ -24,13 +13,88 @@ FIXTURE = [rec('full', 0, 0.90), rec('full', 1, 0.92, secs=12.0), rec('partial',
            rec('full', 0, 0.50, experiment='w2', backbone='vgg16')]
 
 
+def three_seeds(strategy, accs, secs=(10.0, 10.0, 10.0), **kw):
+    return [rec(strategy, s, a, secs=t, **kw) for s, (a, t) in enumerate(zip(accs, secs))]
+
+
+def table_lines(text, section):
+    part = text.split(section)[1].split('\n## ')[0]
+    return [line for line in part.splitlines() if line.startswith('| ') and not line.startswith('| strategy')]
+
+
 def test_rows_aggregate_seeds_and_sort_by_test_accuracy():
     text = leaderboard.render(FIXTURE)
-    w1 = text.split('## W1')[1].split('## W2')[0]
-    rows = [line for line in w1.splitlines() if line.startswith('| ') and 'resnet18' in line]
+    rows = [r for r in table_lines(text, '## W1') if 'resnet18' in r]
     assert [r.split('|')[1].strip() for r in rows] == ['partial', 'full', 'zero_shot']
-    full = rows[1]
-    assert '91.00 ± 1.41' in full and '| 2 ' in full and '11.0 ± 1.4' in full
+    assert '91.00 ± 1.41' in rows[1] and '| 2 ' in rows[1] and '11.0 ± 1.4' in rows[1]
+
+
+def test_paired_interval_matches_a_hand_computed_example():
+    best = stats.Row('a', three_seeds('full', [0.90, 0.92, 0.91]))
+    other = stats.Row('b', three_seeds('partial', [0.85, 0.88, 0.86]))
+    iv, n = stats.paired_difference(other, best)
+    # differences -5, -4, -5 pp: mean -4.667, sd 0.5774, sem 0.3333, t(0.975, 2 df) = 4.3027
+    assert n == 3 and iv.mean == pytest.approx(-14 / 3)
+    assert iv.lo == pytest.approx(-14 / 3 - 4.302653 / 3, abs=1e-4)
+    assert iv.hi == pytest.approx(-14 / 3 + 4.302653 / 3, abs=1e-4)
+    assert not iv.includes_zero
+    verdict, words = stats.verdict(other, best)
+    assert verdict == 'worse'
+    assert words.startswith('a beats b by 4.7 pp (95% CI -6.1 to -3.2, n = 3, paired)')
+
+
+def test_time_ratio_is_the_geometric_mean_of_paired_ratios():
+    best = stats.Row('a', three_seeds('full', [0.9] * 3, secs=(10.0, 20.0, 40.0)))
+    other = stats.Row('b', three_seeds('partial', [0.8] * 3, secs=(5.0, 10.0, 20.0)))
+    ratio = stats.paired_ratio(other, best)
+    assert ratio.mean == pytest.approx(0.5) and ratio.lo == pytest.approx(0.5) and ratio.n == 3
+
+
+def test_a_row_whose_interval_includes_zero_is_tied_with_the_best():
+    records = three_seeds('full', [0.90, 0.92, 0.91]) + three_seeds('partial', [0.91, 0.89, 0.905])
+    text = leaderboard.render(records)
+    rows = table_lines(text, '## W1')
+    assert '| best ' in rows[0] and '| tied ' in rows[1]
+    assert 'partial is tied with full: -0.8 pp (95% CI -5.9 to 4.2, n = 3, paired)' in text
+
+
+def test_verdict_lines_under_each_table():
+    records = three_seeds('partial', [0.56, 0.55, 0.57], secs=(5, 5, 5)) + three_seeds('full', [0.50, 0.48, 0.49])
+    text = leaderboard.render(records)
+    assert '- Best: **partial**, test accuracy 56.00 ± 1.00 % (n = 3).' in text
+    assert '- partial beats full by 7.0 pp (95% CI' in text
+    assert 'it trains in 2.00x the time of partial (95% CI 2.00 to 2.00)' in text
+
+
+def test_fewer_than_three_seeds_give_no_verdict():
+    records = [rec('full', 0, 0.9), rec('full', 1, 0.92), rec('partial', 0, 0.8), rec('partial', 1, 0.81)]
+    text = leaderboard.render(records)
+    assert 'No verdict is possible: the best row has 2 seeds' in text
+    body = text.split('## W1')[1]
+    assert ' beats ' not in body and 'tied with' not in body
+    rows = table_lines(text, '## W1')
+    assert '| no verdict ' in rows[1]
+
+
+def test_the_same_configuration_on_two_devices_is_never_pooled():
+    records = three_seeds('full', [0.9, 0.9, 0.9], device='cpu: A (2 cores)') + \
+        three_seeds('full', [0.5, 0.5, 0.5], device='NVIDIA H100')
+    text = leaderboard.render(records)
+    assert '### cpu: A (2 cores) · profile cpu' in text and '### NVIDIA H100 · profile cpu' in text
+    rows = table_lines(text, '## W1')
+    assert len(rows) == 2 and '90.00 ± 0.00' in ''.join(rows) and '50.00 ± 0.00' in ''.join(rows)
+    assert '70.00' not in text
+
+
+def test_a_torn_or_foreign_line_still_renders(tmp_path, capsys):
+    results = tmp_path / 'results.jsonl'
+    for r in FIXTURE:
+        record.append(results, r)
+    with open(results, 'a') as f:
+        f.write('{"hello": "world"}\n[1, 2]\n{"key": "torn", "conf')
+    text = leaderboard.render_file(results).read_text()
+    assert '## W1' in text and '## W2' in text
+    assert capsys.readouterr().err.count('is not a run record') == 3
 
 
 def test_error_rows_are_listed_apart_and_grouped():
@@ -46,10 +110,10 @@ def test_a_later_success_hides_an_earlier_error():
     assert 'boom' not in text and '90.00' in text
 
 
-def test_provenance_and_one_table_per_experiment():
+def test_provenance_and_one_section_per_experiment():
     text = leaderboard.render(FIXTURE)
-    assert text.count('## ') == 2
-    assert 'Made on cpu: test. Profile: quick. Weights: file:w.safetensors.' in text
+    assert text.count('\n## ') == 2
+    assert 'Weights: file:w.safetensors. Code: deadbeef.' in text
 
 
 def test_same_records_same_bytes(tmp_path):
@@ -57,8 +121,7 @@ def test_same_records_same_bytes(tmp_path):
     for r in FIXTURE:
         record.append(results, r)
     first = leaderboard.render_file(results).read_bytes()
-    second = leaderboard.render_file(results).read_bytes()
-    assert first == second
+    assert leaderboard.render_file(results).read_bytes() == first
     shuffled = tmp_path / 'other' / 'results.jsonl'
     for r in reversed(FIXTURE):
         record.append(shuffled, r)
@@ -78,6 +141,6 @@ def test_cli_without_results_file_exits_2(tmp_path, capsys):
 
 def test_append_is_one_line_per_record(tmp_path):
     path = tmp_path / 'r.jsonl'
-    record.append(path, {'config': {}, 'key': 'a'})
-    record.append(path, {'config': {}, 'key': 'b'})
-    assert [json.loads(line)['key'] for line in path.read_text().splitlines()] == ['a', 'b']
+    record.append(path, rec('full', 0, 0.5))
+    record.append(path, rec('full', 1, 0.5))
+    assert [json.loads(line)['seed'] for line in path.read_text().splitlines()] == [0, 1]

@@ -5,9 +5,12 @@ import pytest
 import timm
 import torch
 
+import matplotlib.pyplot as plt
+
 import backbones
-from bench import figures, leaderboard, record, scratch
-from tests.test_leaderboard import FIXTURE, rec
+from bench import figures, leaderboard, record, scratch, stats
+from tests.records import rec
+from tests.test_leaderboard import FIXTURE
 
 
 def test_cifar_resnet32_is_registered_with_timm_and_has_the_seeds_parameter_count():
@@ -31,7 +34,7 @@ def test_vgg16_from_scratch_with_the_seeds_head():
 
 
 def test_scratch_rows_are_the_seeds_and_the_repairs():
-    cfgs = scratch.configs(scratch.parse(['--profile', 'full']))
+    cfgs = scratch.configs(scratch.parse(['--profile', 'full']), record.hardware('cpu'))
     rows = {(c.backbone, c.variant): c for c in cfgs}
     assert set(rows) == {('cifar_resnet32', 'seed'), ('cifar_resnet32', 'augment'), ('vgg16', 'seed'),
                          ('vgg16_bn', 'bn'), ('vgg16', 'lr1e-4')}
@@ -43,9 +46,10 @@ def test_scratch_rows_are_the_seeds_and_the_repairs():
 
 
 def test_scratch_flags_select_and_override():
-    cfgs = scratch.configs(scratch.parse(['--profile', 'quick', '--variants', 'seed', '--epochs', '2']))
+    cfgs = scratch.configs(scratch.parse(['--profile', 'cpu', '--variants', 'seed', '--epochs', '2']),
+                           record.hardware('cpu'))
     assert {(c.backbone, c.variant) for c in cfgs} == {('cifar_resnet32', 'seed'), ('vgg16', 'seed')}
-    assert all(c.epochs == 2 and c.subset == 2000 for c in cfgs)
+    assert all(c.epochs == 2 and c.subset == scratch.W3.cpu['subset'] for c in cfgs)
 
 
 def test_pareto_front_on_hand_made_points():
@@ -61,10 +65,11 @@ def png_size(path):
 
 def test_figures_from_fixture_records(tmp_path):
     records = FIXTURE + [rec('full', 2, 0.91, secs=11.0)]
-    links = figures.render_all(records, tmp_path / 'figures', relative_to=tmp_path)
-    assert [p for _, p in links['w1']] == ['figures/w1-curves.png', 'figures/w1-pareto.png']
-    for name in ('w1-curves.png', 'w1-pareto.png', 'w2-curves.png'):
-        width, height = png_size(tmp_path / 'figures' / name)
+    table = next(t for t in stats.tables(stats.latest_per_run(records)[0]) if t.experiment == 'w1')
+    made = figures.draw(table, tmp_path / 'figures', 'w1-test', 'W1')
+    assert [p.name for _, p in made] == ['w1-test-curves.png', 'w1-test-pareto.png']
+    for _, path in made:
+        width, height = png_size(path)
         assert 400 < width < 3000 and 300 < height < 2000
 
 
@@ -73,20 +78,42 @@ def test_leaderboard_links_its_figures(tmp_path):
     for r in FIXTURE:
         record.append(results, r)
     text = leaderboard.render_file(results).read_text()
-    assert '![Learning curves](figures/w1-curves.png)' in text
-    assert (tmp_path / 'figures' / 'w1-pareto.png').exists()
+    assert '![Learning curves](figures/w1-test-2-cores-cpu-curves.png)' in text
+    assert (tmp_path / 'figures' / 'w1-test-2-cores-cpu-pareto.png').exists()
 
 
 def test_no_figures_without_successful_records(tmp_path):
-    assert figures.render_all([], tmp_path / 'f', relative_to=tmp_path) == {}
-    failed = [rec('full', 0, None, error='boom')]
-    assert figures.render_all(failed, tmp_path / 'f', relative_to=tmp_path) == {}
-    assert not (tmp_path / 'f').exists()
+    assert stats.tables(stats.latest_per_run([rec('full', 0, None, error='boom')])[0]) == []
     results = tmp_path / 'empty.jsonl'
     results.write_text('')
     assert leaderboard.render_file(results).exists()
+    assert not (tmp_path / 'figures').exists()
 
 
 def test_shaded_band_needs_several_seeds(tmp_path):
-    path = figures.curves([rec('full', 0, 0.9), rec('full', 1, 0.8)], tmp_path / 'c.png', 't')
+    row = stats.Row('full', [rec('full', 0, 0.9), rec('full', 1, 0.8)])
+    path = figures.curves([row], tmp_path / 'c.png', 't')
     assert path.exists() and png_size(path)[0] > 400
+
+
+@pytest.mark.parametrize('lo,hi', [(11.0, 14.0), (3.2, 9.5), (0.8, 700.0), (1e-4, 1e-3)])
+def test_a_log_axis_has_tick_labels_whatever_its_span(lo, hi):
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [0, 1])
+    figures.log_x_axis(ax, lo, hi)
+    fig.canvas.draw()
+    left, right = ax.get_xlim()
+    labels = [t.get_text() for t in ax.get_xticklabels() if left <= t.get_position()[0] <= right and t.get_text()]
+    plt.close(fig)
+    assert len(labels) >= 2, labels
+
+
+def test_pareto_points_carry_std_bars_over_seeds():
+    rows = [stats.Row('full', [rec('full', s, a, secs=t) for s, (a, t) in enumerate([(0.9, 10), (0.8, 12)])]),
+            stats.Row('zero', [rec('zero', 0, 0.85, secs=5.0)])]
+    fig = figures.pareto_figure(rows, 't')
+    bars = fig.axes[0].containers
+    plt.close(fig)
+    assert [(b.has_xerr, b.has_yerr) for b in bars] == [(True, True), (False, False)]
+    x_bar = bars[0].lines[2][0].get_segments()[0]  # from mean - std to mean + std of the training seconds
+    assert x_bar[0][0] == pytest.approx(11 - 2 ** 0.5) and x_bar[1][0] == pytest.approx(11 + 2 ** 0.5)

@@ -1,4 +1,6 @@
 """Grid and random search: the spaces, reproducible draws, resume, a test set touched once, and bad input."""
+import re
+
 import pytest
 
 from bench import cli, data, leaderboard, record, search
@@ -66,21 +68,22 @@ def spy_on_test_loaders(monkeypatch):
     return made
 
 
-@pytest.mark.parametrize('cv', [0, 2])
-def test_search_touches_the_test_set_once(cv, dataset_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize('cv,seeds', [(0, 1), (2, 1), (0, 3)])
+def test_search_runs_once_and_tests_the_best_once_per_seed(cv, seeds, dataset_dir, tmp_path, monkeypatch):
     test_loaders = spy_on_test_loaders(monkeypatch)
     results = tmp_path / 'r.jsonl'
     code = run(['--data', str(dataset_dir), '--results', str(results), '--random', '3', '--cv', str(cv),
-                '--space', 'bs=16,32', 'h=16,32', *TINY])
+                '--seeds', str(seeds), '--space', 'bs=16,32', 'h=16,32', *TINY])
     assert code == 0
-    assert sum(dl.passes for dl in test_loaders) == 1
+    assert sum(dl.passes for dl in test_loaders) == seeds
     recs = record.read(results)
     trials = [r for r in recs if r['search']['role'] == 'trial']
     refits = [r for r in recs if r['search']['role'] == 'refit']
-    assert len(trials) == 3 and len(refits) == 1
-    assert all(r['test_acc'] is None for r in trials) and refits[0]['test_acc'] is not None
+    assert len(trials) == 3 and {r['seed'] for r in trials} == {0}
+    assert sorted(r['seed'] for r in refits) == list(range(seeds))
+    assert all(r['test_acc'] is None for r in trials) and all(r['test_acc'] is not None for r in refits)
     best = max(trials, key=lambda r: r['valid_acc'])
-    assert refits[0]['search']['params'] == best['search']['params']
+    assert all(r['search']['params'] == best['search']['params'] for r in refits)
     if cv:
         assert all(len(r['fold_valid_acc']) == 2 for r in trials)
 
@@ -96,7 +99,7 @@ def test_resume_runs_only_the_missing_trials(dataset_dir, tmp_path, capsys):
     capsys.readouterr()
     assert run(argv) == 0
     out = capsys.readouterr()
-    assert '2 ran' not in out.out and '3 ran, 2 already recorded' in out.out
+    assert '2 ran, 2 already recorded' in out.out and '1 ran, 0 already recorded' in out.out
     recs = record.read(results)
     assert sorted(r['search']['trial'] for r in recs if r['search']['role'] == 'trial') == [1, 2, 3, 4]
 
@@ -108,5 +111,6 @@ def test_leaderboard_shows_both_searches(dataset_dir, tmp_path):
     assert run(common + ['--random', '2']) == 0
     text = leaderboard.render_file(results).read_text()
     assert '| grid ' in text and '| random ' in text
-    assert '### grid search' in text and '### random search' in text
-    assert 'figures/search-params.png' in text
+    assert '#### grid search' in text and '#### random search' in text
+    assert 'Refits compared' in text
+    assert re.search(r'\(figures/w4-[a-z0-9-]+-params\.png\)', text)

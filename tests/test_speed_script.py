@@ -4,7 +4,7 @@ import json
 import pytest
 
 from bench import cli, data, runner, speed
-from bench.config import Config
+from bench.config import Config, resolve_auto
 
 
 def test_speed_json_has_the_ratios(dataset_dir, capsys):
@@ -27,8 +27,8 @@ def test_cached_features_give_the_same_run(images):
     base = dict(backbone='resnet18', weights='none', head='linear', strategy='feature_extract', epochs=2, bs=16,
                 size=0, resize=0, head_lr=1e-2, device='cpu')
     split = data.split(images, valid_frac=0.25)
-    plain = runner.train(runner.resolve_runtime(Config(**base)), images, split, bar=False)
-    cached = runner.train(runner.resolve_runtime(Config(**base, cache_features=True)), images, split, bar=False)
+    plain = runner.train(resolve_auto(Config(**base)), images, split, bar=False)
+    cached = runner.train(resolve_auto(Config(**base, cache_features=True)), images, split, bar=False)
     assert cached['params_trainable'] == plain['params_trainable'] == 4 * 512 + 4
     assert cached['params_total'] == plain['params_total']
     for a, b in zip(plain['epochs'], cached['epochs']):

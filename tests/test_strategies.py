@@ -1,11 +1,13 @@
 """Strategies on a real fastai Learner: which parameters train in each epoch, and at what LR."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from fastai.basics import even_mults
 
 from bench import data, runner
-from bench.config import Config, replace
+from bench.config import Config, resolve_auto
 from bench.strategies import STRATEGIES, problem, register
 
 
@@ -13,7 +15,7 @@ def tiny(strategy, **kw):
     base = dict(experiment='t', backbone='resnet18', weights='none', head='linear', strategy=strategy, epochs=3,
                 bs=16, size=0, resize=0, unfreeze_at=(1, 2), lr=1e-3, head_lr=1e-2)
     base.update(kw)
-    return runner.resolve_runtime(Config(**base))
+    return resolve_auto(Config(**base))
 
 
 def snapshot(net):
@@ -108,7 +110,7 @@ def test_zero_shot_trains_nothing(images):
 
 def test_registry_refuses_duplicates():
     with pytest.raises(ValueError, match='registered twice'):
-        register(STRATEGIES['full'])
+        register(STRATEGIES['full'].fit)
 
 
 @pytest.mark.parametrize('change,message', [

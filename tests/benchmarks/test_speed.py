@@ -11,8 +11,8 @@ from fastai.callback.progress import ProgressCallback
 
 import backbones
 from bench import data, leaderboard, runner
-from bench.config import Config
-from tests.test_leaderboard import rec
+from bench.config import Config, resolve_auto
+from tests.records import rec
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +26,7 @@ def cifar_like():
 
 
 def learner(images, n_train=256, bs=64):
-    cfg = runner.resolve_runtime(Config(backbone='cifar_resnet32', weights='none', head='linear', strategy='full',
+    cfg = resolve_auto(Config(backbone='cifar_resnet32', weights='none', head='linear', strategy='full',
                                         bs=bs, size=0, resize=0, normalize='unit', device='cpu'))
     spec = backbones.describe(cfg.backbone)
     torch.manual_seed(0)

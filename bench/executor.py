@@ -1,0 +1,114 @@
+"""Running a list of configurations: the driver (`sweep`) and where the runs happen (an executor).
+
+The driver is the only writer of the results file. It skips runs already recorded (on this hardware), hands the
+rest to an executor, and appends one record per run as each finishes, in whatever order they finish. A worker
+returns plain values: result fields and its environment, or an error message; a failed run becomes an error row
+and the sweep goes on. Ctrl-C stops the sweep and keeps every record already appended.
+
+Executors (`make_executor`):
+- `local`: runs here, one after another, in this process; never imports Ray.
+- `ray`, `ray:auto`, `ray:HOST:PORT`: Ray tasks on a private local cluster or a running one (bench/cluster.py).
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+from bench import record
+from bench.config import Config, UsageError
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: its resolved config, and for a search how it is scored and what the record also holds."""
+    cfg: Config
+    folds: int = 0                    # > 1: score by K-fold CV over train + valid, no test (search trials)
+    test: bool = True                 # evaluate the test set once at the end
+    extra: Optional[dict] = None      # stored in the record (search bookkeeping)
+    identity: Optional[dict] = None   # beside config and hardware, what makes it a run (default: extra)
+
+    def key(self, device_name):
+        return record.run_key(self.cfg.to_dict(), self.extra if self.identity is None else self.identity,
+                              device_name)
+
+    def describe(self):
+        c = self.cfg
+        return ' '.join(str(x) for x in (c.experiment, c.backbone, c.strategy, c.variant, f'seed {c.seed}') if x)
+
+
+@dataclass
+class Outcome:
+    """What a sweep did: how many ran, were skipped, failed, and every job's record (new or earlier)."""
+    ran: int = 0
+    skipped: int = 0
+    failed: list = field(default_factory=list)
+    records: list = field(default_factory=list)   # every job's record, the earlier one for a skipped job
+
+
+def sweep(jobs, executor, results_path, force=False, log=print):
+    """Run every job not already recorded on the executor's hardware, appending a record as each finishes."""
+    done, outcome, todo = record.done(results_path), Outcome(), []
+    code_version = record.git_sha()
+    for job in jobs:
+        key = job.key(executor.hardware.name)
+        if key in done and not force:
+            outcome.skipped += 1
+            outcome.records.append(done[key])
+            log(f'skip (already recorded): {job.describe()}')
+        else:
+            todo.append(job)
+    for i, (job, result) in enumerate(executor.run(todo), 1):
+        # the key names the hardware the run really landed on (the same as planned, unless a cluster is mixed)
+        key = job.key(result['env']['device_name'])
+        rec = record.make(job.cfg, key, result['started_at'], result['env'], code_version, result.get('results'),
+                          result.get('error'), job.extra)
+        record.append(results_path, rec)
+        outcome.ran += 1
+        outcome.records.append(rec)
+        if rec['error']:
+            outcome.failed.append(rec)
+            log(f'[{i}/{len(todo)}] {job.describe()}: error: {rec["error"]}')
+        else:
+            log(f'[{i}/{len(todo)}] {job.describe()}: ' + summary(rec))
+    return outcome
+
+
+def summary(rec):
+    score = f'test acc {rec["test_acc"]:.4f}' if rec.get('test_acc') is not None else f'valid acc {rec["valid_acc"]:.4f}'
+    return f'{score}  train {rec["train_seconds"]:.1f} s  {rec["images_per_second"] or 0:.0f} img/s'
+
+
+class LocalExecutor:
+    """Runs jobs one after another in this process, on this machine's hardware."""
+    def __init__(self):
+        self.hardware = record.hardware()
+        self.images = None
+
+    def start(self, images, bar=False, log=print):
+        self.images, self.bar, self.log = images, bar, log
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def run(self, jobs):
+        from bench import runner
+        for i, job in enumerate(jobs, 1):
+            self.log(f'run {i}/{len(jobs)}: {job.describe()}')
+            yield job, runner.work(job, self.images, bar=self.bar, log=self.log)
+
+    def close(self):
+        pass
+
+
+def make_executor(spec, gpus_per_run=None, cpus_per_run=None):
+    """The executor `--cluster` names: local, ray (a private local cluster), ray:auto or ray:HOST:PORT."""
+    if spec in (None, 'local'):
+        if gpus_per_run is not None or cpus_per_run is not None:
+            raise UsageError('--gpus-per-run and --cpus-per-run apply to --cluster ray only')
+        return LocalExecutor()
+    if spec == 'ray' or spec.startswith('ray:'):
+        from bench import cluster
+        return cluster.RayExecutor(spec.partition(':')[2] or None, gpus_per_run, cpus_per_run)
+    raise UsageError(f'unknown --cluster {spec!r}; choose local, ray, ray:auto or ray:HOST:PORT')

@@ -1,0 +1,180 @@
+"""From records to verdicts: which configurations a table holds, and whether a difference between two is real.
+
+Records are grouped into tables (one per experiment, hardware and profile: times are only ever compared on the
+same machine) and rows (one per configuration, its seeds pooled). Each row is compared with its table's best row
+over the seeds both ran. Seeds change initialization, data order and augmentation while the split stays fixed,
+so two rows' runs with the same seed are a pair, and the paired difference removes what the seed does to both.
+
+The interval is Student's t on the paired differences (scipy.stats.t), not a bootstrap: with the 3 seeds a
+table usually has, a bootstrap can draw only 10 distinct resamples and its percentile interval is far too
+narrow; the t interval is exact if the differences are normal and honest about how little 3 pairs say.
+Training time is compared as a ratio, with the same t interval on the log of the per-seed ratios.
+"""
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from scipy import stats
+
+MIN_SEEDS = 3     # fewer paired seeds than this give no verdict: the interval would be wider than any effect
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Row:
+    """One configuration of a table: its records, one per seed (the latest successful one)."""
+    label: str
+    records: list
+
+    @property
+    def n(self):
+        return len(self.records)
+
+    def by_seed(self, field_name):
+        return {r['seed']: r.get(field_name) for r in self.records if r.get(field_name) is not None}
+
+    def mean(self, field_name):
+        values = list(self.by_seed(field_name).values())
+        return statistics.mean(values) if values else float('-inf')
+
+
+@dataclass
+class Table:
+    experiment: str
+    device: str
+    profile: str
+    rows: list = field(default_factory=list)   # sorted, best first
+
+    @property
+    def best(self):
+        return self.rows[0] if self.rows else None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A paired estimate: `mean` with its 95% interval [lo, hi] over `n` pairs."""
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def includes_zero(self):
+        return self.lo <= 0 <= self.hi
+
+
+def t_interval(values):
+    """Mean of `values` and its two-sided 95% Student's t interval; None with fewer than MIN_SEEDS values."""
+    n = len(values)
+    if n < MIN_SEEDS:
+        return None
+    mean = statistics.mean(values)
+    sem = statistics.stdev(values) / math.sqrt(n)
+    if sem == 0:
+        return Interval(mean, mean, mean, n)
+    lo, hi = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=sem)
+    return Interval(mean, float(lo), float(hi), n)
+
+
+def paired_difference(row, best, field_name='test_acc', scale=100.0):
+    """`row` minus `best` in `field_name` (scaled: accuracy in percentage points), paired by seed."""
+    a, b = row.by_seed(field_name), best.by_seed(field_name)
+    seeds = sorted(set(a) & set(b))
+    return t_interval([(a[s] - b[s]) * scale for s in seeds]), len(seeds)
+
+
+def paired_ratio(row, best, field_name='train_seconds'):
+    """`row` / `best` in `field_name`, paired by seed: geometric mean ratio and its interval (t on logs)."""
+    a, b = row.by_seed(field_name), best.by_seed(field_name)
+    seeds = sorted(s for s in set(a) & set(b) if a[s] > 0 and b[s] > 0)
+    iv = t_interval([math.log(a[s] / b[s]) for s in seeds])
+    if iv is None:
+        return None
+    return Interval(math.exp(iv.mean), math.exp(iv.lo), math.exp(iv.hi), iv.n)
+
+
+# ---- grouping ---------------------------------------------------------------------------------------------
+
+LABEL_FIELDS = ('backbone', 'strategy', 'variant')
+
+
+def latest_per_run(records):
+    """For each run identity: its latest successful record, else its latest error. File order is time order."""
+    ok, failed = {}, {}
+    for rec in records:
+        (failed if rec.get('error') else ok)[rec['key']] = rec
+    return list(ok.values()), [r for k, r in failed.items() if k not in ok]
+
+
+def config_key(rec):
+    """What makes records the same configuration: everything but the seed, on the same hardware."""
+    cfg = dict(rec['config'])
+    cfg.pop('seed', None)
+    search = dict(rec.get('search') or {})
+    search.pop('trial', None)
+    return json.dumps({'config': cfg, 'search': search, 'device': rec.get('device')}, sort_keys=True, default=str)
+
+
+def hardware_key(rec):
+    return rec.get('device') or 'unknown device', rec.get('profile') or '?'
+
+
+def rows(records, label=None):
+    """Rows over `records` (one table's), sorted best first: by mean test accuracy, then validation accuracy.
+    Labels name whichever of backbone / strategy / variant differ between the rows, unless `label` is given."""
+    groups = defaultdict(list)
+    for rec in records:
+        groups[config_key(rec)].append(rec)
+    varying = [f for f in LABEL_FIELDS if len({r.get(f) or '' for r in records}) > 1] or ['strategy']
+    out = []
+    for key, recs in sorted(groups.items()):
+        recs.sort(key=lambda r: r['seed'])
+        name = label(recs[0]) if label else ' '.join(str(recs[0].get(f) or '') for f in varying).strip()
+        out.append(Row(name or recs[0]['strategy'], recs))
+    seen = defaultdict(int)  # configurations equal in the label's fields but not in others get numbered
+    for row in sorted(out, key=lambda r: config_key(r.records[0])):
+        seen[row.label] += 1
+        if seen[row.label] > 1:
+            row.label = f'{row.label} #{seen[row.label]}'
+    out.sort(key=lambda r: (-r.mean('test_acc'), -r.mean('valid_acc'), config_key(r.records[0])))
+    return out
+
+
+def tables(records, label=None):
+    """One Table per (experiment, hardware, profile) of successful `records`, in a stable order."""
+    groups = defaultdict(list)
+    for rec in records:
+        groups[(rec['experiment'], *hardware_key(rec))].append(rec)
+    return [Table(exp, device, profile, rows(recs, label)) for (exp, device, profile), recs in sorted(groups.items())]
+
+
+# ---- words ------------------------------------------------------------------------------------------------
+
+def verdict(row, best):
+    """('best' | 'tied' | 'worse' | 'no verdict', sentence) for `row` against its table's `best` row."""
+    if row is best:
+        return 'best', None
+    iv, n = paired_difference(row, best)
+    if iv is None:
+        return 'no verdict', (f'{row.label} vs {best.label}: no verdict, {n} paired seed{"s" * (n != 1)} '
+                              f'({MIN_SEEDS} needed)')
+    ci = f'95% CI {iv.lo:.1f} to {iv.hi:.1f}, n = {iv.n}, paired'
+    if iv.includes_zero:
+        words = f'{row.label} is tied with {best.label}: {iv.mean:+.1f} pp ({ci})'
+    else:
+        words = f'{best.label} beats {row.label} by {-iv.mean:.1f} pp ({ci})'
+    return ('tied' if iv.includes_zero else 'worse'), words + time_words(row, best)
+
+
+def time_words(row, best):
+    ratio = paired_ratio(row, best)
+    if ratio is None:
+        return ''
+    return f'; it trains in {ratio.mean:.2f}x the time of {best.label} (95% CI {ratio.lo:.2f} to {ratio.hi:.2f})'
+
+
+def seconds_spent(records):
+    """Training and evaluation seconds of `records`, all together."""
+    return sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in records)
