@@ -42,13 +42,21 @@ class Net(nn.Sequential):
         super().__init__(body, head)
         self.stage_of, self.stage_names = stage_of, stage_names
 
+    @property
+    def body(self):
+        return self[0]
+
+    @property
+    def head(self):
+        return self[1]
+
 
 def splitter(net):
     """fastai parameter groups: one per body stage, then the head."""
     groups = [[] for _ in net.stage_names]
-    for name, p in net[0].model.named_parameters():
+    for name, p in net.body.model.named_parameters():
         groups[net.stage_of[name]].append(p)
-    return groups + [list(net[1].parameters())]
+    return groups + [list(net.head.parameters())]
 
 
 @dataclass(frozen=True)

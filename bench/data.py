@@ -336,6 +336,21 @@ class Batches:
             self.prepare.to(device)
         return self
 
+    def shapes(self):
+        """A batch of each shape iterating yields (the full one, and a last partial one), leaving the order and
+        `passes` untouched: what a warm-up needs."""
+        sizes = {min(self.bs, self.n)}
+        if not self.drop_last and self.n % self.bs:
+            sizes.add(self.n % self.bs)
+        return [(self.prepare(self.x[:k]), self.y[:k]) for k in sorted(sizes) if k]
+
+    def to_detach(self, b, cpu=True, gather=True):
+        """fastai's metrics detach every batch's values through the loader: detached here without the copy to the
+        host, their running sums stay on the device and are read once per epoch instead of once per batch."""
+        if isinstance(b, torch.Tensor):
+            return b.detach()
+        return type(b)(self.to_detach(x) for x in b)
+
     def __iter__(self):
         self.passes += 1
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)

@@ -6,11 +6,14 @@
 #   bash bench/gpu_check.sh           # on the GPU machine: Python 3.12 with torch, no fastai, no network
 #
 # On the GPU machine it installs the wheels into /tmp/site (fastprogress 1.0.3: the 1.1 series imports the
-# fasthtml web stack; spaCy is skipped: only fastai.text needs it), then runs
-#   1. bench/speed.py at 224 px: Learner vs plain loop, pipeline vs model, cache load time, peak memory;
-#   2. one epoch of W1 `full` (ResNet18, Resize 256 + CenterCrop 224, 40k train / 10k valid / 10k test, bf16,
-#      channels_last) with --weights none: random init, for timing only; its accuracy means nothing;
-# and writes speed.json, w1-results.jsonl and gpu-summary.json into $OUT (or reports/gpu/). About 3 minutes.
+# fasthtml web stack; spaCy is left out: only fastai.text needs it), then runs
+#   1. bench/speed.py at 224 px: Learner vs plain loop (same fused optimizer, both warmed up), pipeline vs model,
+#      cache load time, peak memory after warm-up;
+#   2. 2 epochs of W1 `full` (ResNet18, Resize 256 + CenterCrop 224, 40k train / 10k valid / 10k test, bf16,
+#      channels_last) with --weights none: random init, for timing only (its accuracy means nothing); the
+#      10-epoch estimate is 10 x the second epoch (training + validation), warm-up recorded apart;
+#   3. 2 epochs each of W1 `partial` and `progressive` (a stage unfreezes after epoch 1), same data;
+# and writes speed.json, w1-results.jsonl and gpu-summary.json into $OUT (or reports/gpu/). About 4 minutes.
 # With this workplace's device tool: run(command="bash bench/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=420).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,18 +40,24 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 FTBENCH_DATA=.gpu/cifar10.tgz FTB
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 
 python3 bench/speed.py --size 224 --bs 256 --steps 20 --repeats 3 --json | tee "$out/speed.json"
-python3 bench/finetune.py --preset w1 --backbone resnet18 --strategy full --weights none --epochs 1 \
-    --profile full --results "$out/w1-results.jsonl" --no-bar --no-render
+W1=(--preset w1 --backbone resnet18 --weights none --epochs 2 --unfreeze-at 1 --profile full
+    --results "$out/w1-results.jsonl" --no-bar --no-render)
+python3 bench/finetune.py "${W1[@]}" --strategy full
+python3 bench/finetune.py "${W1[@]}" --strategy partial,progressive || echo "partial/progressive failed; see above"
 
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
 speed = json.load(open(f'{out}/speed.json'))
-w1 = [json.loads(line) for line in open(f'{out}/w1-results.jsonl')][-1]
-summary = dict(speed=speed, w1_full_one_epoch={k: w1[k] for k in (
-    'device', 'train_seconds', 'eval_seconds', 'images_per_second', 'peak_memory_mb', 'train_images',
-    'valid_images', 'test_images', 'error')}, versions=w1['versions'], weights='none (timing only)')
-summary['w1_full_10_epochs_estimate_s'] = 10 * (w1['train_seconds'] + w1['epochs'][0]['valid_seconds'])
+runs = {r['strategy']: r for r in map(json.loads, open(f'{out}/w1-results.jsonl'))}
+summary = dict(speed=speed, weights='none (timing only)', versions=runs['full']['versions'], w1={})
+for name, r in runs.items():
+    summary['w1'][name] = {k: r[k] for k in ('device', 'train_seconds', 'warmup_seconds', 'eval_seconds',
+                                             'images_per_second', 'peak_memory_mb', 'train_images', 'error')}
+    summary['w1'][name]['epochs'] = [{k: e[k] for k in ('train_seconds', 'valid_seconds', 'trainable')}
+                                     for e in r['epochs'] or []]
+full = runs['full']['epochs'][-1]  # the second epoch: nothing left to warm up
+summary['w1_full_10_epochs_estimate_s'] = 10 * (full['train_seconds'] + full['valid_seconds'])
 json.dump(summary, open(f'{out}/gpu-summary.json', 'w'), indent=1, sort_keys=True)
 print(json.dumps(summary, indent=1, sort_keys=True))
 PY

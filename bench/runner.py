@@ -1,33 +1,33 @@
-"""Run one configuration: build the Learner, apply the strategy, time it, and turn the outcome into a record.
+"""Run one configuration: build the Learner, apply the strategy, time it, and return its result fields.
 
-Shared by every script, so runs differ only in their config. Timing synchronizes the GPU, keeps each epoch's
-training apart from its validation, and keeps the test evaluation out of the training clock.
+Shared by every script, so runs differ only in their config. Timing warms up first (every batch shape the run
+will see, so cuDNN autotuning, lazy CUDA initialisation and compilation happen off the clock; the warm-up is
+recorded apart), synchronizes the GPU, keeps each epoch's training apart from its validation, and keeps the test
+evaluation out of the training clock. Nothing reads a value back from the device during an epoch: losses and
+metrics are summed where they are computed and read once per epoch.
 """
+import copy
+import gc
 import math
 import sys
 import time
 import traceback
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.basics import (SGD, Adam, CancelFitException, Callback, CrossEntropyLossFlat, DataLoaders, Learner,
-                           Recorder, accuracy, set_seed)
+from fastai.basics import (CancelFitException, Callback, CrossEntropyLossFlat, DataLoaders, Learner, Recorder,
+                           accuracy, set_seed)
+from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
 from fastai.callback.training import BnFreeze
-from fastai.torch_core import find_bs
+from fastai.learner import AvgSmoothLoss
+from fastai.torch_core import find_bs, norm_bias_params
 
 import backbones
-from bench import data, record
+from bench import data, optim, record
 from bench.strategies import STRATEGIES
-
-OPTIMIZERS = {  # PyTorch's defaults (betas 0.9/0.999, eps 1e-8), not fastai's (0.9/0.99, 1e-5), as in the seed
-    'adam': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=False),
-    'adamw': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=True),
-    'sgd': partial(SGD, mom=0.9),
-}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -47,20 +47,56 @@ def prepare_for(cfg, spec, train):
                         channels_last=cfg.channels_last == 'on')
 
 
-def loaders(cfg, images, split_, spec):
-    train = data.batches(images, split_.train, prepare_for(cfg, spec, True), cfg.bs, train=True, seed=cfg.seed,
+def loaders(cfg, images, split, spec):
+    train = data.batches(images, split.train, prepare_for(cfg, spec, True), cfg.bs, train=True, seed=cfg.seed,
                          device=cfg.device)
-    valid = data.batches(images, split_.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
-    test = data.batches(images, split_.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
+    valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
+    test = data.batches(images, split.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
     return train, valid, test
 
 
-def learner(cfg, dls, net, cbs=(), splitter=backbones.splitter):
-    learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=OPTIMIZERS[cfg.opt],
-                    splitter=splitter, wd=cfg.wd, train_bn=cfg.train_bn, cbs=list(cbs))
+def learner(cfg, dls, model, cbs=(), splitter=backbones.splitter):
+    """A fastai Learner over `model` with the run's optimizer (bench/optim.py), loss, metric and BatchNorm rule."""
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=splitter, wd=cfg.wd,
+                    opt_func=optim.opt_func(cfg.opt, no_decay=norm_bias_params(model)), train_bn=cfg.train_bn,
+                    cbs=list(cbs))
+    learn.recorder.smooth_loss = DeviceSmoothLoss()
     if not cfg.train_bn:
         learn.add_cb(BnFreeze())
     return learn
+
+
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss, kept on the device: fastai's copies each batch's loss to the host."""
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class Bar(ProgressCallback):
+    """fastai's progress bar without the per-batch loss in its comment (reading it would stop the host)."""
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+
+
+class Autocast(Callback):
+    """bf16 autocast on the run's device, CPU included (fastai's MixedPrecision is CUDA-only): forward and loss
+    in bf16 where safe, parameters, gradients and the optimizer in fp32. bf16 needs no loss scaling."""
+    order = MixedPrecision.order
+
+    def __init__(self, device):
+        self.device = torch.device(device).type
+
+    def before_batch(self):
+        self.context = torch.autocast(self.device, dtype=torch.bfloat16)
+        self.context.__enter__()
+
+    def after_pred(self):
+        self.learn.pred = self.pred.float()
+
+    def after_loss(self):
+        self.context.__exit__(None, None, None)
 
 
 class RunLog(Callback):
@@ -108,44 +144,81 @@ class RunLog(Callback):
 
 
 def apply_precision(learn, cfg):
+    """The run's precision, memory format and compilation, exactly as its resolved config says."""
     if cfg.precision == 'bf16':
-        learn.to_bf16()
+        learn.add_cb(Autocast(cfg.device))
     elif cfg.precision == 'fp16':
-        learn.to_fp16()
+        learn.to_fp16()  # CUDA only (refused elsewhere when the config is resolved); loss scaling syncs each step
     if cfg.channels_last == 'on':
         learn.model.to(memory_format=torch.channels_last)
     if cfg.compile:
         learn.model.compile()
 
 
+def show_progress(learn, bar, log):
+    """A progress bar (on a terminal), or one plain line per epoch."""
+    learn.remove_cb(ProgressCallback)
+    if bar:
+        learn.add_cb(Bar())
+    else:
+        learn.logger = lambda row: log('    ' + '  '.join(
+            f'{name} {value:.4f}' if isinstance(value, float) else f'{name} {value}'
+            for name, value in zip(learn.recorder.metric_names, row)))
+
+
+def warm_up(model, cfg, train_dl, eval_dls):
+    """Forward and backward at every batch shape training will see, and forward at every evaluation shape, then
+    every weight, buffer, gradient and random state back as it was: what a first step costs (cuDNN autotuning,
+    lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock. Returns its seconds."""
+    t = time.perf_counter()
+    weights = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
+    autocast = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16')
+    model.train()
+    for x, y in train_dl.shapes():
+        with torch.autocast(**autocast):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad(), torch.autocast(**autocast):
+        for dl in eval_dls:
+            for x, _ in dl.shapes():
+                model(x)
+    model.load_state_dict(weights)
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state_all(rng[1])
+    sync(cfg.device)
+    return time.perf_counter() - t
+
+
 # ---- one run ----------------------------------------------------------------------------------------------
 
-def train(cfg, images, split_, bar=True, test=True, log=print):
+def train(cfg, images, split, bar=False, test=True, log=print):
     """Train and evaluate `cfg` (resolved); returns the result fields of its record."""
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'
     spec = backbones.describe(cfg.backbone)
     net, weights = backbones.build(cfg.backbone, len(images.classes), cfg.head, cfg.head_hidden, cfg.head_dropout,
                                    cfg.weights)
-    train_dl, valid_dl, test_dl = loaders(cfg, images, split_, spec)
+    train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec)
     params_total = sum(p.numel() for p in net.parameters())
-    reset_peak_memory(cfg.device)
     runlog = RunLog(cfg.device)
+    full = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, [runlog])
+    apply_precision(full, cfg)
+    warmup_seconds = warm_up(full.model, cfg, train_dl, [valid_dl, test_dl])
+    reset_peak_memory(cfg.device)
     extract_seconds = 0.
+    learn = full
     if cfg.cache_features == 'on':
         t = time.perf_counter()
-        train_dl, valid_dl = cached_features(net[0], cfg, (train_dl, valid_dl))  # on the training clock
+        features = cached_features(net.body, cfg, (train_dl, valid_dl))  # on the training clock
         extract_seconds = time.perf_counter() - t
-        learn = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net[1], [runlog],
+        learn = learner(cfg, DataLoaders(*features, device=cfg.device), net.head, [runlog],
                         splitter=lambda head: [list(head.parameters())])
-    else:
-        learn = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, [runlog])
-    apply_precision(learn, cfg)
-    if not bar:
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda row: log('    ' + '  '.join(
-            f'{name} {value:.4f}' if isinstance(value, float) else f'{name} {value}'
-            for name, value in zip(learn.recorder.metric_names, row)))
+        apply_precision(learn, cfg)
+    show_progress(learn, bar, log)
 
     STRATEGIES[cfg.strategy](learn, cfg)
 
@@ -153,30 +226,28 @@ def train(cfg, images, split_, bar=True, test=True, log=print):
     valid_loss, valid_acc = (runlog.epochs[-1]['valid_loss'], runlog.epochs[-1]['valid_acc']) if runlog.epochs \
         else map(float, learn.validate())
     if test and cfg.cache_features == 'on':
-        test_dl, = cached_features(net[0], cfg, (test_dl,))  # on the evaluation clock
+        test_dl, = cached_features(net.body, cfg, (test_dl,))  # on the evaluation clock
     test_loss, test_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None)
     sync(cfg.device)
     eval_seconds = time.perf_counter() - t + sum(e['valid_seconds'] for e in runlog.epochs)
     train_seconds = sum(e['train_seconds'] for e in runlog.epochs) + extract_seconds
     return dict(
         weights=weights, epochs=runlog.epochs, valid_loss=valid_loss, valid_acc=valid_acc, test_loss=test_loss,
-        test_acc=test_acc, train_seconds=train_seconds, eval_seconds=eval_seconds,
+        test_acc=test_acc, train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
         images_per_second=runlog.train_images / train_seconds if train_seconds else None,
         peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
         params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names),
         image_size=cfg.size or cfg.resize or images.train_x.shape[1],
-        train_images=len(split_.train), valid_images=len(split_.valid), test_images=len(split_.test))
+        train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
 
 
 @torch.no_grad()
 def cached_features(body, cfg, dls):
     """The frozen body's outputs for every image, computed once in eval mode; the head then trains on them."""
     body = body.to(cfg.device).eval()
-    if cfg.channels_last == 'on':
-        body = body.to(memory_format=torch.channels_last)
     out = []
     for dl in dls:
-        with torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
             feats = torch.cat([body(x).float() for x, _ in data.Batches(dl.x, dl.y, dl.prepare, dl.bs,
                                                                          device=cfg.device)])
         sync(cfg.device)
@@ -186,8 +257,11 @@ def cached_features(body, cfg, dls):
 
 
 def reset_peak_memory(device):
-    """Start the run's memory high-water mark afresh: CUDA's peak allocation, or (Linux) the process's peak RSS."""
+    """Start the run's memory high-water mark afresh: CUDA's peak allocation (after freeing what the allocator
+    caches), or (Linux) the process's peak RSS."""
+    gc.collect()
     if torch.device(device).type == 'cuda':
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return
     try:

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from fastai.basics import DataLoaders
 from fastai.callback.progress import ProgressCallback
+from fastai.torch_core import norm_bias_params
 
 import backbones
-from bench import cli, data, record, runner
+from bench import cli, data, optim, record, runner
 from bench.config import Config, UsageError, resolve_auto
 
 
@@ -54,14 +55,14 @@ def timed(fn, device):
 
 
 def plain_loop(model, opt, dl, cfg):
-    """The reference: what a hand-written timm-style training loop does per batch."""
+    """The reference: what a hand-written timm-style training loop does per batch, with the Learner's optimizer."""
     model.train()
     for x, y in dl:
-        with torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
-            loss = F.cross_entropy(model(x), y)
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+            loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
 
 
 def measure(args):
@@ -82,12 +83,14 @@ def measure(args):
     dl = data.batches(images, idx, runner.prepare_for(cfg, spec, train=False), cfg.bs, train=True, device=cfg.device)
     pipeline_ips = n / min(timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
 
+    torch.backends.cudnn.benchmark = cfg.device == 'cuda'  # as the runs have it
     torch.manual_seed(0)
     net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
     plain_net = copy.deepcopy(net).to(cfg.device)
     if cfg.channels_last == 'on':
         plain_net = plain_net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(plain_net.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt = optim.opt_func(cfg.opt, no_decay=norm_bias_params(plain_net))(backbones.splitter(plain_net), lr=1e-4,
+                                                                         wd=cfg.wd)
     x, y = next(iter(dl))
     ready = [(x, y)] * args.steps
     one_batch = data.batches(images, idx[:cfg.bs], runner.prepare_for(cfg, spec, train=False), cfg.bs,
@@ -99,8 +102,11 @@ def measure(args):
     learn.unfreeze()
     log = runner.RunLog(cfg.device)
     learn.add_cb(log)
-    plain_loop(plain_net, opt, ready[:2], cfg)  # warm-up: allocator, cudnn autotuning
+    runner.warm_up(plain_net, cfg, dl, [])  # every batch shape once: cuDNN autotuning, lazy init, allocator
+    runner.warm_up(learn.model, cfg, dl, [one_batch])
+    plain_loop(plain_net, opt, ready[:2], cfg)  # and the optimizers' first steps (their state is allocated lazily)
     learn.fit(1, lr=1e-4)
+    runner.reset_peak_memory(cfg.device)
     model_s, plain_s, learner_s = [], [], []
     for _ in range(args.repeats):
         model_s.append(timed(lambda: plain_loop(plain_net, opt, ready, cfg), cfg.device))
@@ -115,8 +121,7 @@ def measure(args):
                learner_ips=n / statistics.median(learner_s))
     out['ratio'] = out['learner_ips'] / out['plain_ips']
     out['pipeline_ratio'] = out['pipeline_ips'] / out['model_ips']
-    if cfg.device == 'cuda':
-        out['peak_memory_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
+    out['peak_memory_mb'] = runner.peak_memory_mb(cfg.device)  # of the measured loops, after warm-up
     return out
 
 
@@ -133,8 +138,8 @@ def main(argv=None):
           f'ratio {out["pipeline_ratio"]:.1f}x (target >= 10x)')
     print(f'plain loop: {out["plain_ips"]:,.1f} img/s   Learner: {out["learner_ips"]:,.1f} img/s   '
           f'ratio {out["ratio"]:.3f} (target >= {0.9 if out["device"] == "cuda" else 0.95})')
-    if 'peak_memory_mb' in out:
-        print(f'peak GPU memory: {out["peak_memory_mb"]:,.0f} MB')
+    print(f'peak {"GPU memory allocated" if out["device"] == "cuda" else "resident memory"} while measuring: '
+          f'{out["peak_memory_mb"]:,.0f} MB')
     return 0
 
 

@@ -63,9 +63,9 @@ def test_heads():
     linear, _ = backbones.build('resnet18', 10, head='linear', weights='none', meta=True)
     mlp, _ = backbones.build('resnet18', 10, head='mlp', hidden=64, dropout=0.5, weights='none', meta=True)
     fastai, _ = backbones.build('resnet18', 10, head='fastai', weights='none', meta=True)
-    assert sum(p.numel() for p in linear[1].parameters()) == 512 * 10 + 10
-    assert sum(p.numel() for p in mlp[1].parameters()) == 512 * 64 + 64 + 64 * 10 + 10
-    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in fastai[1].modules())
+    assert sum(p.numel() for p in linear.head.parameters()) == 512 * 10 + 10
+    assert sum(p.numel() for p in mlp.head.parameters()) == 512 * 64 + 64 + 64 * 10 + 10
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in fastai.head.modules())
     net, _ = backbones.build('resnet18', 7, head='mlp', weights='none')
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
@@ -81,7 +81,7 @@ def test_weights_file_round_trip(tmp_path):
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     backbones.check_weights('resnet18', str(path))
     net, desc = backbones.build('resnet18', 10, head='linear', weights=str(path))
-    loaded = net[0].model.state_dict()
+    loaded = net.body.model.state_dict()
     for k, v in source.state_dict().items():
         if k in loaded:
             assert torch.equal(loaded[k], v), k
@@ -93,7 +93,7 @@ def test_pth_with_state_dict_key(tmp_path):
     path = tmp_path / 'r32.pth'
     torch.save({'state_dict': source.state_dict()}, path)
     net, _ = backbones.build('cifar_resnet32', 10, head='linear', weights=str(path))
-    assert torch.equal(net[0].model.stem[0].weight, source.stem[0].weight)
+    assert torch.equal(net.body.model.stem[0].weight, source.stem[0].weight)
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
@@ -125,7 +125,7 @@ def test_weights_folder_is_searched_by_name_and_tag(tmp_path, monkeypatch):
     monkeypatch.setenv('FTBENCH_WEIGHTS', str(tmp_path))
     net, desc = backbones.build('resnet18.tv_in1k', 10, head='linear', weights='hub')
     assert desc.startswith('file:resnet18.tv_in1k.safetensors')
-    assert torch.equal(net[0].model.conv1.weight, state['conv1.weight'])
+    assert torch.equal(net.body.model.conv1.weight, state['conv1.weight'])
 
 
 def test_no_pretrained_weights_for_a_scratch_model():

@@ -40,33 +40,33 @@ def learner(images, n_train=256, bs=64):
     return learn
 
 
-def test_learner_training_epoch(benchmark, cifar_like):
+def test_learner_training_epoch(calibrated, cifar_like):
     learn = learner(cifar_like, n_train=128)
     learn.fit(1, 1e-3)  # warm-up
-    benchmark.pedantic(lambda: learn.fit(1, 1e-3), rounds=10, iterations=1)
+    calibrated(lambda: learn.fit(1, 1e-3))
     assert learn.recorder.values[-1][0] > 0
 
 
-def test_evaluation(benchmark, cifar_like):
+def test_evaluation(calibrated, cifar_like):
     learn = learner(cifar_like)
-    loss, acc = benchmark.pedantic(learn.validate, rounds=10, iterations=1)
+    loss, acc = calibrated(learn.validate)
     assert 0 <= acc <= 1
 
 
 @pytest.mark.parametrize('size', [32, 224])
-def test_batch_pipeline(benchmark, cifar_like, size):
+def test_batch_pipeline(calibrated, cifar_like, size):
     prepare = data.Prepare(size=size, resize=size * 8 // 7 if size > 32 else 0, mean=(0.5,) * 3, std=(0.25,) * 3)
     n = 1024 if size == 32 else 128
     dl = data.batches(cifar_like, torch.arange(n), prepare, 64, train=True)
-    shapes = benchmark(lambda: [x.shape for x, _ in dl])
+    shapes = calibrated(lambda: [x.shape for x, _ in dl], rounds=20)
     assert shapes[0] == (64, 3, size, size)
 
 
-def test_leaderboard_from_10k_records(benchmark):
+def test_leaderboard_from_10k_records(calibrated):
     random.seed(0)
     strategies = ['full', 'partial', 'progressive', 'feature_extract', 'lp_ft']
     records = [rec(random.choice(strategies), seed, random.random(), lr=random.choice([1e-3, 1e-4, 3e-4]),
                    backbone=random.choice(['resnet18', 'vgg16', 'convnext_nano']))
                for seed in range(2000) for _ in range(5)]
-    text = benchmark.pedantic(leaderboard.render, args=(records,), rounds=10, iterations=1)
+    text = calibrated(leaderboard.render, args=(records,))
     assert text.count('| ') > 40

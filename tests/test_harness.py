@@ -1,0 +1,90 @@
+"""The harness is honest about what ran: warm-up leaves no trace, precision and memory format are what the record
+says, and the flags mean what they say on every device."""
+import pytest
+import torch
+
+import backbones
+from bench import data, record, runner
+from bench.config import Config, UsageError, resolve_auto
+
+CUDA = record.Hardware('cuda', 'NVIDIA H100 80GB HBM3')
+CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
+
+
+def tiny(**kw):
+    base = dict(backbone='cifar_cnn', weights='none', head='mlp', strategy='full', epochs=1, bs=8, size=0, resize=0,
+                normalize='unit', device='cpu')
+    return resolve_auto(Config(**{**base, **kw}), CPU)
+
+
+@pytest.mark.parametrize('given,device,expected', [
+    (dict(), CPU, ('fp32', 'on')),
+    (dict(), CUDA, ('bf16', 'on')),
+    (dict(channels_last='off'), CUDA, ('bf16', 'off')),
+    (dict(precision='bf16', channels_last='off'), CUDA, ('bf16', 'off')),
+    (dict(precision='bf16'), CUDA, ('bf16', 'on')),
+    (dict(precision='bf16'), CPU, ('bf16', 'on')),
+    (dict(precision='fp32', channels_last='off'), CPU, ('fp32', 'off')),
+])
+def test_precision_and_memory_format_flags_mean_what_they_say(given, device, expected):
+    cfg = resolve_auto(Config(**given), device)
+    assert (cfg.precision, cfg.channels_last, cfg.device) == (*expected, device.device)
+
+
+def test_fp16_on_a_cpu_is_refused():
+    with pytest.raises(UsageError, match='fp16 needs a CUDA device'):
+        resolve_auto(Config(precision='fp16'), CPU)
+
+
+def test_bf16_on_a_cpu_runs_in_bf16(images):
+    seen = set()
+    cfg = tiny(precision='bf16')
+    real_build = backbones.build
+
+    def build(*args, **kwargs):
+        net, desc = real_build(*args, **kwargs)
+        net.body.model.features[0].register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+        return net, desc
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(backbones, 'build', build)
+        out = runner.train(cfg, images, data.split(images, valid_frac=0.25), log=lambda line: None)
+    assert seen == {torch.bfloat16} and out['epochs'][0]['train_loss'] > 0
+
+
+def test_channels_last_reaches_the_model_and_the_batches(images):
+    for setting, expected in (('on', True), ('off', False)):
+        net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
+        cfg = tiny(channels_last=setting)
+        learn = runner.learner(cfg, None, net)
+        runner.apply_precision(learn, cfg)
+        weight = learn.model.body.model.features[0].weight
+        x, _ = runner.loaders(cfg, images, data.split(images, valid_frac=0.25), backbones.describe('cifar_cnn'))[0].shapes()[0]
+        assert weight.is_contiguous(memory_format=torch.channels_last) == expected
+        assert x.is_contiguous(memory_format=torch.channels_last) == expected
+
+
+def test_warm_up_sees_every_batch_shape_and_leaves_no_trace(images):
+    cfg = tiny(bs=16, augment=True)
+    split = data.split(images, valid_frac=0.25)            # 60 training images: 3 batches of 16 and one of 12
+    spec = backbones.describe('cifar_cnn')
+    train_dl, valid_dl, test_dl = runner.loaders(cfg, images, split, spec)
+    torch.manual_seed(0)
+    net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    shapes = []
+    net.register_forward_hook(lambda m, i, o: shapes.append((m.training, i[0].shape[0])))
+    rng = torch.get_rng_state()
+    seconds = runner.warm_up(net, cfg, train_dl, [valid_dl, test_dl])
+    assert seconds > 0
+    assert sorted(set(shapes)) == [(False, 4), (False, 8), (False, 16), (True, 12), (True, 16)]  # valid 20, test 24
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in net.parameters())
+    assert train_dl.passes == 0 and torch.equal(train_dl.generator.get_state(),
+                                                torch.Generator().manual_seed(cfg.seed).get_state())
+
+
+def test_warm_up_is_recorded_apart_from_training(images):
+    out = runner.train(tiny(), images, data.split(images, valid_frac=0.25), log=lambda line: None)
+    assert out['warmup_seconds'] > 0 and out['train_seconds'] > 0
+    assert out['train_seconds'] == pytest.approx(sum(e['train_seconds'] for e in out['epochs']))

@@ -1,0 +1,67 @@
+"""`make bench-regress`'s verdict: calibrated benchmark runs compared in one line, a slowed benchmark caught."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import regress
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = '''
+import os
+
+
+def test_work(calibrated):
+    n = 200_000 * (3 if os.environ.get('SLOW') else 1)   # SLOW: three times the work, a deliberate regression
+    calibrated(lambda: sum(i * i for i in range(n)))
+'''
+
+
+def benchmark_run(folder, slow=False):
+    """One real pytest-benchmark run of a tiny suite, saved under folder/.benchmarks as make bench-regress does.
+    One thread, so that the calibration and the benchmark share the CPU alike with whatever else runs beside the
+    test (torch's spinning thread pool would not)."""
+    env = dict(os.environ, SLOW='1' if slow else '', OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'test_work.py',
+                           '--benchmark-only', '--benchmark-autosave', '--benchmark-storage', str(folder / '.benchmarks')],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def verdict(folder, capsys, threshold):
+    code = regress.main(['--storage', str(folder / '.benchmarks'), '--threshold', str(threshold)])
+    return code, capsys.readouterr().out.strip()
+
+
+def test_a_deliberately_slowed_benchmark_is_caught_in_one_line(tmp_path, capsys):
+    (tmp_path / 'test_work.py').write_text(WORK)
+    (tmp_path / 'conftest.py').write_text((REPO / 'tests' / 'benchmarks' / 'conftest.py').read_text())
+    benchmark_run(tmp_path)
+    assert verdict(tmp_path, capsys, 25) == (0, f'speed: first saved run ({regress.saved_runs(tmp_path / ".benchmarks")[0].name}); '
+                                                 f'the next `make bench-regress` compares against it')
+    benchmark_run(tmp_path)
+    code, line = verdict(tmp_path, capsys, 50)
+    assert code == 0 and line.startswith('speed: no regression: 1 benchmarks within 50%')
+    benchmark_run(tmp_path, slow=True)
+    code, line = verdict(tmp_path, capsys, 50)
+    assert code == 1 and len(line.splitlines()) == 1
+    assert line.startswith('speed: 1 of 1 benchmarks regressed beyond 50%: test_work +')
+    saved = json.loads(regress.saved_runs(tmp_path / '.benchmarks')[-1].read_text())
+    assert len(saved['benchmarks'][0]['extra_info']['calibration_s']) == saved['benchmarks'][0]['stats']['rounds']
+
+
+def test_runs_on_another_cpu_are_not_compared():
+    run = dict(machine_info={'cpu': {'brand_raw': 'A'}}, benchmarks=[
+        dict(fullname='t::x', stats={'min': 1.0}, extra_info={'calibration_s': [1.0]})])
+    other = dict(run, machine_info={'cpu': {'brand_raw': 'B'}})
+    code, line = regress.compare(run, other, 25)
+    assert code == 0 and 'another CPU' in line
+
+
+def test_normalized_times_cancel_a_slower_machine():
+    def run(seconds, calibration):
+        return dict(machine_info={'cpu': {'brand_raw': 'A'}}, benchmarks=[
+            dict(fullname='t::x', stats={'min': seconds}, extra_info={'calibration_s': [calibration, 2 * calibration]})])
+    assert regress.compare(run(1.0, 0.1), run(1.6, 0.16), 25)[0] == 0    # everything 60% slower: the machine
+    assert regress.compare(run(1.0, 0.1), run(1.6, 0.10), 25)[0] == 1    # only the benchmark: the code
