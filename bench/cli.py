@@ -84,8 +84,8 @@ def execute(args, cfgs, executor):
     images = load_images(args.data)
     cfgs = stamp(cfgs, images)
     print_config(cfgs[0])
-    with executor.start(images, bar=show_bar(args)):
-        outcome = run(args, [Job(cfg) for cfg in cfgs], executor)
+    executor.start(images, bar=show_bar(args))
+    outcome = run(args, [Job(cfg) for cfg in cfgs], executor)
     render(args)
     return 1 if outcome.failed else 0
 

@@ -56,8 +56,8 @@ def configs(args, target):
 
 def main(argv=None):
     args = parse(argv)
-    executor = make_executor('local')
-    return cli.execute(args, configs(args, executor.hardware), executor)
+    with make_executor(args.cluster, args.gpus_per_run, args.cpus_per_run) as executor:
+        return cli.execute(args, configs(args, executor.hardware), executor)
 
 
 if __name__ == '__main__':

@@ -157,11 +157,16 @@ def refit_jobs(base, best, about, seeds):
 
 
 def main(argv=None):
-    t0 = time.perf_counter()
     args = parse(argv)
     if args.cv and args.cv < 2:
         raise UsageError(f'--cv needs at least 2 folds, got {args.cv}')
-    executor = make_executor('local')
+    with make_executor(args.cluster, args.gpus_per_run, args.cpus_per_run) as executor:
+        return run_search(args, executor)
+
+
+def run_search(args, executor):
+    """Plan the trials, run them, refit the best with every seed, render. The exit code."""
+    t0 = time.perf_counter()
     base = resolve(W4.name, args.profile, executor.hardware, **flag_overrides(args), backbone=args.backbone,
                    seed=args.seed)
     space = parse_space(args.space, GRID if args.grid else RANDOM)
@@ -182,16 +187,16 @@ def main(argv=None):
     if args.cv:
         data.folds(data.split(images, base.valid_frac, base.split_seed, base.subset, base.eval_subset), images,
                    args.cv)
-    with executor.start(images, bar=cli.show_bar(args)):
-        searched = cli.run(args, trial_jobs(base, trials, about, args.cv), executor)
-        best = best_trial(searched.records)
-        if best is None:
-            print(f'{kind} search: every trial failed; nothing to retrain')
-            cli.render(args)
-            return 1
-        print(f'best of {kind}: {best["search"]["params"]} with validation score {best["valid_acc"]:.4f}; '
-              f'retraining it with {len(seeds)} seed{"s" * (len(seeds) > 1)} and testing each once')
-        refits = cli.run(args, refit_jobs(base, best, about, [c.seed for c in seeds]), executor)
+    executor.start(images, bar=cli.show_bar(args))
+    searched = cli.run(args, trial_jobs(base, trials, about, args.cv), executor)
+    best = best_trial(searched.records)
+    if best is None:
+        print(f'{kind} search: every trial failed; nothing to retrain')
+        cli.render(args)
+        return 1
+    print(f'best of {kind}: {best["search"]["params"]} with validation score {best["valid_acc"]:.4f}; '
+          f'retraining it with {len(seeds)} seed{"s" * (len(seeds) > 1)} and testing each once')
+    refits = cli.run(args, refit_jobs(base, best, about, [c.seed for c in seeds]), executor)
     tested = [r for r in refits.records if r['error'] is None]
     if tested:
         accs = [r['test_acc'] for r in tested]

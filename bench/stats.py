@@ -160,11 +160,12 @@ def verdict(row, best):
     if iv is None:
         return 'no verdict', (f'{row.label} vs {best.label}: no verdict, {n} paired seed{"s" * (n != 1)} '
                               f'({MIN_SEEDS} needed)')
-    ci = f'95% CI {iv.lo:.1f} to {iv.hi:.1f}, n = {iv.n}, paired'
     if iv.includes_zero:
-        words = f'{row.label} is tied with {best.label}: {iv.mean:+.1f} pp ({ci})'
-    else:
-        words = f'{best.label} beats {row.label} by {-iv.mean:.1f} pp ({ci})'
+        words = (f'{row.label} is tied with {best.label}: {iv.mean:+.1f} pp '
+                 f'(95% CI {iv.lo:+.1f} to {iv.hi:+.1f}, n = {iv.n}, paired)')
+    else:  # the best row's lead, and its interval, as positive numbers
+        words = (f'{best.label} beats {row.label} by {-iv.mean:.1f} pp '
+                 f'(95% CI {-iv.hi:.1f} to {-iv.lo:.1f}, n = {iv.n}, paired)')
     return ('tied' if iv.includes_zero else 'worse'), words + time_words(row, best)
 
 
@@ -172,7 +173,8 @@ def time_words(row, best):
     ratio = paired_ratio(row, best)
     if ratio is None:
         return ''
-    return f'; it trains in {ratio.mean:.2f}x the time of {best.label} (95% CI {ratio.lo:.2f} to {ratio.hi:.2f})'
+    return (f'; {row.label} trains in {ratio.mean:.2f}x the time of {best.label} '
+            f'(95% CI {ratio.lo:.2f} to {ratio.hi:.2f})')
 
 
 def seconds_spent(records):

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from bench import cli, finetune, leaderboard, scratch, search
-from bench.config import EXPERIMENTS, PROFILES, UsageError, split_list
+from bench.config import EXPERIMENTS, PROFILES, UsageError, add_cluster_flags, split_list
 
 SCRIPTS = {'finetune': finetune, 'scratch': scratch, 'search': search}
 
@@ -24,6 +24,7 @@ def parser():
     p.add_argument('--results', default='reports/results.jsonl', help='records file (default: %(default)s)')
     p.add_argument('--data', help='folder or .tgz in fastai layout (default $FTBENCH_DATA, else untar_data)')
     p.add_argument('--dry-run', action='store_true', help='print every experiment\'s plan; run nothing')
+    add_cluster_flags(p)
     return p
 
 
@@ -34,7 +35,10 @@ def commands(args):
         if name not in EXPERIMENTS:
             raise UsageError(f'unknown experiment {name!r}; choose from {", ".join(EXPERIMENTS)}')
     shared = ['--profile', args.profile, '--seeds', str(args.seeds), '--results', args.results, '--no-render',
-              *(['--data', args.data] if args.data else []), *(['--dry-run'] if args.dry_run else [])]
+              '--cluster', args.cluster, *(['--data', args.data] if args.data else []),
+              *(['--dry-run'] if args.dry_run else []),
+              *(['--gpus-per-run', str(args.gpus_per_run)] if args.gpus_per_run is not None else []),
+              *(['--cpus-per-run', str(args.cpus_per_run)] if args.cpus_per_run is not None else [])]
     return [(name, SCRIPTS[EXPERIMENTS[name].script], ['--preset', name, *extra, *shared])
             for name in chosen for extra in EXPERIMENTS[name].bench]
 

@@ -40,7 +40,7 @@ def test_paired_interval_matches_a_hand_computed_example():
     assert not iv.includes_zero
     verdict, words = stats.verdict(other, best)
     assert verdict == 'worse'
-    assert words.startswith('a beats b by 4.7 pp (95% CI -6.1 to -3.2, n = 3, paired)')
+    assert words.startswith('a beats b by 4.7 pp (95% CI 3.2 to 6.1, n = 3, paired)')
 
 
 def test_time_ratio_is_the_geometric_mean_of_paired_ratios():
@@ -55,7 +55,7 @@ def test_a_row_whose_interval_includes_zero_is_tied_with_the_best():
     text = leaderboard.render(records)
     rows = table_lines(text, '## W1')
     assert '| best ' in rows[0] and '| tied ' in rows[1]
-    assert 'partial is tied with full: -0.8 pp (95% CI -5.9 to 4.2, n = 3, paired)' in text
+    assert 'partial is tied with full: -0.8 pp (95% CI -5.9 to +4.2, n = 3, paired)' in text
 
 
 def test_verdict_lines_under_each_table():
@@ -63,7 +63,7 @@ def test_verdict_lines_under_each_table():
     text = leaderboard.render(records)
     assert '- Best: **partial**, test accuracy 56.00 ± 1.00 % (n = 3).' in text
     assert '- partial beats full by 7.0 pp (95% CI' in text
-    assert 'it trains in 2.00x the time of partial (95% CI 2.00 to 2.00)' in text
+    assert 'full trains in 2.00x the time of partial (95% CI 2.00 to 2.00)' in text
 
 
 def test_fewer_than_three_seeds_give_no_verdict():
@@ -144,3 +144,18 @@ def test_append_is_one_line_per_record(tmp_path):
     record.append(path, rec('full', 0, 0.5))
     record.append(path, rec('full', 1, 0.5))
     assert [json.loads(line)['seed'] for line in path.read_text().splitlines()] == [0, 1]
+
+
+def at(accs, name):
+    return stats.Row(name, three_seeds(name, accs))
+
+
+def test_stability_flags_a_pair_that_changes_order_and_lets_ties_move():
+    from bench import stability
+    b = {'a': at([0.60, 0.61, 0.62], 'a'), 'b': at([0.50, 0.52, 0.51], 'b'), 'c': at([0.55, 0.50, 0.60], 'c')}
+    holds = {'a': at([0.70, 0.71, 0.72], 'a'), 'b': at([0.69, 0.72, 0.70], 'b'), 'c': at([0.65, 0.66, 0.64], 'c')}
+    lines, broken = stability.compare(b, holds)
+    assert not broken and 'none of them changes order' in lines[-1]
+    flips = {'a': at([0.50, 0.51, 0.52], 'a'), 'b': at([0.60, 0.62, 0.61], 'b'), 'c': at([0.55, 0.56, 0.54], 'c')}
+    lines, broken = stability.compare(b, flips)
+    assert broken and '- a vs b: ahead at B, behind at 2B' in lines

@@ -1,0 +1,87 @@
+"""Does a profile's ranking hold at twice its budget? Compares the records of a budget B and of 2B, experiment by
+experiment: how the cpu profile was sized (README, "The cpu profile").
+
+    python bench/stability.py B.jsonl 2B.jsonl       # e.g. make bench, then the same with --subset doubled
+
+For every pair of rows (configurations, matched by their label) that both files hold, the paired t interval of
+their test-accuracy difference is computed at each budget. The ranking holds if no pair whose interval excludes 0
+at both budgets changes order; a pair tied at either budget may move. Prints both tables and the verdict per
+experiment; exits 1 if any ranking breaks.
+"""
+import argparse
+import itertools
+import sys
+
+from tabulate import tabulate
+
+from bench import record, stats
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('budget', help='records made at the profile\'s budget B')
+    p.add_argument('double', help='records made at twice the budget (2B)')
+    return p
+
+
+def label(rec):
+    s = rec.get('search')
+    if s:
+        return f'{s["kind"]} search'
+    return ' '.join(str(x) for x in (rec['backbone'], rec['strategy'], rec.get('variant')) if x)
+
+
+def rows_by_experiment(path):
+    """{experiment: {label: Row}} of the successful records (search refits stand for their search)."""
+    ok, _ = stats.latest_per_run(record.read(path))
+    ok = [r for r in ok if (r.get('search') or {}).get('role', 'refit') == 'refit']
+    out = {}
+    for table in stats.tables(ok, label=label):
+        out.setdefault(table.experiment, {}).update({row.label: row for row in table.rows})
+    return out
+
+
+def separated(a, b):
+    """+1 if `a` beats `b` (paired 95% interval above 0), -1 if below, 0 if tied or too few seeds."""
+    iv, _ = stats.paired_difference(a, b)
+    if iv is None or iv.includes_zero:
+        return 0
+    return 1 if iv.mean > 0 else -1
+
+
+def compare(budget, double):
+    """(lines, broken) for one experiment's rows at B and 2B ({label: Row} each)."""
+    labels = sorted(set(budget) & set(double), key=lambda k: -budget[k].mean('test_acc'))
+    table = [[k, budget[k].n, f'{budget[k].mean("test_acc") * 100:.2f}', double[k].n,
+              f'{double[k].mean("test_acc") * 100:.2f}'] for k in labels]
+    lines = [tabulate(table, headers=['row', 'n (B)', 'test acc % (B)', 'n (2B)', 'test acc % (2B)'],
+                      tablefmt='github', disable_numparse=True), '']
+    both, broken = 0, []
+    for a, b in itertools.combinations(labels, 2):
+        at_b, at_2b = separated(budget[a], budget[b]), separated(double[a], double[b])
+        if at_b and at_2b:
+            both += 1
+            if at_b != at_2b:
+                broken.append(f'{a} vs {b}: {"ahead" if at_b > 0 else "behind"} at B, '
+                              f'{"ahead" if at_2b > 0 else "behind"} at 2B')
+    if broken:
+        lines += ['The ranking breaks:', *[f'- {x}' for x in broken]]
+    else:
+        lines += [f'The ranking holds: of {len(labels) * (len(labels) - 1) // 2} pairs, {both} are separated at both '
+                  f'budgets and none of them changes order.']
+    return lines, bool(broken)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    budget, double = rows_by_experiment(args.budget), rows_by_experiment(args.double)
+    broken = False
+    for exp in sorted(set(budget) & set(double)):
+        lines, bad = compare(budget[exp], double[exp])
+        print(f'## {exp}\n\n' + '\n'.join(lines) + '\n')
+        broken |= bad
+    return 1 if broken else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Scale-out: the driver's contract with any executor, the local path without Ray, and one real Ray smoke test
+(a private local cluster, tiny data, a worker killed with SIGKILL mid-sweep, a hard timeout)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import record
+from bench.config import Config, resolve_auto
+from bench.executor import Job, LocalExecutor, sweep
+from tests.test_cli import TINY, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_jobs(images, n=3):
+    cfg = resolve_auto(Config(backbone='cifar_cnn', weights='none', head='mlp', epochs=1, bs=16, size=0, resize=0,
+                              normalize='unit', device='cpu', dataset=images.key))
+    return [Job(Config(**{**cfg.__dict__, 'seed': s})) for s in range(n)]
+
+
+class ReversedExecutor(LocalExecutor):
+    """Runs every job here, but hands the results back last-first and loses the worker of one job, as a cluster
+    may: what the driver must cope with."""
+    def __init__(self, lose):
+        super().__init__()
+        self.lose = lose
+
+    def run(self, jobs):
+        from bench import runner
+        results = []
+        for job in jobs:
+            if job.cfg.seed == self.lose:
+                results.append((job, dict(started_at=record.now(), env=record.environment('cpu'),
+                                          error='worker lost (test): ActorDiedError')))
+            else:
+                results.append((job, runner.work(job, self.images)))
+        yield from reversed(results)
+
+
+def test_the_driver_records_each_run_once_in_the_order_they_finish(images, tmp_path):
+    results = tmp_path / 'r.jsonl'
+    jobs = tiny_jobs(images)
+    outcome = sweep(jobs, ReversedExecutor(lose=1).start(images), results, log=lambda line: None)
+    recs = record.read(results)
+    assert [r['seed'] for r in recs] == [2, 1, 0]
+    assert outcome.ran == 3 and len(outcome.failed) == 1 and recs[1]['error'].startswith('worker lost')
+    assert len({r['key'] for r in recs}) == 3
+    again = sweep(jobs, LocalExecutor().start(images), results, log=lambda line: None)
+    assert (again.ran, again.skipped, again.failed) == (1, 2, [])
+    assert [r['seed'] for r in record.read(results)] == [2, 1, 0, 1]
+
+
+def test_the_local_path_never_imports_ray(dataset_dir, tmp_path):
+    argv = ['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY]
+    code = ('import sys\n'
+            'from bench import cli, finetune\n'
+            'try:\n'
+            f'    cli.main(lambda: finetune.main({argv!r}))\n'
+            'except SystemExit as e:\n'
+            '    print("exit", e.code, "ray" in sys.modules)\n')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == 'exit 0 False', done.stdout + done.stderr
+
+
+def test_cluster_ray_without_ray_installed_is_one_sentence(dataset_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'ray', None)  # what `import ray` meets where Ray is not installed
+    assert cli(['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--cluster', 'ray']) == 2
+    err = capsys.readouterr().err
+    assert "error: --cluster ray needs Ray, which is not installed: pip install -e '.[ray]'" in err
+    assert 'Traceback' not in err and not (tmp_path / 'r.jsonl').exists()
+
+
+@pytest.mark.parametrize('spec,message', [('ray:127.0.0.1:1', 'cannot reach a Ray cluster at 127.0.0.1:1'),
+                                          ('slurm', "unknown --cluster 'slurm'")])
+def test_a_cluster_that_cannot_be_reached_is_one_sentence(spec, message, dataset_dir, tmp_path, capsys):
+    t = time.perf_counter()
+    assert cli(['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--cluster', spec]) == 2
+    assert message in capsys.readouterr().err and time.perf_counter() - t < 30
+    assert not (tmp_path / 'r.jsonl').exists()
+
+
+def test_ray_smoke_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_dir, tmp_path):
+    """A real private Ray cluster (2 CPUs, 2 workers), a real SIGKILL of the worker running the first job; then
+    the local executor resumes: the same identities, so it runs only the lost job."""
+    results = tmp_path / 'r.jsonl'
+    argv = [sys.executable, '-u', str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir), '--results',
+            str(results), *TINY, '--strategy', 'full,feature_extract', '--seeds', '2', '--epochs', '40']
+    env = dict(os.environ, FTBENCH_RAY_START_TIMEOUT='200')
+    proc = subprocess.Popen([*argv, '--cluster', 'ray', '--cpus-per-run', '1'], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline, killed, out = time.time() + 280, None, []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if killed is None and ' -> worker ' in line:
+                killed = int(line.split(' pid ')[1].split()[0])
+                os.kill(killed, signal.SIGKILL)
+            if time.time() > deadline:
+                break
+        proc.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        proc.kill()
+    text = ''.join(out)
+    assert killed and proc.returncode == 1, text
+    recs = record.read(results)
+    lost = [r for r in recs if r['error']]
+    assert len(recs) == 4 and len({r['key'] for r in recs}) == 4, text
+    assert len(lost) == 1 and lost[0]['error'].startswith('worker lost (') and f'pid {killed}' in lost[0]['error']
+    assert all(r['device'] == record.device_name('cpu') and r['error'] is None for r in recs if r not in lost)
+    resumed = subprocess.run([*argv, '--cluster', 'local'], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and '1 ran, 3 already recorded, 0 failed' in resumed.stdout, resumed.stdout
+    done = record.done(results)
+    assert len(done) == 4 and {json.dumps(r['config'], sort_keys=True) for r in recs} == \
+        {json.dumps(r['config'], sort_keys=True) for r in done.values()}
