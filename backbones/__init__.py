@@ -21,7 +21,7 @@ from timm.models import split_model_name_tag
 from backbones import cifar  # noqa: F401  (registers cifar_resnet32 and cifar_cnn with timm)
 from backbones.heads import HEADS, check_head, make_head
 from backbones.weights import (WeightsError, check_fit, file_shapes, load_state_dict, local_file,
-                               no_hub_message, sha256)
+                               no_hub_message, nothing_to_download, sha256)
 
 __all__ = ['HEADS', 'Net', 'check_head', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'splitter']
 
@@ -155,7 +155,7 @@ def _pretrained_model(spec, weights):
         return model, f'file:{path.name if hasattr(path, "name") else path} sha256:{sha256(str(path))[:12]}'
     full = f'{spec.arch}.{spec.tag}' if spec.tag else spec.arch
     if not spec.hub_id:
-        raise WeightsError(f'{spec.name} has no pretrained weights to download; pass --weights FILE or --weights none')
+        raise WeightsError(nothing_to_download(spec.name))
     if full in _hub_failures:
         raise WeightsError(_hub_failures[full])
     try:
@@ -190,7 +190,7 @@ def check_weights(name, weights):
     if path is not None:
         check_fit(path, name, spec.model_shapes, spec.body_keys, file_shapes(path))
     elif not spec.hub_id:
-        raise WeightsError(f'{name} has no pretrained weights to download; pass --weights FILE or --weights none')
+        raise WeightsError(nothing_to_download(name))
 
 
 def _path(weights):

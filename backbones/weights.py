@@ -1,7 +1,7 @@
 """Where a backbone's pretrained weights come from, and whether a file fits the architecture.
 
-`--weights hub` first looks for `<arch>.<tag>.safetensors` in the folder named by FTBENCH_WEIGHTS, then asks
-timm to download (`pretrained=True`). `--weights none` is random init, said out loud. `--weights FILE` loads a
+Weights `hub` first looks for `<arch>.<tag>.safetensors` in the folder named by FTBENCH_WEIGHTS, then asks
+timm to download (`pretrained=True`). Weights `none` is random init, said out loud. Weights FILE loads a
 .safetensors or .pth state dict with timm's key names. A file must fill every parameter and buffer of the body;
 keys of a classifier the body does not use may be missing.
 """
@@ -77,7 +77,7 @@ def check_fit(path, name, model_shapes, body_keys, file_keys=None):
     missing = sorted(k for k in body_keys if k not in file_keys and not k.endswith(_IGNORED))
     if missing:
         raise WeightsError(f'weights file {path} lacks {len(missing)} of the {name} body\'s tensors '
-                           f'(e.g. {missing[0]}); pass a complete file or --weights none')
+                           f'(e.g. {missing[0]}); use a complete file, or weights none for random init')
 
 
 @lru_cache(maxsize=None)
@@ -90,8 +90,12 @@ def sha256(path):
 
 
 def no_hub_message(name, reason):
-    return (f'could not download pretrained weights for {name} ({reason}); pass --weights FILE, set {WEIGHTS_ENV} '
-            f'to a folder holding {name}.safetensors, or pass --weights none to train from random init')
+    return (f'could not download pretrained weights for {name} ({reason}); use weights FILE (a local file), set '
+            f'{WEIGHTS_ENV} to a folder holding {name}.safetensors, or use weights none to train from random init')
+
+
+def nothing_to_download(name):
+    return f'{name} has no pretrained weights to download; use weights FILE (a local file) or weights none'
 
 
 def _first_line(e):

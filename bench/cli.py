@@ -10,7 +10,7 @@ from dataclasses import replace
 import backbones
 from bench import data
 from bench.config import UsageError, print_config, validate_numbers
-from bench.executor import Job, sweep
+from bench.executor import Job, make_executor, sweep
 from bench.strategies import STRATEGIES, problem, unknown_strategy_message
 
 
@@ -76,16 +76,24 @@ def stamp(cfgs, images):
     return [replace(cfg, dataset=images.key) for cfg in cfgs]
 
 
-def execute(args, cfgs, executor):
-    """Validate every planned run, then print their plans (--dry-run) or run them; render. The exit code."""
-    validate(cfgs)
-    if args.dry_run:
-        return dry_run(args, cfgs)
-    images = load_images(args.data)
-    cfgs = stamp(cfgs, images)
-    print_config(cfgs[0])
-    executor.start(images, bar=show_bar(args))
-    outcome = run(args, [Job(cfg) for cfg in cfgs], executor)
+def executor(args):
+    """Where the runs happen, from --cluster, --gpus-per-run and --cpus-per-run."""
+    return make_executor(args.cluster, args.gpus_per_run, args.cpus_per_run)
+
+
+def execute(args, configs):
+    """A script's flow: where runs happen; `configs(args, hardware)` for the hardware they land on, validated;
+    their plans (--dry-run) or the runs; then the leaderboard. The exit code."""
+    with executor(args) as where:
+        cfgs = configs(args, where.hardware)
+        validate(cfgs)
+        if args.dry_run:
+            return dry_run(args, cfgs)
+        images = load_images(args.data)
+        cfgs = stamp(cfgs, images)
+        print_config(cfgs[0])
+        where.start(images, bar=show_bar(args))
+        outcome = run(args, [Job(cfg) for cfg in cfgs], where)
     render(args)
     return 1 if outcome.failed else 0
 

@@ -65,8 +65,8 @@ def resolve_source(spec=None):
     try:
         return Path(untar_data(URLs.CIFAR))
     except Exception as e:
-        raise DataError(f'could not download CIFAR-10 ({type(e).__name__}); pass --data PATH or set {DATA_ENV} '
-                        f'to a local folder or .tgz') from None
+        raise DataError(f'could not download CIFAR-10 ({type(e).__name__}); give the data path of a local folder '
+                        f'or .tgz, or set {DATA_ENV} to one') from None
 
 
 def local_source(spec=None):
@@ -239,8 +239,7 @@ def split(images, valid_frac=0.2, seed=0, subset=0, eval_subset=0):
 
 def check_subset(n, available, n_classes, what):
     if n and n > available:
-        raise DataError(f'--{"subset" if what == "training" else "eval-subset"} {n} is larger than the '
-                        f'{available} {what} images available')
+        raise DataError(f'a {what} subset of {n} is larger than the {available} {what} images available')
     if n and n < n_classes:
         raise DataError(f'a {what} subset of {n} cannot hold all {n_classes} classes; ask for at least {n_classes}')
 
@@ -250,7 +249,7 @@ def folds(split_, images, k, seed=0):
     idx = np.concatenate([split_.train, split_.valid])
     y = images.train_y.numpy()[idx]
     if k < 2 or np.bincount(y).min() < k:
-        raise DataError(f'--cv {k} needs k >= 2 and at least k images of every class')
+        raise DataError(f'{k}-fold cross-validation needs k >= 2 and at least k images of every class')
     kf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [Split(train=np.sort(idx[a]), valid=np.sort(idx[b]), test=split_.test) for a, b in kf.split(idx, y)]
 

@@ -87,9 +87,8 @@ def table_row(row, best):
         settings=settings(first))
 
 
-def markdown_table(rows, columns=COLUMNS):
-    if not any(r.get('variant') for r in rows):
-        columns = [c for c in columns if c[0] != 'variant']
+def markdown_table(rows):
+    columns = COLUMNS if any(r.get('variant') for r in rows) else [c for c in COLUMNS if c[0] != 'variant']
     return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt='github',
                     disable_numparse=True)
 

@@ -18,7 +18,6 @@ import argparse
 
 from bench import cli
 from bench.config import W3, UsageError, add_io_flags, add_run_flags, flag_overrides, resolve, split_list
-from bench.executor import make_executor
 
 
 def parser():
@@ -55,9 +54,7 @@ def configs(args, target):
 
 
 def main(argv=None):
-    args = parse(argv)
-    with make_executor(args.cluster, args.gpus_per_run, args.cpus_per_run) as executor:
-        return cli.execute(args, configs(args, executor.hardware), executor)
+    return cli.execute(parse(argv), configs)
 
 
 if __name__ == '__main__':

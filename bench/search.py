@@ -29,7 +29,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from bench import cli, data
 from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags, flag_overrides, resolve
-from bench.executor import Job, make_executor
+from bench.executor import Job
 from bench.stats import seconds_spent
 
 GRID = {'lr': [1e-3, 5e-4], 'bs': [64, 128], 'h': [128, 256, 512]}
@@ -160,7 +160,7 @@ def main(argv=None):
     args = parse(argv)
     if args.cv and args.cv < 2:
         raise UsageError(f'--cv needs at least 2 folds, got {args.cv}')
-    with make_executor(args.cluster, args.gpus_per_run, args.cpus_per_run) as executor:
+    with cli.executor(args) as executor:
         return run_search(args, executor)
 
 

@@ -13,7 +13,8 @@ import pytest
 from bench import record
 from bench.config import Config, resolve_auto
 from bench.executor import Job, LocalExecutor, sweep
-from tests.test_cli import TINY, cli
+from bench import finetune
+from tests.helpers import TINY, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,21 +57,9 @@ def test_the_driver_records_each_run_once_in_the_order_they_finish(images, tmp_p
     assert [r['seed'] for r in record.read(results)] == [2, 1, 0, 1]
 
 
-def test_the_local_path_never_imports_ray(dataset_dir, tmp_path):
-    argv = ['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY]
-    code = ('import sys\n'
-            'from bench import cli, finetune\n'
-            'try:\n'
-            f'    cli.main(lambda: finetune.main({argv!r}))\n'
-            'except SystemExit as e:\n'
-            '    print("exit", e.code, "ray" in sys.modules)\n')
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip().splitlines()[-1] == 'exit 0 False', done.stdout + done.stderr
-
-
 def test_cluster_ray_without_ray_installed_is_one_sentence(dataset_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'ray', None)  # what `import ray` meets where Ray is not installed
-    assert cli(['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--cluster', 'ray']) == 2
+    assert run_script(finetune, ['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--cluster', 'ray']) == 2
     err = capsys.readouterr().err
     assert "error: --cluster ray needs Ray, which is not installed: pip install -e '.[ray]'" in err
     assert 'Traceback' not in err and not (tmp_path / 'r.jsonl').exists()
@@ -80,7 +69,7 @@ def test_cluster_ray_without_ray_installed_is_one_sentence(dataset_dir, tmp_path
                                           ('slurm', "unknown --cluster 'slurm'")])
 def test_a_cluster_that_cannot_be_reached_is_one_sentence(spec, message, dataset_dir, tmp_path, capsys):
     t = time.perf_counter()
-    assert cli(['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--cluster', spec]) == 2
+    assert run_script(finetune, ['--data', str(dataset_dir), '--results', str(tmp_path / 'r.jsonl'), *TINY, '--cluster', spec]) == 2
     assert message in capsys.readouterr().err and time.perf_counter() - t < 30
     assert not (tmp_path / 'r.jsonl').exists()
 

@@ -99,7 +99,7 @@ def test_subsets_keep_class_balance(images):
 
 
 def test_subset_larger_than_the_data_is_refused(images):
-    with pytest.raises(data.DataError, match='--subset 1000 is larger than the 64 training images'):
+    with pytest.raises(data.DataError, match='a training subset of 1000 is larger than the 64 training images'):
         data.split(images, subset=1000)
 
 

@@ -5,12 +5,7 @@ import json
 import pytest
 
 from bench import leaderboard, record, stats
-from tests.records import rec
-
-FIXTURE = [rec('full', 0, 0.90), rec('full', 1, 0.92, secs=12.0), rec('partial', 0, 0.95),
-           rec('zero_shot', 0, 0.10), rec('full', 0, None, backbone='resnet50', error='no weights offline'),
-           rec('partial', 0, None, backbone='resnet50', error='no weights offline'),
-           rec('full', 0, 0.50, experiment='w2', backbone='vgg16')]
+from tests.helpers import FIXTURE, rec
 
 
 def three_seeds(strategy, accs, secs=(10.0, 10.0, 10.0), **kw):

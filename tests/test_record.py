@@ -4,7 +4,8 @@ from dataclasses import replace
 from bench import record
 from bench.config import Config
 from bench.executor import Job
-from tests.test_cli import TINY, cli
+from bench import finetune
+from tests.helpers import TINY, run_script
 
 
 def test_identity_changes_with_the_hardware_and_not_otherwise():
@@ -18,22 +19,22 @@ def test_identity_changes_with_the_hardware_and_not_otherwise():
 def test_new_hardware_runs_everything_and_the_same_hardware_resumes(dataset_dir, tmp_path, monkeypatch, capsys):
     results = tmp_path / 'r.jsonl'
     args = ['--data', str(dataset_dir), '--results', str(results), *TINY, '--strategy', 'full,feature_extract']
-    assert cli(args) == 0
-    assert cli(args) == 0
+    assert run_script(finetune, args) == 0
+    assert run_script(finetune, args) == 0
     assert len(record.read(results)) == 2 and '0 ran, 2 already recorded' in capsys.readouterr().out
     here = record.device_name('cpu')
     monkeypatch.setattr(record, 'cpu_model', lambda: 'Another CPU')
-    assert cli(args) == 0
+    assert run_script(finetune, args) == 0
     recs = record.read(results)
     assert len(recs) == 4 and '2 ran, 0 already recorded' in capsys.readouterr().out
     assert sorted({r['device'] for r in recs}) == sorted({here, record.device_name('cpu')})
-    assert cli(args) == 0
+    assert run_script(finetune, args) == 0
     assert len(record.read(results)) == 4 and '0 ran, 2 already recorded' in capsys.readouterr().out
 
 
 def test_every_record_names_its_hardware_and_is_keyed_by_it(dataset_dir, tmp_path):
     results = tmp_path / 'r.jsonl'
-    assert cli(['--data', str(dataset_dir), '--results', str(results), *TINY]) == 0
+    assert run_script(finetune, ['--data', str(dataset_dir), '--results', str(results), *TINY]) == 0
     rec, = record.read(results)
     assert rec['device'] == record.device_name('cpu') and rec['device'].startswith('cpu: ')
     assert rec['key'] == record.run_key(rec['config'], None, rec['device'])

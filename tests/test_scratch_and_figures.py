@@ -9,8 +9,7 @@ import matplotlib.pyplot as plt
 
 import backbones
 from bench import figures, leaderboard, record, scratch, stats
-from tests.records import rec
-from tests.test_leaderboard import FIXTURE
+from tests.helpers import FIXTURE, rec
 
 
 def test_cifar_resnet32_is_registered_with_timm_and_has_the_seeds_parameter_count():

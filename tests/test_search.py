@@ -3,15 +3,14 @@ import re
 
 import pytest
 
-from bench import cli, data, leaderboard, record, search
+from bench import data, leaderboard, record, search
+from tests.helpers import run_script
 
-TINY = ['--epochs', '1', '--profile', 'full', '--no-bar', '--no-render']
+TINY = ['--epochs', '1', '--profile', 'full', '--no-bar', '--no-render']  # the preset's small CNN, one epoch
 
 
 def run(argv):
-    with pytest.raises(SystemExit) as e:
-        cli.main(lambda: search.main(argv))
-    return e.value.code
+    return run_script(search, argv)
 
 
 def test_the_seeds_grid_has_12_distinct_trials():

@@ -1,116 +1,138 @@
-"""Strategies on a real fastai Learner: which parameters train in each epoch, and at what LR."""
+"""Every registered strategy, driven by the registry (as timm's tests loop over list_models): its plan on a
+parameter-free model, and a real fit on a tiny CIFAR ResNet (BatchNorm included) that trains exactly what the plan
+says, epoch by epoch, and leaves the rest untouched, running statistics included."""
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from fastai.basics import even_mults
+from fastai.basics import DataLoaders, even_mults
 
-from bench import data, runner
+import backbones
+from bench import data, finetune, record, runner, strategies
 from bench.config import Config, resolve_auto
 from bench.strategies import STRATEGIES, problem, register
+from tests.helpers import TINY, run_script
+
+MODEL = 'cifar_resnet32'  # groups: stages.0 (with the stem), stages.1, stages.2, head
 
 
 def tiny(strategy, **kw):
-    base = dict(experiment='t', backbone='resnet18', weights='none', head='linear', strategy=strategy, epochs=3,
-                bs=16, size=0, resize=0, unfreeze_at=(1, 2), lr=1e-3, head_lr=1e-2)
-    base.update(kw)
-    return resolve_auto(Config(**base))
+    base = dict(experiment='t', backbone=MODEL, weights='none', head='linear', strategy=strategy, epochs=3, bs=16,
+                size=0, resize=0, normalize='unit', unfreeze_at=(1, 2), lr=1e-3, head_lr=1e-2, device='cpu',
+                cache_features='off')
+    return resolve_auto(Config(**{**base, **kw}))
 
 
-def snapshot(net):
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def run_learner(cfg, images):
-    """Train `cfg` on the tiny data and return the Learner and the per-epoch log."""
-    import backbones
-    spec = backbones.describe(cfg.backbone)
+def fit(cfg, images):
+    """Run `cfg`'s strategy on a real Learner over the tiny data: (learn, per-epoch log, state before)."""
+    torch.manual_seed(0)
     net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
-    s = data.split(images, valid_frac=0.25, subset=32)
-    train_dl, valid_dl, _ = runner.loaders(cfg, images, s, spec)
+    train_dl, valid_dl, _ = runner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
+                                           backbones.describe(cfg.backbone))
     log = runner.RunLog('cpu')
-    from fastai.basics import DataLoaders
-    from fastai.callback.progress import ProgressCallback
     learn = runner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
-    learn.remove_cb(ProgressCallback)
-    before = snapshot(net)
+    runner.show_progress(learn, False, lambda line: None)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     STRATEGIES[cfg.strategy](learn, cfg)
     return learn, log, before
 
 
-def changed(net, before, prefix):
-    return any(not torch.equal(v, before[k]) for k, v in net.state_dict().items()
-               if k.startswith(prefix) and not k.endswith('num_batches_tracked'))
+def group_of_keys(net):
+    """{state_dict key: parameter group}: body tensors (buffers too) by the stage of their module, head last."""
+    module_stage = {name.rpartition('.')[0]: stage for name, stage in net.stage_of.items()}
+    out = {}
+    for key in net.state_dict():
+        if key.startswith('0.model.'):
+            out[key] = module_stage[key[len('0.model.'):].rpartition('.')[0]]
+        else:
+            out[key] = len(net.stage_names)
+    return out
 
 
-def test_feature_extract_trains_the_head_only_and_freezes_bn_statistics(images):
-    learn, log, before = run_learner(tiny('feature_extract', epochs=1), images)
-    net = learn.model
-    assert changed(net, before, '1.')
-    for stage in ('conv1', 'bn1', 'layer1', 'layer4'):
-        assert not changed(net, before, f'0.model.{stage}'), stage  # weights and running statistics
-    assert log.epochs[0]['trainable'] == 4 * 512 + 4
+CASES = [(name, {}) for name in STRATEGIES] + [('partial', dict(unfreeze=2)), ('full', dict(lr_mult=100)),
+                                               ('feature_extract', dict(train_bn=True))]
 
 
-def test_train_bn_gives_fastais_default(images):
-    learn, log, before = run_learner(tiny('feature_extract', epochs=1, train_bn=True), images)
-    assert changed(learn.model, before, '0.model.layer1.0.bn1')
-    assert not changed(learn.model, before, '0.model.layer1.0.conv1')
+@pytest.mark.parametrize('name,settings', CASES, ids=[f'{n}-{"-".join(map(str, s.values())) or "default"}'
+                                                      for n, s in CASES])
+def test_a_strategy_trains_what_its_plan_says(name, settings, images):
+    cfg = tiny(name, **settings)
+    plan = runner.plan(cfg, len(images.classes))
+    learn, log, before = fit(cfg, images)
+    per_epoch = [ph for ph in plan['phases'] for _ in range(ph['start'], ph['stop'])]
+    assert [e['trainable'] for e in log.epochs] == [ph['trainable'] for ph in per_epoch]
+    assert len(log.epochs) == sum(ph['stop'] - ph['start'] for ph in plan['phases'])
+    # groups the strategy trains (BatchNorm of frozen stages aside: it trains only with train_bn, in any phase)
+    frozen_bn = runner.plan(replace(cfg, train_bn=False), len(images.classes))
+    trains = [any(ph['trains'][g] for ph in frozen_bn['phases']) for g in range(len(plan['names']))]
+    groups = group_of_keys(learn.model)
+    batchnorm = {name for name, m in learn.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for key, value in learn.model.state_dict().items():
+        if key.endswith('num_batches_tracked'):
+            continue
+        moved = not torch.equal(value, before[key])
+        bn_trains_anyway = cfg.train_bn and key.rpartition('.')[0] in batchnorm and bool(plan['phases'])
+        assert moved == (trains[groups[key]] or bn_trains_anyway), (key, moved)
+    if plan['phases'] and not plan['phases'][-1]['one_cycle']:
+        assert np.allclose([h['lr'] for h in learn.opt.hypers], plan['phases'][-1]['lrs'])
 
 
-def test_partial_trains_the_last_k_stages(images):
-    learn, _, before = run_learner(tiny('partial', epochs=1, unfreeze=2), images)
-    net = learn.model
-    assert changed(net, before, '0.model.layer4') and changed(net, before, '0.model.layer3')
-    assert not changed(net, before, '0.model.layer2') and not changed(net, before, '0.model.conv1')
+def test_discriminative_lrs_follow_fastais_slice(images):
+    learn, _, _ = fit(tiny('full', epochs=1, lr_mult=100), images)
+    assert np.allclose([h['lr'] for h in learn.opt.hypers], even_mults(1e-5, 1e-3, 4))
+    learn, _, _ = fit(tiny('progressive', lr_mult=10), images)
+    assert np.allclose([h['lr'] for h in learn.opt.hypers][:-1], even_mults(1e-4, 1e-3, 3))
+    assert learn.opt.hypers[-1]['lr'] == pytest.approx(1e-2)
 
 
-def test_progressive_unfreezes_one_stage_per_phase(images):
-    _, log, _ = run_learner(tiny('progressive'), images)
-    head = 4 * 512 + 4
-    layer4, layer3 = 8393728, 2099712
-    assert [e['trainable'] for e in log.epochs] == [head, head + layer4, head + layer4 + layer3]
+def test_progressive_resets_the_optimizer_at_each_unfreeze(images):
+    learn, _, _ = fit(tiny('progressive'), images)
+    head_weight = learn.model.head[-1].weight
+    steps_per_epoch = 2  # 32 training images, batches of 16
+    assert int(learn.opt.opt.state[head_weight]['step']) == steps_per_epoch  # the last phase's steps only
 
 
-def test_progressive_lrs_and_reset_optimizer_state(images):
-    learn, _, _ = run_learner(tiny('progressive', lr_mult=10), images)
-    lrs = [h['lr'] for h in learn.opt.hypers]
-    assert np.allclose(lrs[:-1], even_mults(1e-4, 1e-3, 5)) and lrs[-1] == pytest.approx(1e-2)
-
-
-def test_full_with_slice_gives_discriminative_lrs(images):
-    learn, _, before = run_learner(tiny('full', epochs=1, lr_mult=100), images)
-    lrs = [h['lr'] for h in learn.opt.hypers]
-    assert np.allclose(lrs, even_mults(1e-5, 1e-3, 6))
-    assert changed(learn.model, before, '0.model.conv1')
-
-
-def test_one_lr_by_default(images):
-    learn, _, _ = run_learner(tiny('full', epochs=1), images)
-    assert {h['lr'] for h in learn.opt.hypers} == {1e-3}
-
-
-def test_lp_ft_probes_then_unfreezes(images):
-    learn, log, _ = run_learner(tiny('lp_ft', epochs=2), images)
-    everything = sum(p.numel() for p in learn.model.parameters())
-    assert [e['trainable'] for e in log.epochs] == [4 * 512 + 4, everything]
-
-
-def test_fine_tune_is_fastais(images):
-    _, log, _ = run_learner(tiny('fine_tune', epochs=2), images)
-    assert len(log.epochs) == 2 and log.epochs[0]['trainable'] < log.epochs[1]['trainable']
-
-
-def test_zero_shot_trains_nothing(images):
-    learn, log, before = run_learner(tiny('zero_shot'), images)
+def test_zero_shot_trains_nothing_even_when_validated(images):
+    learn, log, before = fit(tiny('zero_shot'), images)
     learn.validate()  # fastai fires fit and epoch events here too; they are not training
-    assert log.epochs == [] and log.trainable_max == 0 and not changed(learn.model, before, '')
+    assert log.epochs == [] and log.trainable_max == 0
+    assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
 
 
 def test_registry_refuses_duplicates():
     with pytest.raises(ValueError, match='registered twice'):
         register(STRATEGIES['full'].fit)
+
+
+@pytest.fixture
+def registry():
+    """The registry as it was, after the test."""
+    names = set(STRATEGIES)
+    yield STRATEGIES
+    for name in set(STRATEGIES) - names:
+        del STRATEGIES[name]
+
+
+def test_adding_a_strategy_is_one_decorated_function(registry, dataset_dir, tmp_path):
+    def check_two_epochs(cfg, n_stages):
+        return None if cfg.epochs >= 2 else 'head_then_last needs --epochs of at least 2'
+
+    @register(check=check_two_epochs, refreezes=True)
+    def head_then_last(learn, cfg):
+        """The head for one epoch, then the last stage with it."""
+        learn.freeze()
+        learn.fit(1, cfg.head_lr)
+        learn.freeze_to(-2)
+        learn.fit(cfg.epochs - 1, cfg.lr)
+
+    results = tmp_path / 'r.jsonl'
+    assert run_script(finetune, ['--data', str(dataset_dir), '--results', str(results), *TINY, '--epochs', '2',
+                                 '--strategy', 'head_then_last']) == 0
+    rec, = record.read(results)
+    assert rec['strategy'] == 'head_then_last' and [e['trainable'] for e in rec['epochs']][0] < rec['params_trainable']
+    assert 'head_then_last needs --epochs of at least 2' in problem(replace(tiny('head_then_last'), epochs=1), 3)
+    assert problem(replace(tiny('head_then_last'), compile=True), 3).startswith('--compile breaks a frozen set')
 
 
 @pytest.mark.parametrize('change,message', [
@@ -120,7 +142,15 @@ def test_registry_refuses_duplicates():
     (dict(strategy='fine_tune', epochs=1), 'at least 2'),
     (dict(strategy='lp_ft', epochs=3, lp_epochs=3), '--lp-epochs must be between 1 and 2'),
     (dict(strategy='progressive', compile=True), 'compile'),
+    (dict(strategy='full', cache_features='on'), '--cache-features needs a strategy whose body never trains'),
+    (dict(strategy='feature_extract', cache_features='on', augment=True), 'drop --augment'),
     (dict(strategy='nope'), 'unknown strategy'),
 ])
 def test_strategy_problems(change, message):
     assert message in problem(replace(tiny('full'), **change), 5)
+
+
+def test_cache_features_auto_is_on_only_where_the_strategy_allows_it():
+    assert [resolve_auto(replace(tiny(name), cache_features='auto')).cache_features for name in STRATEGIES] == \
+        ['on' if strategies.STRATEGIES[name].body_frozen else 'off' for name in STRATEGIES]
+    assert resolve_auto(replace(tiny('feature_extract'), cache_features='auto', augment=True)).cache_features == 'off'

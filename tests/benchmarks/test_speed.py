@@ -12,7 +12,7 @@ from fastai.callback.progress import ProgressCallback
 import backbones
 from bench import data, leaderboard, runner
 from bench.config import Config, resolve_auto
-from tests.records import rec
+from tests.helpers import rec
 
 
 @pytest.fixture(scope='module')

@@ -1,9 +1,24 @@
-"""Hand-made run records, for the tests of everything that reads records (leaderboard, figures, benchmarks)."""
-from bench import record
+"""What several test modules share: the flags of a tiny run, running a script as the shell would, hand-made
+records."""
+import pytest
+
+from bench import cli, record
+
+# A run on the tiny synthetic data: a small CNN from scratch, one epoch, no bars, no rendering.
+TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',
+        '--epochs', '1', '--bs', '16', '--normalize', 'unit', '--profile', 'full', '--no-bar', '--no-render']
+
+
+def run_script(module, argv):
+    """`module.main(argv)` through bench.cli.main, which turns user mistakes into exit code 2: the exit code."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(lambda: module.main(argv))
+    return e.value.code
 
 
 def rec(strategy, seed, test_acc, *, experiment='w1', backbone='resnet18', error=None, lr=1e-4, secs=10.0,
         device='cpu: test (2 cores)', profile='cpu'):
+    """A record as a run of `strategy` with `seed` would leave it (an error row if `error`)."""
     config = dict(experiment=experiment, backbone=backbone, strategy=strategy, seed=seed, lr=lr, epochs=3, size=64,
                   profile=profile)
     return dict(key=record.run_key(config, device=device), experiment=experiment, variant='', backbone=backbone,
@@ -17,3 +32,10 @@ def rec(strategy, seed, test_acc, *, experiment='w1', backbone='resnet18', error
                 eval_seconds=None if error else 1.0, images_per_second=None if error else 100.0,
                 peak_memory_mb=None if error else 512.0, params_total=None if error else 100,
                 params_trainable=None if error else 5, image_size=64)
+
+
+# Two experiments, seeds to pool, a zero-shot floor and two error rows.
+FIXTURE = [rec('full', 0, 0.90), rec('full', 1, 0.92, secs=12.0), rec('partial', 0, 0.95),
+           rec('zero_shot', 0, 0.10), rec('full', 0, None, backbone='resnet50', error='no weights offline'),
+           rec('partial', 0, None, backbone='resnet50', error='no weights offline'),
+           rec('full', 0, 0.50, experiment='w2', backbone='vgg16')]
