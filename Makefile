@@ -14,6 +14,7 @@ export FTBENCH_DATA FTBENCH_WEIGHTS
 RESULTS ?= reports/results.jsonl
 PROFILE ?= auto
 SEEDS   ?= 3
+ARGS    ?=
 
 .PHONY: setup bench test leaderboard bench-regress speed gpu-wheels gpu-check
 
@@ -27,9 +28,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # Every experiment declared in bench/config.py, SEEDS seeds each, then the leaderboard. A failed run is an error
-# row; the leaderboard is rendered anyway and the target fails at the end if any run failed.
+# row; the leaderboard is rendered anyway and the target fails at the end if any run failed. ARGS go to every
+# script (e.g. ARGS="--cluster ray", or ARGS="-- --precision fp32").
 bench: setup
-	$(BIN)/python bench/suite.py --profile $(PROFILE) --seeds $(SEEDS) --results $(RESULTS)
+	$(BIN)/python bench/suite.py --profile $(PROFILE) --seeds $(SEEDS) --results $(RESULTS) $(ARGS)
 
 leaderboard: setup
 	$(BIN)/python bench/leaderboard.py --results $(RESULTS)

@@ -20,8 +20,8 @@ from timm.models import split_model_name_tag
 
 from backbones import cifar  # noqa: F401  (registers cifar_resnet32 and cifar_cnn with timm)
 from backbones.heads import HEADS, check_head, make_head
-from backbones.weights import (WeightsError, check_fit, file_shapes, load_state_dict, local_file,
-                               no_hub_message, nothing_to_download, sha256)
+from backbones.weights import (WeightsError, check_fit, file_shapes, host_of, load_state_dict, local_file,
+                               no_hub_message, nothing_to_download, reachable, sha256)
 
 __all__ = ['HEADS', 'Net', 'check_head', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'splitter']
 
@@ -157,6 +157,10 @@ def _pretrained_model(spec, weights):
     if not spec.hub_id:
         raise WeightsError(nothing_to_download(spec.name))
     if full in _hub_failures:
+        raise WeightsError(_hub_failures[full])
+    host = host_of(spec.hub_id)
+    if not reachable(host):  # else the download retries for most of a minute before it gives up
+        _hub_failures[full] = no_hub_message(full, f'{host} cannot be reached')
         raise WeightsError(_hub_failures[full])
     try:
         return timm.create_model(spec.name, pretrained=True), f'hub:{spec.hub_id}'

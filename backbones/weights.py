@@ -7,8 +7,10 @@ keys of a classifier the body does not use may be missing.
 """
 import hashlib
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -87,6 +89,24 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def host_of(hub_id):
+    """The host timm downloads `hub_id` from: the URL's, else the Hugging Face hub's ($HF_ENDPOINT)."""
+    url = hub_id if '://' in hub_id else os.environ.get('HF_ENDPOINT', 'https://huggingface.co')
+    return urlparse(url).hostname or 'huggingface.co'
+
+
+@lru_cache(maxsize=None)
+def reachable(host, timeout=3.0):
+    """Whether `host` answers on port 443 at all. Behind a proxy the download itself finds out."""
+    if any(os.environ.get(k) for k in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def no_hub_message(name, reason):

@@ -85,9 +85,11 @@ class RayExecutor:
             else:
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UsageError(f'cannot reach a Ray cluster at {where or "this machine"} ({type(e).__name__}: '
-                             f'{first_line(e)}); start one with `ray start --head`, or use --cluster ray for a '
-                             f'private one') from None
+            raise UsageError(f'cannot connect to a Ray cluster at {where or "this machine"} ({type(e).__name__}: '
+                             f'{first_line(e)}); start one with `ray start --head`, use --cluster ray for a private '
+                             f'one, or, if its head has token authentication on (Ray 2.60 does by default), set '
+                             f'RAY_AUTH_MODE=token here with the head\'s token in RAY_AUTH_TOKEN or '
+                             f'~/.ray/auth_token') from None
         resources = ray.cluster_resources()
         gpus, cpus = resources.get('GPU', 0), resources.get('CPU', 0)
         self.gpus_per_run = (1 if gpus else 0) if gpus_per_run is None else gpus_per_run

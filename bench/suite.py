@@ -1,9 +1,9 @@
 """Every experiment of bench/config.py, one after another, then the leaderboard: what `make bench` runs.
 
-    python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2]
+    python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2] [-- FLAGS]
 
 Each experiment runs through its own script (its `bench` argument lists in bench/config.py) with the shared
-flags given here. A failed run is an error row; the leaderboard is rendered anyway and the exit code is 1 if any
+flags given here; FLAGS after `--` go to every script (e.g. `-- --precision fp32`). A failed run is an error row; the leaderboard is rendered anyway and the exit code is 1 if any
 run failed (2 if an experiment's input was refused).
 """
 import argparse
@@ -28,8 +28,8 @@ def parser():
     return p
 
 
-def commands(args):
-    """(experiment, script module, argv) for every run of every chosen experiment."""
+def commands(args, extra=()):
+    """(experiment, script module, argv) for every run of every chosen experiment; `extra` goes to each."""
     chosen = split_list(args.only) or list(EXPERIMENTS)
     for name in chosen:
         if name not in EXPERIMENTS:
@@ -39,8 +39,8 @@ def commands(args):
               *(['--dry-run'] if args.dry_run else []),
               *(['--gpus-per-run', str(args.gpus_per_run)] if args.gpus_per_run is not None else []),
               *(['--cpus-per-run', str(args.cpus_per_run)] if args.cpus_per_run is not None else [])]
-    return [(name, SCRIPTS[EXPERIMENTS[name].script], ['--preset', name, *extra, *shared])
-            for name in chosen for extra in EXPERIMENTS[name].bench]
+    return [(name, SCRIPTS[EXPERIMENTS[name].script], ['--preset', name, *own, *shared, *extra])
+            for name in chosen for own in EXPERIMENTS[name].bench]
 
 
 def exit_code(fn):
@@ -55,9 +55,9 @@ def exit_code(fn):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
     codes = []
-    for name, script, argv_ in commands(args):
+    for name, script, argv_ in commands(args, [x for x in extra if x != '--']):
         print(f'==== {name}: bench/{script.__name__.split(".")[-1]}.py {" ".join(argv_)}', flush=True)
         codes.append(exit_code(lambda: script.main(argv_)))
     if not args.dry_run:

@@ -131,3 +131,14 @@ def test_weights_folder_is_searched_by_name_and_tag(tmp_path, monkeypatch):
 def test_no_pretrained_weights_for_a_scratch_model():
     with pytest.raises(backbones.WeightsError, match='no pretrained weights'):
         backbones.check_weights('cifar_resnet32', 'hub')
+
+
+def test_an_unreachable_hub_fails_at_once_with_what_to_do(monkeypatch):
+    monkeypatch.setenv('HF_ENDPOINT', 'https://127.0.0.1:1')   # nothing answers there
+    for key in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'):
+        monkeypatch.delenv(key, raising=False)
+    backbones._hub_failures.clear()
+    with pytest.raises(backbones.WeightsError, match=r'resnet18.tv_in1k \(127.0.0.1 cannot be reached\); use weights '
+                                                     r'FILE .* FTBENCH_WEIGHTS .* weights none'):
+        backbones.build('resnet18.tv_in1k', 10, head='linear', weights='hub')
+    backbones._hub_failures.clear()
