@@ -36,8 +36,10 @@ bench: setup
 leaderboard: setup
 	$(BIN)/python bench/leaderboard.py --results $(RESULTS)
 
+# Two test processes of one thread each: the suite is small tensors and subprocesses, which a thread pool per
+# process only makes contend for the two cores.
 test: setup
-	$(BIN)/python -m pytest -q --benchmark-disable
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --benchmark-disable -n 2 --dist worksteal
 
 # Speed regressions: time the benchmark suite (each benchmark beside a calibration workload), save the run under
 # .benchmarks/, and say in one line whether any benchmark got slower than in the run saved before it.

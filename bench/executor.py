@@ -7,7 +7,8 @@ and the sweep goes on. Ctrl-C stops the sweep and keeps every record already app
 
 Executors (`make_executor`):
 - `local`: runs here, one after another, in this process; never imports Ray.
-- `ray`, `ray:auto`, `ray:HOST:PORT`: Ray tasks on a private local cluster or a running one (bench/cluster.py).
+- `ray`, `ray:auto`, `ray:HOST:PORT`: Ray actors, one per GPU or per few cores, on a private local cluster or a
+  running one (bench/cluster.py).
 """
 from dataclasses import dataclass, field
 from typing import Optional

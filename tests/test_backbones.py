@@ -97,8 +97,8 @@ def test_pth_with_state_dict_key(tmp_path):
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
-    path = tmp_path / 'vgg.safetensors'
-    save_file({k: v.contiguous() for k, v in timm.create_model('vgg11').state_dict().items()}, str(path))
+    path = tmp_path / 'cifar_cnn.safetensors'
+    save_file({k: v.contiguous() for k, v in timm.create_model('cifar_cnn').state_dict().items()}, str(path))
     with pytest.raises(backbones.WeightsError, match='does not fit resnet18.*another architecture'):
         backbones.check_weights('resnet18', str(path))
 

@@ -22,7 +22,8 @@ def benchmark_run(folder, slow=False):
     """One real pytest-benchmark run of a tiny suite, saved under folder/.benchmarks as make bench-regress does.
     One thread, so that the calibration and the benchmark share the CPU alike with whatever else runs beside the
     test (torch's spinning thread pool would not)."""
-    env = dict(os.environ, SLOW='1' if slow else '', OMP_NUM_THREADS='1')
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}  # not an xdist worker's settings
+    env.update(SLOW='1' if slow else '', OMP_NUM_THREADS='1')
     done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'test_work.py',
                            '--benchmark-only', '--benchmark-autosave', '--benchmark-storage', str(folder / '.benchmarks')],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
