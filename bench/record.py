@@ -66,13 +66,17 @@ def environment(device):
 
 
 @lru_cache(maxsize=None)
-def git_sha():
-    """The code version: HEAD, with -dirty if tracked files changed; None outside a git checkout."""
+def git_sha(repo=REPO):
+    """The code version: HEAD, with -dirty if tracked code changed; None outside a git checkout.
+
+    Files under reports/ are data, not code: the committed results file grows with every run, and a run
+    appended to it must not mark the next one as made by uncommitted code.
+    """
     try:
-        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True,
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':!reports'],
+                               cwd=repo, capture_output=True, text=True).stdout.strip()
         return sha + ('-dirty' if dirty else '')
     except (OSError, subprocess.CalledProcessError):
         return None

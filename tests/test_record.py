@@ -1,4 +1,5 @@
 """A run's identity: its resolved config, search bookkeeping and the hardware it ran on; resume by identity."""
+import subprocess
 from dataclasses import replace
 
 from bench import record
@@ -38,3 +39,23 @@ def test_every_record_names_its_hardware_and_is_keyed_by_it(dataset_dir, tmp_pat
     rec, = record.read(results)
     assert rec['device'] == record.device_name('cpu') and rec['device'].startswith('cpu: ')
     assert rec['key'] == record.run_key(rec['config'], None, rec['device'])
+
+
+def test_code_version_is_dirty_for_changed_code_and_not_for_appended_results(tmp_path):
+    def git(*args):
+        subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / 'bench').mkdir()
+    (tmp_path / 'reports').mkdir()
+    (tmp_path / 'bench' / 'run.py').write_text('x = 1\n')
+    (tmp_path / 'reports' / 'results.jsonl').write_text('{}\n')
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-qm', 'one')
+    code_version = record.git_sha.__wrapped__  # uncached: the state changes between calls
+    sha = code_version(tmp_path)
+    assert len(sha) == 40
+    (tmp_path / 'reports' / 'results.jsonl').write_text('{}\n{}\n')
+    assert code_version(tmp_path) == sha
+    (tmp_path / 'bench' / 'run.py').write_text('x = 2  # changed\n')
+    assert code_version(tmp_path) == sha + '-dirty'
