@@ -67,8 +67,9 @@ def compare(budget, double):
     if broken:
         lines += ['The ranking breaks:', *[f'- {x}' for x in broken]]
     else:
-        lines += [f'The ranking holds: of {len(labels) * (len(labels) - 1) // 2} pairs, {both} are separated at both '
-                  f'budgets and none of them changes order.']
+        pairs = len(labels) * (len(labels) - 1) // 2
+        lines += [f'The ranking holds: {both} of {pairs} {"pair" if pairs == 1 else "pairs"} separated at both '
+                  f'budgets, none of them changing order.']
     return lines, bool(broken)
 
 
