@@ -19,13 +19,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from bench import cli, data, optim, record, runner  # first: bench/__init__ silences fastai's import-time notice
+from bench.config import Config, UsageError, resolve_auto
+import backbones
 from fastai.basics import DataLoaders
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import norm_bias_params
-
-import backbones
-from bench import cli, data, optim, record, runner
-from bench.config import Config, UsageError, resolve_auto
 
 
 def parser():

@@ -155,6 +155,21 @@ def test_a_local_run_to_a_file_prints_no_warnings_no_bars_and_never_imports_ray(
     assert 'train_loss' in done.stdout  # the epochs are still logged, as plain lines
 
 
+def test_every_script_imports_bench_before_fastai():
+    """bench/__init__ silences fastai's import-time deprecation notice, so it must run before fastai is imported;
+    the subprocess test above checks that the silencing works for one script, this that every script has it."""
+    import ast
+    for script in sorted((REPO / 'bench').glob('*.py')):
+        tree = ast.parse(script.read_text())
+        if not any(isinstance(n, ast.If) and 'main' in ast.unparse(n.test) for n in tree.body):
+            continue  # a module, not a script: imported through the bench package
+        names = [a.name if isinstance(n, ast.Import) else n.module for n in tree.body
+                 if isinstance(n, (ast.Import, ast.ImportFrom)) for a in (n.names if isinstance(n, ast.Import) else [n])]
+        first = {top: next((i for i, m in enumerate(names) if (m or '').split('.')[0] == top), len(names))
+                 for top in ('bench', 'fastai', 'backbones', 'timm')}
+        assert first['bench'] <= min(first['fastai'], first['backbones'], first['timm']), script.name
+
+
 @pytest.mark.parametrize('script', ['finetune', 'scratch', 'search', 'speed', 'leaderboard'])
 def test_every_flag_has_help(script):
     import importlib
