@@ -8,11 +8,13 @@ A source is fastai's layout, `train/<class>/*` and `test/<class>/*`, as a folder
 one folder deeper, as archives unpack). Images are stored at the size of the first one read; others are resized
 to it. The cache lives in $FTBENCH_CACHE (default ~/.cache/ftbench), one folder per source.
 """
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -62,8 +64,11 @@ def resolve_source(spec=None):
                             f'(train/<class>/*, test/<class>/*)')
         return path
     from fastai.data.external import URLs, untar_data
+    # fastai draws its download bar on stdout; where stdout is a file or a pipe it would be stray characters
+    quiet = contextlib.nullcontext() if sys.stdout.isatty() else contextlib.redirect_stdout(io.StringIO())
     try:
-        return Path(untar_data(URLs.CIFAR))
+        with quiet:
+            return Path(untar_data(URLs.CIFAR))
     except Exception as e:
         raise DataError(f'could not download CIFAR-10 ({type(e).__name__}); give the data path of a local folder '
                         f'or .tgz, or set {DATA_ENV} to one') from None

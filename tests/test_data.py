@@ -39,6 +39,15 @@ def test_missing_path_is_a_data_error(tmp_path):
         data.resolve_source(str(tmp_path / 'nope'))
 
 
+def test_a_failed_download_is_a_data_error_and_draws_no_bar_into_a_file(tmp_path, monkeypatch, capsys):
+    from fastai.data.external import URLs
+    monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai'))
+    monkeypatch.setattr(URLs, 'CIFAR', 'http://127.0.0.1:1/cifar10.tgz')  # a server that is not there
+    with pytest.raises(data.DataError, match='could not download CIFAR-10'):
+        data.resolve_source()
+    assert capsys.readouterr().out == ''
+
+
 def test_folder_without_layout_is_a_data_error(tmp_path):
     (tmp_path / 'flat').mkdir()
     (tmp_path / 'flat' / 'x.txt').write_text('hi')
