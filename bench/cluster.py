@@ -4,14 +4,14 @@
     python bench/search.py --random 12 --cluster ray:auto                  # join the running cluster ($RAY_ADDRESS)
     python bench/finetune.py --preset w1 --cluster ray:10.0.0.1:6379 --gpus-per-run 1
 
-One Ray actor per slot (a slot is --gpus-per-run GPUs, or --cpus-per-run cores where the cluster has no GPUs;
-no more actors than runs) runs jobs one after another: it imports torch, fastai and timm once, holds the images
-(put in Ray's object store once by the driver, read zero-copy by every actor of a node) and sets torch's threads
-to its cores. The first actor also says what hardware the runs land on, so `auto` is resolved for it. Ray
-gives each actor its own CUDA_VISIBLE_DEVICES. An actor returns plain values (bench.runner.work) and never
-writes a file: the driver records. Tasks are never retried (a run killed mid-way would otherwise be run and
-recorded again): an actor that dies mid-run (killed, out of memory, its node lost) becomes an error row naming
-it, a new actor takes its place, and the sweep goes on. Workers run the driver's code (shipped as py_modules).
+One Ray actor per slot (a slot is --gpus-per-run GPUs, or --cpus-per-run cores where the cluster has no GPUs; no
+more actors than runs) runs jobs one after another: it imports torch, fastai and timm once, holds the images (put in
+Ray's object store once by the driver, read zero-copy by every actor of a node) and sets torch's threads to its
+cores. The actors start together; the first to answer says what hardware the runs land on, so `auto` is resolved for
+it. Ray gives each actor its own CUDA_VISIBLE_DEVICES. An actor returns plain values (bench.runner.work) and never
+writes a file: the driver records. Tasks are never retried (a run killed mid-way would otherwise be run and recorded
+again): an actor that dies mid-run (killed, out of memory, its node lost) becomes an error row naming it, a new
+actor takes its place, and the sweep goes on. Workers run the driver's code (shipped as py_modules).
 """
 import logging
 import os
@@ -70,7 +70,7 @@ class RayExecutor:
     """Runs jobs on a Ray cluster: `address` None starts a private one here, 'auto' or 'HOST:PORT' joins one."""
     def __init__(self, address=None, gpus_per_run=None, cpus_per_run=None, init=None, log=print):
         self.ray = ray = import_ray()
-        self.log, self.private, self.actors, self.lost = log, address is None, [], 0
+        self.log, self.private, self.actors, self.starting, self.lost = log, address is None, [], {}, 0
         self.where, self.envs, self.data = {}, {}, None  # actor -> where it runs, its environment; the images
         env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
         options = dict(runtime_env=dict(py_modules=PACKAGES, env_vars=env), logging_level=logging.ERROR,
@@ -102,29 +102,40 @@ class RayExecutor:
                              cpus // self.cpus_per_run if self.cpus_per_run else float('inf')))
         self.actor_class = ray.remote(num_gpus=self.gpus_per_run, num_cpus=self.cpus_per_run, max_restarts=0,
                                       max_task_retries=0)(Worker)
-        first, = self.spawn(1)  # the first worker says what hardware the runs land on
+        self.spawn(self.slots)  # all at once: each spends seconds importing torch, fastai and timm, in parallel
+        first, = self.ready(1)  # the first to answer says what hardware the runs land on
         self.hardware = record.Hardware(first['device'], first['name'])
         log(f'ray: up to {self.slots} run{"s" * (self.slots != 1)} at a time, each with {self.gpus_per_run:g} GPU and '
             f'{self.cpus_per_run:g} CPU, on a cluster of {gpus:g} GPUs and {cpus:g} CPUs; runs land on '
             f'{first["name"]}')
 
     def spawn(self, n):
-        """Start `n` actors and wait until they answer; a worker that cannot start ends in one sentence."""
-        actors = [self.actor_class.remote(max(1, self.cpus_per_run)) for _ in range(n)]
-        try:
-            about = self.ray.get([a.describe.remote() for a in actors], timeout=START_TIMEOUT_S)
-        except self.ray.exceptions.GetTimeoutError:
+        """Start `n` actors without waiting for them (`ready` does)."""
+        for _ in range(n):
+            actor = self.actor_class.remote(max(1, self.cpus_per_run))
+            self.starting[actor] = actor.describe.remote()
+
+    def ready(self, n=None):
+        """Wait until `n` of the starting actors (all by default) answer, and put them to work; a worker that cannot
+        start ends in one sentence."""
+        actor_of = {ref: actor for actor, ref in self.starting.items()}
+        n = len(actor_of) if n is None else n
+        answered, _ = self.ray.wait(list(actor_of), num_returns=n, timeout=START_TIMEOUT_S)
+        if len(answered) < n:
             self.close()
             raise UsageError(f'Ray workers did not start within {START_TIMEOUT_S:.0f} s (set FTBENCH_RAY_START_TIMEOUT '
                              f'to wait longer); check `ray status`, and that every node has this suite\'s Python '
-                             f'environment') from None
-        for actor, a in zip(actors, about):
+                             f'environment')
+        about = self.ray.get(answered)
+        for ref, a in zip(answered, about):
+            actor = actor_of[ref]
+            del self.starting[actor]
             self.where[actor] = f'{a["ip"]} pid {a["pid"]}' + (
                 f' CUDA_VISIBLE_DEVICES={a["cuda_visible_devices"]}' if a['cuda_visible_devices'] else '')
             self.envs[actor] = a['env']
             if self.data is not None:
                 actor.load.remote(*self.data)
-        self.actors += actors
+            self.actors.append(actor)
         return about
 
     def start(self, images, bar=False, log=None):
@@ -140,9 +151,13 @@ class RayExecutor:
     def run(self, jobs):
         """(job, result) as each finishes, in any order; a lost actor's job gets an error result, never a rerun."""
         ray = self.ray
-        wanted = min(self.slots, len(jobs)) - len(self.actors)
-        if wanted > 0:
-            self.spawn(wanted)
+        wanted = min(self.slots, len(jobs))
+        for actor in list(self.starting)[:max(0, len(self.actors) + len(self.starting) - wanted)]:
+            ray.kill(actor)  # no more actors than runs: a slot's GPU goes back to the cluster
+            del self.starting[actor]
+        self.spawn(max(0, wanted - len(self.actors) - len(self.starting)))
+        if self.starting:
+            self.ready()
         for actor in self.actors:
             self.log(f'ray: worker {self.where[actor]}')
         pending, running, idle = deque(jobs), {}, list(self.actors)
@@ -164,6 +179,7 @@ class RayExecutor:
                 self.log(f'ray: worker {self.where[actor]} lost; starting another')
                 if pending:
                     self.spawn(1)
+                    self.ready()
                     idle.append(self.actors[-1])
             yield job, result
 
@@ -171,9 +187,9 @@ class RayExecutor:
         ray = self.ray
         if not ray.is_initialized():
             return
-        for actor in self.actors:
+        for actor in [*self.actors, *self.starting]:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.starting = [], {}
         ray.shutdown()  # a private cluster stops with it; a joined one only loses this driver
 
     def __enter__(self):
