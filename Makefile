@@ -39,7 +39,7 @@ leaderboard: setup
 # Two test processes of one thread each: the suite is small tensors and subprocesses, which a thread pool per
 # process only makes contend for the two cores.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --benchmark-disable -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --benchmark-disable -n 2 --dist load --maxschedchunk 1
 
 # Speed regressions: time the benchmark suite (each benchmark beside a calibration workload), save the run under
 # .benchmarks/, and say in one line whether any benchmark got slower than in the run saved before it.

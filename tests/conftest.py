@@ -48,3 +48,9 @@ def dataset_tgz(dataset_dir, tmp_path_factory):
 def images(dataset_dir, tmp_path):
     from bench import data
     return data.load(dataset_dir, tmp_path / 'cache', log=lambda m: None)
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first: with `make test`'s two processes (`--dist load --maxschedchunk 1`, each handed the next test
+    as it finishes one), a long test started last would leave one process idle while the other finishes it."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)

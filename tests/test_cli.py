@@ -141,6 +141,7 @@ def test_dry_run_needs_no_data_and_downloads_nothing(tmp_path, monkeypatch, caps
     assert not results.exists() and not (tmp_path / 'fastai').exists()
 
 
+@pytest.mark.slow
 def test_a_local_run_to_a_file_prints_no_warnings_no_bars_and_never_imports_ray(dataset_dir, tmp_path):
     argv = [sys.executable, '-X', 'importtime', str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir),
             '--results', str(tmp_path / 'r.jsonl'), *[a for a in TINY if a != '--no-bar'], '--strategy',
@@ -178,6 +179,7 @@ def test_every_flag_has_help(script):
     assert [a.option_strings[0] for a in actions if not (a.help or '').strip()] == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
     """A real SIGINT to a real sweep: the finished records survive intact, and the rerun runs only the rest."""
     results = tmp_path / 'r.jsonl'

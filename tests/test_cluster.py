@@ -74,6 +74,7 @@ def test_a_cluster_that_cannot_be_reached_is_one_sentence(spec, message, dataset
     assert not (tmp_path / 'r.jsonl').exists()
 
 
+@pytest.mark.slow
 def test_ray_smoke_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_dir, tmp_path, capsys):
     """A real private Ray cluster (2 CPUs, 2 workers), a real SIGKILL of the worker running the first job; then
     the local executor resumes: the same identities, so it runs only the lost job."""

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import regress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ def verdict(folder, capsys, threshold):
     return code, capsys.readouterr().out.strip()
 
 
+@pytest.mark.slow
 def test_a_deliberately_slowed_benchmark_is_caught_in_one_line(tmp_path, capsys):
     (tmp_path / 'test_work.py').write_text(WORK)
     (tmp_path / 'conftest.py').write_text((REPO / 'tests' / 'benchmarks' / 'conftest.py').read_text())
