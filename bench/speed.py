@@ -6,7 +6,8 @@ the model, measured side by side in one process so the ratios hold on a noisy ma
 
 Prints: the cache load time (60k CIFAR images, warm); the pipeline's images/s (index cached uint8 -> resized,
 normalized batch); the model's images/s (forward + backward + optimizer step on a ready batch); the plain loop's
-and the Learner's images/s over the same batches, model, optimizer and precision; and their ratios. The two
+and the Learner's images/s over the same batches, model, optimizer and precision; their ratios; and one optimizer
+step, fastai's own against the fused one the runs use (aten operators dispatched by the host, and time). The two
 loops alternate for --repeats rounds and the median of each is reported. Targets: Learner >= 0.95x plain on
 CPU (>= 0.9x on GPU); pipeline >= 10x model.
 """
@@ -16,15 +17,18 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import cli, data, optim, record, runner  # first: bench/__init__ silences fastai's import-time notice
 from bench.config import Config, UsageError, resolve_auto
 import backbones
 from fastai.basics import DataLoaders
 from fastai.callback.progress import ProgressCallback
+from fastai.optimizer import SGD, Adam
 from fastai.torch_core import norm_bias_params
 
 
@@ -34,7 +38,7 @@ def parser():
     p.add_argument('--size', type=int, default=32, help='px fed to the model (resized from the cached images)')
     p.add_argument('--bs', type=int, default=128, help='images per batch')
     p.add_argument('--steps', type=int, default=10, help='training steps per measurement')
-    p.add_argument('--repeats', type=int, default=3, help='alternating rounds of plain and Learner loops')
+    p.add_argument('--repeats', type=int, default=7, help='alternating rounds of plain and Learner loops (median)')
     p.add_argument('--data', help='folder or .tgz (default $FTBENCH_DATA, else untar_data)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
                    help='auto (cuda if present) | cpu | cuda (default: auto)')
@@ -63,6 +67,37 @@ def plain_loop(model, opt, dl, cfg):
         loss.backward()
         opt.step()
         opt.zero_grad()
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the aten operators dispatched: the host's work per optimizer step, whatever the device."""
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def optimizer_steps(model, cfg, steps, repeats):
+    """One optimizer step over every parameter, on fixed gradients: fastai's own optimizer of the same kind against
+    the one the runs use, as {name: (aten ops per step, seconds per step)}."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    hypers = dict(lr=1e-4, wd=cfg.wd, **optim.DEFAULTS[cfg.opt])
+    theirs = {'adam': partial(Adam, decouple_wd=False), 'adamw': partial(Adam, decouple_wd=True),
+              'sgd': SGD}[cfg.opt](params, **hypers)
+    ours = optim.opt_func(cfg.opt)(params, **hypers)
+    out = {}
+    for name, opt in (('fastai', theirs), ('ours', ours)):
+        opt.step()  # state is allocated at the first step
+        with OpCount() as count:
+            opt.step()
+        seconds = min(timed(lambda: [opt.step() for _ in range(steps)], cfg.device) for _ in range(repeats))
+        out[name] = (count.n, seconds / steps)
+    return out
 
 
 def measure(args):
@@ -122,6 +157,10 @@ def measure(args):
     out['ratio'] = out['learner_ips'] / out['plain_ips']
     out['pipeline_ratio'] = out['pipeline_ips'] / out['model_ips']
     out['peak_memory_mb'] = runner.peak_memory_mb(cfg.device)  # of the measured loops, after warm-up
+    steps = optimizer_steps(plain_net, cfg, args.steps, args.repeats)
+    out.update(opt=cfg.opt, opt_tensors=sum(p.requires_grad for p in plain_net.parameters()),
+               fastai_opt_ops=steps['fastai'][0], fastai_opt_ms=steps['fastai'][1] * 1e3,
+               opt_ops=steps['ours'][0], opt_ms=steps['ours'][1] * 1e3)
     return out
 
 
@@ -140,6 +179,9 @@ def main(argv=None):
           f'ratio {out["ratio"]:.3f} (target >= {0.9 if out["device"] == "cuda" else 0.95})')
     print(f'peak {"GPU memory allocated" if out["device"] == "cuda" else "resident memory"} while measuring: '
           f'{out["peak_memory_mb"]:,.0f} MB')
+    print(f'{out["opt"]} step over {out["opt_tensors"]} tensors: fastai\'s {out["fastai_opt_ops"]:,} aten ops '
+          f'{out["fastai_opt_ms"]:.2f} ms, ours {out["opt_ops"]:,} ops {out["opt_ms"]:.2f} ms '
+          f'({out["fastai_opt_ms"] / out["opt_ms"]:.1f}x)')
     return 0
 
 

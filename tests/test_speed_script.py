@@ -14,6 +14,9 @@ def test_speed_json_has_the_ratios(dataset_dir, capsys):
     for key in ('learner_ips', 'plain_ips', 'ratio', 'pipeline_ips', 'model_ips', 'cache_load_s'):
         assert out[key] > 0, key
     assert out['ratio'] == pytest.approx(out['learner_ips'] / out['plain_ips'])
+    # one fused step over every tensor against fastai's per-tensor loop: a few host operators instead of dozens
+    assert out['opt_tensors'] >= 8 and out['opt_ops'] <= 4 < 2 * out['opt_tensors'] <= out['fastai_opt_ops']
+    assert out['opt_ms'] > 0 and out['fastai_opt_ms'] > 0
 
 
 def test_speed_refuses_more_steps_than_images(dataset_dir, capsys):
