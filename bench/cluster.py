@@ -152,9 +152,13 @@ class RayExecutor:
         """(job, result) as each finishes, in any order; a lost actor's job gets an error result, never a rerun."""
         ray = self.ray
         wanted = min(self.slots, len(jobs))
-        for actor in list(self.starting)[:max(0, len(self.actors) + len(self.starting) - wanted)]:
+        surplus = len(self.actors) + len(self.starting) - wanted
+        for actor in [*self.starting, *reversed(self.actors)][:max(0, surplus)]:
             ray.kill(actor)  # no more actors than runs: a slot's GPU goes back to the cluster
-            del self.starting[actor]
+            if actor in self.starting:
+                del self.starting[actor]
+            else:
+                self.actors.remove(actor)
         self.spawn(max(0, wanted - len(self.actors) - len(self.starting)))
         if self.starting:
             self.ready()
