@@ -39,11 +39,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 FTBENCH_DATA=.gpu/cifar10.tgz FTBENCH_CACHE=/tmp/ftbench-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 
-python3 bench/speed.py --size 224 --bs 256 --steps 20 --repeats 3 --json | tee "$out/speed.json"
+python3 -m bench.speed --size 224 --bs 256 --steps 20 --repeats 3 --json | tee "$out/speed.json"
 W1=(--preset w1 --backbone resnet18 --weights none --epochs 2 --unfreeze-at 1 --profile full
     --results "$out/w1-results.jsonl" --no-bar --no-render)
-python3 bench/finetune.py "${W1[@]}" --strategy full
-python3 bench/finetune.py "${W1[@]}" --strategy partial,progressive || echo "partial/progressive failed; see above"
+python3 -m bench.finetune "${W1[@]}" --strategy full
+python3 -m bench.finetune "${W1[@]}" --strategy partial,progressive || echo "partial/progressive failed; see above"
 
 python3 - "$out" <<'PY'
 import json, sys

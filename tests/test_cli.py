@@ -200,3 +200,12 @@ def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
     assert cli(args) == 0
     after = records(results)
     assert len(after) == 6 and len({r['key'] for r in after}) == 6
+
+
+def test_the_gpu_check_runs_the_scripts_as_modules():
+    """On the GPU machine nothing is installed: `python3 bench/x.py` would put bench/ first on sys.path and fail
+    to import the bench package; `python3 -m bench.x` from the checkout's root finds it."""
+    lines = (REPO / 'bench' / 'gpu_check.sh').read_text().splitlines()
+    calls = [line for line in lines if line.lstrip().startswith('python3 ') and '-m pip' not in line
+             and not line.lstrip().startswith('python3 - ')]
+    assert len(calls) >= 3 and all(' -m bench.' in line for line in calls), calls
