@@ -34,7 +34,7 @@ def import_ray():
         import ray
     except ImportError:
         raise UsageError("--cluster ray needs Ray, which is not installed: pip install -e '.[ray]' "
-                         "(or make setup-ray)") from None
+                         "(make setup installs it)") from None
     return ray
 
 
@@ -70,7 +70,7 @@ class RayExecutor:
     """Runs jobs on a Ray cluster: `address` None starts a private one here, 'auto' or 'HOST:PORT' joins one."""
     def __init__(self, address=None, gpus_per_run=None, cpus_per_run=None, init=None, log=print):
         self.ray = ray = import_ray()
-        self.log, self.private, self.actors, self.starting, self.lost = log, address is None, [], {}, 0
+        self.log, self.private, self.actors, self.starting = log, address is None, [], {}
         self.where, self.envs, self.data = {}, {}, None  # actor -> where it runs, its environment; the images
         env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
         options = dict(runtime_env=dict(py_modules=PACKAGES, env_vars=env), logging_level=logging.ERROR,
@@ -176,11 +176,10 @@ class RayExecutor:
                 result = ray.get(ref)
                 idle.append(actor)
             except ray.exceptions.RayActorError as e:
-                self.lost += 1
                 result = dict(started_at=started, env=self.envs[actor],
                               error=f'worker lost ({self.where[actor]}): {type(e).__name__}: {first_line(e)}')
                 self.actors.remove(actor)
-                self.log(f'ray: worker {self.where[actor]} lost; starting another')
+                self.log(f'ray: worker {self.where[actor]} lost' + ('; starting another' if pending else ''))
                 if pending:
                     self.spawn(1)
                     self.ready()

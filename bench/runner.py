@@ -80,16 +80,21 @@ class Bar(ProgressCallback):
         self.pbar.update(self.iter + 1)
 
 
+def autocast(cfg):
+    """bf16 autocast on the run's device where its precision is bf16 (CPU included), else a no-op context."""
+    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16')
+
+
 class Autocast(Callback):
-    """bf16 autocast on the run's device, CPU included (fastai's MixedPrecision is CUDA-only): forward and loss
-    in bf16 where safe, parameters, gradients and the optimizer in fp32. bf16 needs no loss scaling."""
+    """The run's autocast around each batch's forward and loss (fastai's MixedPrecision is CUDA-only): bf16
+    where safe, parameters, gradients and the optimizer in fp32. bf16 needs no loss scaling."""
     order = MixedPrecision.order
 
-    def __init__(self, device):
-        self.device = torch.device(device).type
+    def __init__(self, cfg):
+        self.cfg = cfg
 
     def before_batch(self):
-        self.context = torch.autocast(self.device, dtype=torch.bfloat16)
+        self.context = autocast(self.cfg)
         self.context.__enter__()
 
     def after_pred(self):
@@ -146,7 +151,7 @@ class RunLog(Callback):
 def apply_precision(learn, cfg):
     """The run's precision, memory format and compilation, exactly as its resolved config says."""
     if cfg.precision == 'bf16':
-        learn.add_cb(Autocast(cfg.device))
+        learn.add_cb(Autocast(cfg))
     elif cfg.precision == 'fp16':
         learn.to_fp16()  # CUDA only (refused elsewhere when the config is resolved); loss scaling syncs each step
     if cfg.channels_last == 'on':
@@ -173,15 +178,14 @@ def warm_up(model, cfg, train_dl, eval_dls):
     t = time.perf_counter()
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
-    autocast = dict(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16')
     model.train()
     for x, y in train_dl.shapes():
-        with torch.autocast(**autocast):
+        with autocast(cfg):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         loss.backward()
     model.zero_grad(set_to_none=True)
     model.eval()
-    with torch.no_grad(), torch.autocast(**autocast):
+    with torch.no_grad(), autocast(cfg):
         for dl in eval_dls:
             for x, _ in dl.shapes():
                 model(x)
@@ -247,7 +251,7 @@ def cached_features(body, cfg, dls):
     body = body.to(cfg.device).eval()
     out = []
     for dl in dls:
-        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+        with autocast(cfg):
             feats = torch.cat([body(x).float() for x, _ in data.Batches(dl.x, dl.y, dl.prepare, dl.bs,
                                                                          device=cfg.device)])
         sync(cfg.device)

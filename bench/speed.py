@@ -62,7 +62,7 @@ def plain_loop(model, opt, dl, cfg):
     """The reference: what a hand-written timm-style training loop does per batch, with the Learner's optimizer."""
     model.train()
     for x, y in dl:
-        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+        with runner.autocast(cfg):
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()

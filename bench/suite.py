@@ -3,11 +3,11 @@
     python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2] [-- FLAGS]
 
 Each experiment runs through its own script (its `bench` argument lists in bench/config.py) with the shared
-flags given here; FLAGS after `--` go to every script (e.g. `-- --precision fp32`). A failed run is an error row; the leaderboard is rendered anyway and the exit code is 1 if any
-run failed (2 if an experiment's input was refused).
+flags given here; FLAGS after `--` go to every script (e.g. `-- --precision fp32`). A failed run is an error row;
+the leaderboard is rendered anyway and the exit code is 1 if any run failed (2 if an experiment's input was
+refused).
 """
 import argparse
-import sys
 
 from bench import cli, finetune, leaderboard, scratch, search
 from bench.config import EXPERIMENTS, PROFILES, UsageError, add_cluster_flags, split_list

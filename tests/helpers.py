@@ -1,12 +1,20 @@
-"""What several test modules share: the flags of a tiny run, running a script as the shell would, hand-made
-records."""
+"""What several test modules share: a tiny run (its flags and its config), running a script as the shell would,
+hand-made records."""
 import pytest
 
 from bench import cli, record
+from bench.config import Config, resolve_auto
 
 # A run on the tiny synthetic data: a small CNN from scratch, one epoch, no bars, no rendering.
 TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',
         '--epochs', '1', '--bs', '16', '--normalize', 'unit', '--profile', 'full', '--no-bar', '--no-render']
+
+
+def tiny_config(target=None, **settings):
+    """TINY's run as a resolved Config (on the CPU), with `settings` changed; `target` as for resolve_auto."""
+    base = dict(backbone='cifar_cnn', weights='none', head='mlp', strategy='full', epochs=1, bs=16, size=0,
+                resize=0, normalize='unit', device='cpu')
+    return resolve_auto(Config(**{**base, **settings}), target)
 
 
 def run_script(module, argv):

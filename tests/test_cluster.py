@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 
 from bench import record
-from bench.config import Config, resolve_auto
+from bench.config import Config
 from bench.executor import Job, LocalExecutor, sweep
 from bench import finetune
-from tests.helpers import TINY, run_script
+from tests.helpers import TINY, run_script, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_jobs(images, n=3):
-    cfg = resolve_auto(Config(backbone='cifar_cnn', weights='none', head='mlp', epochs=1, bs=16, size=0, resize=0,
-                              normalize='unit', device='cpu', dataset=images.key))
+    cfg = tiny_config(dataset=images.key)
     return [Job(Config(**{**cfg.__dict__, 'seed': s})) for s in range(n)]
 
 

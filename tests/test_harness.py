@@ -6,15 +6,10 @@ import torch
 import backbones
 from bench import data, record, runner
 from bench.config import Config, UsageError, resolve_auto
+from tests.helpers import tiny_config
 
 CUDA = record.Hardware('cuda', 'NVIDIA H100 80GB HBM3')
 CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
-
-
-def tiny(**kw):
-    base = dict(backbone='cifar_cnn', weights='none', head='mlp', strategy='full', epochs=1, bs=8, size=0, resize=0,
-                normalize='unit', device='cpu')
-    return resolve_auto(Config(**{**base, **kw}), CPU)
 
 
 @pytest.mark.parametrize('given,device,expected', [
@@ -38,7 +33,7 @@ def test_fp16_on_a_cpu_is_refused():
 
 def test_bf16_on_a_cpu_runs_in_bf16(images):
     seen = set()
-    cfg = tiny(precision='bf16')
+    cfg = tiny_config(CPU, bs=8, precision='bf16')
     real_build = backbones.build
 
     def build(*args, **kwargs):
@@ -54,7 +49,7 @@ def test_bf16_on_a_cpu_runs_in_bf16(images):
 def test_channels_last_reaches_the_model_and_the_batches(images):
     for setting, expected in (('on', True), ('off', False)):
         net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
-        cfg = tiny(channels_last=setting)
+        cfg = tiny_config(CPU, bs=8, channels_last=setting)
         learn = runner.learner(cfg, None, net)
         runner.apply_precision(learn, cfg)
         weight = learn.model.body.model.features[0].weight
@@ -64,7 +59,7 @@ def test_channels_last_reaches_the_model_and_the_batches(images):
 
 
 def test_warm_up_sees_every_batch_shape_and_leaves_no_trace(images):
-    cfg = tiny(bs=16, augment=True)
+    cfg = tiny_config(CPU, augment=True)
     split = data.split(images, valid_frac=0.25)            # 60 training images: 3 batches of 16 and one of 12
     spec = backbones.describe('cifar_cnn')
     train_dl, valid_dl, test_dl = runner.loaders(cfg, images, split, spec)
@@ -85,6 +80,6 @@ def test_warm_up_sees_every_batch_shape_and_leaves_no_trace(images):
 
 
 def test_warm_up_is_recorded_apart_from_training(images):
-    out = runner.train(tiny(), images, data.split(images, valid_frac=0.25), log=lambda line: None)
+    out = runner.train(tiny_config(CPU, bs=8), images, data.split(images, valid_frac=0.25), log=lambda line: None)
     assert out['warmup_seconds'] > 0 and out['train_seconds'] > 0
     assert out['train_seconds'] == pytest.approx(sum(e['train_seconds'] for e in out['epochs']))

@@ -9,7 +9,7 @@ from fastai.torch_core import norm_bias_params
 
 import backbones
 from bench import data, optim, runner
-from bench.config import Config, resolve_auto
+from tests.helpers import tiny_config
 
 FASTAI = {  # fastai's optimizers with the names the suite uses (PyTorch's Adam defaults, as in bench/optim.py)
     'adam': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=False),
@@ -67,8 +67,7 @@ def test_fused_optimizer_steps_as_fastais(kind):
 
 def test_the_learner_trains_with_it(images):
     """Adam on a real Learner: the loss falls."""
-    cfg = resolve_auto(Config(backbone='cifar_cnn', weights='none', head='mlp', strategy='full', epochs=3, bs=16,
-                              size=0, resize=0, normalize='unit', lr=3e-3, device='cpu'))
+    cfg = tiny_config(epochs=3, lr=3e-3)
     out = runner.train(cfg, images, data.split(images, valid_frac=0.25), test=False, log=lambda line: None)
     assert out['epochs'][-1]['train_loss'] < out['epochs'][0]['train_loss']
 
@@ -111,8 +110,7 @@ class HostReads:
 
 
 def host_reads_in_a_fit(images, monkeypatch, n_train, epochs=2):
-    cfg = resolve_auto(Config(backbone='cifar_cnn', weights='none', head='mlp', strategy='full', epochs=epochs, bs=8,
-                              size=0, resize=0, normalize='unit', device='cpu'))
+    cfg = tiny_config(epochs=epochs, bs=8)
     split = data.split(images, valid_frac=0.25, subset=n_train)
     with monkeypatch.context() as m:
         reads = HostReads(m)
