@@ -83,7 +83,13 @@ def main(argv=None):
     if len(runs) == 1:
         print(f'speed: first saved run ({runs[0].name}); the next `make bench-regress` compares against it')
         return 0
-    code, line = compare(json.loads(runs[-2].read_text()), json.loads(runs[-1].read_text()), args.threshold)
+    try:
+        before, after = (json.loads(path.read_text()) for path in runs[-2:])
+    except ValueError:
+        print(f'error: a saved benchmark run under {args.storage} is not valid JSON ({runs[-2].name} or '
+              f'{runs[-1].name}); delete it and run `make bench-regress` again', file=sys.stderr)
+        return 2
+    code, line = compare(before, after, args.threshold)
     print(line)
     return code
 

@@ -6,11 +6,12 @@ experiment: how the cpu profile was sized (README, "The cpu profile").
 For every pair of rows (configurations, matched by their label) that both files hold, the paired t interval of
 their test-accuracy difference is computed at each budget. The ranking holds if no pair whose interval excludes 0
 at both budgets changes order; a pair tied at either budget may move. Prints both tables and the verdict per
-experiment; exits 1 if any ranking breaks.
+experiment; exits 1 if any ranking breaks, 2 if a file is missing or the two share no experiment.
 """
 import argparse
 import itertools
 import sys
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -75,9 +76,18 @@ def compare(budget, double):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    missing = [path for path in (args.budget, args.double) if not Path(path).is_file()]
+    if missing:
+        print(f'error: no results file at {missing[0]}', file=sys.stderr)
+        return 2
     budget, double = rows_by_experiment(args.budget), rows_by_experiment(args.double)
+    common = sorted(set(budget) & set(double))
+    if not common:
+        print(f'error: {args.budget} and {args.double} hold no experiment in common with successful runs; '
+              f'nothing to compare', file=sys.stderr)
+        return 2
     broken = False
-    for exp in sorted(set(budget) & set(double)):
+    for exp in common:
         lines, bad = compare(budget[exp], double[exp])
         print(f'## {exp}\n\n' + '\n'.join(lines) + '\n')
         broken |= bad

@@ -154,3 +154,13 @@ def test_stability_flags_a_pair_that_changes_order_and_lets_ties_move():
     flips = {'a': at([0.50, 0.51, 0.52], 'a'), 'b': at([0.60, 0.62, 0.61], 'b'), 'c': at([0.55, 0.56, 0.54], 'c')}
     lines, broken = stability.compare(b, flips)
     assert broken and '- a vs b: ahead at B, behind at 2B' in lines
+
+
+def test_stability_without_comparable_files_is_one_sentence(tmp_path, capsys):
+    from bench import stability
+    assert stability.main([str(tmp_path / 'B.jsonl'), str(tmp_path / '2B.jsonl')]) == 2
+    assert capsys.readouterr().err == f'error: no results file at {tmp_path / "B.jsonl"}\n'
+    (tmp_path / 'B.jsonl').write_text('not a record\n')
+    (tmp_path / '2B.jsonl').write_text('')
+    assert stability.main([str(tmp_path / 'B.jsonl'), str(tmp_path / '2B.jsonl')]) == 2
+    assert 'hold no experiment in common' in capsys.readouterr().err

@@ -69,3 +69,13 @@ def test_normalized_times_cancel_a_slower_machine():
             dict(fullname='t::x', stats={'min': seconds}, extra_info={'calibration_s': [calibration, 2 * calibration]})])
     assert regress.compare(run(1.0, 0.1), run(1.6, 0.16), 25)[0] == 0    # everything 60% slower: the machine
     assert regress.compare(run(1.0, 0.1), run(1.6, 0.10), 25)[0] == 1    # only the benchmark: the code
+
+
+def test_a_corrupt_saved_run_is_one_sentence(tmp_path, capsys):
+    folder = tmp_path / '.benchmarks' / 'Linux-CPython-3.11-64bit'
+    folder.mkdir(parents=True)
+    (folder / '0001_a.json').write_text('{"benchmarks": []}')
+    (folder / '0002_b.json').write_text('{"benchm')  # torn by a crash mid-write
+    assert regress.main(['--storage', str(tmp_path / '.benchmarks')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: a saved benchmark run under ') and 'not valid JSON' in err and len(err.splitlines()) == 1
