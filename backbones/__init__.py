@@ -1,46 +1,64 @@
-"""Models for the suite: any timm model as the body, a configurable head, and one parameter group per stage.
+"""Models for the suite: any timm model as the body, a head that fits its output, and parameter groups by stage
+or by layer.
 
-`build(name, n_classes, ...)` returns a `Net` (body, head) and a description of its weights; `splitter(net)` gives
-fastai the groups [stage 0, ..., stage n-1, head]. Stages come from timm's own `feature_info`, not from a list per
-model: a stage ends at each feature module (ResNet18: stem, layer1..layer4; VGG16: the five conv blocks split at
-the max-pools; EfficientNet: its block groups), so `freeze_to(-k)` trains the last k-1 stages and the head.
-fastai's default splitter gives a timm model only two groups (body, head), which makes `freeze_to` useless.
-
-The body runs `forward_features`; children of the timm model that it never calls (a classifier, VGG's fc6/fc7)
-are dropped, so parameter counts are those of what actually trains.
+`build(name, n_classes, ...)` returns a `Net` (body, head) and a description of its weights; `param_groups(net)`
+gives fastai the groups [stage 0, ..., stage n-1, head] (or one per layer, for layer-wise LR decay), so
+`freeze_to(-k)` trains the last k-1 stages and the head. fastai's default splitter gives a timm model only two
+groups (body, head), which makes `freeze_to` useless. What a model's stages, layers and used parameters are is
+read off a meta copy (backbones/anatomy.py), the same for every timm family.
 """
-import difflib
-from dataclasses import dataclass
+import copy
 from functools import lru_cache
 
-import timm
 import torch
 import torch.nn as nn
-from timm.models import split_model_name_tag
 
 from backbones import cifar  # noqa: F401  (registers cifar_resnet32 and cifar_cnn with timm)
-from backbones.heads import HEADS, check_head, make_head
-from backbones.weights import (WeightsError, check_fit, file_shapes, host_of, load_state_dict, local_file,
+from backbones.anatomy import Spec, create, is_norm, pretrained_cfg, prune
+from backbones.anatomy import describe as _describe
+from backbones.heads import HEADS, make_head, resolve_head
+from backbones.weights import (WEIGHTS_ENV, WeightsError, check_fit, file_shapes, host_of, load_state_dict, local_file,
                                no_hub_message, nothing_to_download, reachable, sha256)
 
-__all__ = ['HEADS', 'Net', 'check_head', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'splitter']
+__all__ = ['HEADS', 'Net', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'is_norm', 'param_groups',
+           'resolve_head', 'splitter', 'unavailable']
+
+
+def describe(name, img_size=None):
+    """The backbone's Spec (backbones/anatomy.py). `img_size` matters only for a model with a fixed input size,
+    which is built for it. ValueError for an unknown name or a model the suite cannot use."""
+    cfg = pretrained_cfg(name)
+    fixed = img_size and cfg is not None and cfg.fixed_input_size and img_size != cfg.input_size[-1]
+    return _describe(name, img_size if fixed else None)
 
 
 class Body(nn.Module):
-    """A timm model used up to its feature map."""
-    def __init__(self, model):
+    """A timm model used up to its features: the feature map, or (`pooled`) the model's own pooling of them."""
+    def __init__(self, model, pooled):
         super().__init__()
-        self.model = model
+        self.model, self.pooled = model, pooled
 
     def forward(self, x):
-        return self.model.forward_features(x)
+        x = self.model.forward_features(x)
+        return self.model.forward_head(x, pre_logits=True) if self.pooled else x
 
 
 class Net(nn.Sequential):
-    """body -> head, with `stage_of`: the body's parameter names mapped to their stage index."""
-    def __init__(self, body, head, stage_of, stage_names):
+    """body -> head, knowing the stage and layer of each body parameter, also of those a strategy adds later."""
+    def __init__(self, body, head, spec):
         super().__init__(body, head)
-        self.stage_of, self.stage_names = stage_of, stage_names
+        self.spec = spec
+        self.stage_names, self.layer_names, self.stage_of = spec.stage_names, spec.layer_names, spec.stage_of
+        self.dead = frozenset(spec.dead)
+        self._module_group = {}  # module name -> (stage, layer) of its first parameter, for parameters added later
+        for name in spec.stage_of:
+            parts = name.split('.')[:-1]
+            for i in range(len(parts), 0, -1):
+                self._module_group.setdefault('.'.join(parts[:i]), (spec.stage_of[name], spec.layer_of[name]))
+        params = dict(body.model.named_parameters())
+        for n in spec.dead:  # never trains, never counted
+            params[n].requires_grad_(False)
+        self.prepared = None  # the strategy whose prepare step ran on this net
 
     @property
     def body(self):
@@ -50,93 +68,45 @@ class Net(nn.Sequential):
     def head(self):
         return self[1]
 
+    def group_of(self, name, by):
+        """Index of the stage (by='stages') or layer of a body parameter; a parameter added after the net was
+        built (a LoRA matrix, or a weight peft moved under `base_layer`) belongs to the nearest module that was
+        there before."""
+        at = 0 if by == 'stages' else 1
+        if name in self.stage_of:
+            return self.stage_of[name] if at == 0 else self.spec.layer_of[name]
+        parts = name.split('.')[:-1]
+        for i in range(len(parts), 0, -1):
+            group = self._module_group.get('.'.join(parts[:i]))
+            if group is not None:
+                return group[at]
+        raise ValueError(f'parameter {name} belongs to no stage')
 
-def splitter(net):
-    """fastai parameter groups: one per body stage, then the head."""
-    groups = [[] for _ in net.stage_names]
+
+def param_groups(net, by='stages'):
+    """fastai parameter groups: one per body stage (or layer), then the head. Dead parameters are in none."""
+    names = net.stage_names if by == 'stages' else net.layer_names
+    groups = [[] for _ in names]
     for name, p in net.body.model.named_parameters():
-        groups[net.stage_of[name]].append(p)
+        if name not in net.dead:
+            groups[net.group_of(name, by)].append(p)
     return groups + [list(net.head.parameters())]
 
 
-@dataclass(frozen=True)
-class Spec:
-    """What a backbone is, learned from a parameter-free (meta) copy: cheap enough for validation and dry runs."""
-    name: str                 # as given, possibly with a pretrained tag (resnet18.tv_in1k)
-    arch: str                 # timm architecture (resnet18)
-    tag: str                  # pretrained tag timm would load (tv_in1k)
-    hub_id: str               # where timm downloads the weights from ('' = nowhere)
-    unused: tuple             # children of the timm model that forward_features never calls
-    n_features: int           # channels of the feature map
-    feature_ndim: int         # 4 for (B, C, H, W), 3 for tokens
-    stage_names: tuple        # feature module that ends each stage
-    stage_of: dict            # body parameter name -> stage index
-    model_shapes: dict        # state_dict key -> shape, for the whole timm model
-    body_keys: tuple          # state_dict keys the body keeps
-    mean: tuple               # normalisation the pretrained weights expect
-    std: tuple
+def splitter(net):
+    return param_groups(net, 'stages')
 
 
-def unknown_backbone_message(name):
-    arch = split_model_name_tag(name)[0]
-    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
-    hint = f'; did you mean {", ".join(close)}?' if close else '; see timm.list_models()'
-    return f'unknown backbone {name!r}{hint}'
+def counted(net):
+    """The parameters the net really uses (dead ones aside): what `total` means everywhere."""
+    return [p for g in param_groups(net) for p in g]
 
 
-@lru_cache(maxsize=None)
-def describe(name):
-    """Build `name` on the meta device and read off its stages and keys. ValueError for an unknown name."""
-    arch, _ = split_model_name_tag(name)
-    if not timm.is_model(arch):
-        raise ValueError(unknown_backbone_message(name))
-    try:
-        with torch.device('meta'):
-            model = timm.create_model(name)
-    except RuntimeError as e:
-        raise ValueError(f'cannot build backbone {name!r}: {e}') from None
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    cfg = model.pretrained_cfg
-    called = set()
-    hooks = [child.register_forward_hook(lambda *_, n=n: called.add(n)) for n, child in model.named_children()]
-    with torch.no_grad():
-        out = model.eval().forward_features(torch.zeros(1, *cfg.get('input_size', (3, 224, 224)), device='meta'))
-    for h in hooks:
-        h.remove()
-    unused = tuple(n for n, _ in model.named_children() if n not in called)
-    _prune(model, unused)
-    stage_names, stage_of = _stages(model)
-    return Spec(name=name, arch=arch, tag=cfg.get('tag') or '', hub_id=cfg.get('hf_hub_id') or cfg.get('url') or '',
-                unused=unused, n_features=out.shape[-1] if out.ndim == 3 else out.shape[1],
-                feature_ndim=out.ndim, stage_names=stage_names, stage_of=stage_of, model_shapes=model_shapes,
-                body_keys=tuple(model.state_dict()), mean=tuple(cfg.get('mean', (0.485, 0.456, 0.406))),
-                std=tuple(cfg.get('std', (0.229, 0.224, 0.225))))
-
-
-def _prune(model, unused):
-    for n in unused:
-        setattr(model, n, nn.Identity())
-
-
-def _stages(model):
-    """Each parameter goes to the first stage whose feature module ends at or after it, in module order;
-    parameters past the last feature module (e.g. EfficientNet's conv_head) join the last stage."""
-    order = [n for n, _ in model.named_modules()]
-    position = {n: i for i, n in enumerate(order)}
-    ends = []
-    for info in model.feature_info:
-        module = info['module']
-        if module in position:
-            ends.append((max(i for i, n in enumerate(order) if n == module or n.startswith(module + '.')), module))
-    if not ends:
-        raise ValueError(f'{type(model).__name__} has no feature_info to derive stages from')
-    owner = {}
-    for pname, _ in model.named_parameters():
-        module_idx = position[pname.rpartition('.')[0]]
-        owner[pname] = next((s for s, (end, _) in enumerate(ends) if module_idx <= end), len(ends) - 1)
-    kept = sorted(set(owner.values()))  # a feature module without parameters (VGG's last max-pool) is no stage
-    renumber = {s: i for i, s in enumerate(kept)}
-    return tuple(ends[s][1] for s in kept), {p: renumber[s] for p, s in owner.items()}
+@lru_cache(maxsize=8)
+def _meta_model(name, img_size):
+    """A parameter-free copy, made once: on the meta device timm's weight init costs more than a deep copy."""
+    with torch.device('meta'):
+        return create(name, img_size)
 
 
 _hub_failures = {}  # name -> message: the hub is asked once per process, not once per run
@@ -145,10 +115,10 @@ _hub_failures = {}  # name -> message: the hub is asked once per process, not on
 def _pretrained_model(spec, weights):
     """The whole timm model with the weights asked for, and a description of those weights for the record."""
     if weights == 'none':
-        return timm.create_model(spec.name), 'none'
+        return create(spec.name, spec.img_size), 'none'
     path = weights if weights != 'hub' else local_file(spec.arch, spec.tag)
     if path is not None:
-        model = timm.create_model(spec.name)
+        model = create(spec.name, spec.img_size)
         state = load_state_dict(path)
         check_fit(path, spec.name, spec.model_shapes, spec.body_keys, {k: tuple(v.shape) for k, v in state.items()})
         model.load_state_dict(state, strict=False)
@@ -163,31 +133,30 @@ def _pretrained_model(spec, weights):
         _hub_failures[full] = no_hub_message(full, f'{host} cannot be reached')
         raise WeightsError(_hub_failures[full])
     try:
-        return timm.create_model(spec.name, pretrained=True), f'hub:{spec.hub_id}'
+        return create(spec.name, spec.img_size, pretrained=True), f'hub:{spec.hub_id}'
     except Exception as e:
         _hub_failures[full] = no_hub_message(full, type(e).__name__)
         raise WeightsError(_hub_failures[full]) from None
 
 
-def build(name, n_classes, head='fastai', hidden=256, dropout=0.3, weights='hub', meta=False):
+def build(name, n_classes, head='auto', hidden=256, dropout=0.3, weights='hub', meta=False, img_size=None):
     """(Net, weights description). `weights`: 'hub', 'none' or a file path. `meta=True` builds without memory
-    or weights, for planning."""
-    spec = describe(name)
+    or weights, for planning. `img_size`: the run's input size, for models built for a fixed one."""
+    spec = describe(name, img_size)
     if meta:
-        with torch.device('meta'):
-            model, desc = timm.create_model(name), weights
+        model, desc = copy.deepcopy(_meta_model(name, spec.img_size)), weights
     else:
         model, desc = _pretrained_model(spec, weights if weights in ('hub', 'none') else _path(weights))
-    _prune(model, spec.unused)
+    prune(model, spec.pruned)
     with torch.device('meta' if meta else 'cpu'):
-        head_module = make_head(head, spec.n_features, n_classes, hidden, dropout, spec.feature_ndim)
-    return Net(Body(model), head_module, spec.stage_of, spec.stage_names), desc
+        head_module = make_head(head, spec.n_features, n_classes, hidden, dropout, spec.features)
+    return Net(Body(model, spec.features == 'pooled'), head_module, spec), desc
 
 
-def check_weights(name, weights):
+def check_weights(name, weights, img_size=None):
     """Raise WeightsError now, before any run, if `weights` (a file, or the local file `hub` would use) does not
     fit `name`, or if `hub` has nothing to download."""
-    spec = describe(name)
+    spec = describe(name, img_size)
     if weights == 'none':
         return
     path = _path(weights) if weights != 'hub' else local_file(spec.arch, spec.tag)
@@ -195,6 +164,20 @@ def check_weights(name, weights):
         check_fit(path, name, spec.model_shapes, spec.body_keys, file_shapes(path))
     elif not spec.hub_id:
         raise WeightsError(nothing_to_download(name))
+
+
+def unavailable(name):
+    """Why `name`'s pretrained weights cannot be had here (no local file, and no hub to download from), or None."""
+    try:
+        spec = describe(name)
+    except ValueError as e:
+        return str(e)
+    if local_file(spec.arch, spec.tag) is not None:
+        return None
+    if not spec.hub_id:
+        return nothing_to_download(name)
+    host = host_of(spec.hub_id)
+    return None if reachable(host) else f'no local file in ${WEIGHTS_ENV} and {host} cannot be reached'
 
 
 def _path(weights):

@@ -36,33 +36,54 @@ def expand_strategies(text, default):
     return names
 
 
+def full_profile_backbones(exp, args, target):
+    """The experiment's full-profile backbones whose weights can be had here (a line for each left out)."""
+    from bench.config import resolve_device, resolve_profile
+    if not exp.full_backbones or resolve_profile(args.profile, resolve_device(args.device or 'auto', target)) != 'full':
+        return []
+    kept = []
+    for name in exp.full_backbones:
+        why = backbones.unavailable(name)
+        if why:
+            print(f'left out {name}: its pretrained weights cannot be had ({why})')
+        else:
+            kept.append(name)
+    return kept
+
+
 def with_seeds(cfgs, first, n):
     if n < 1:
         raise UsageError(f'--seeds must be at least 1, got {n}')
     return [replace(c, seed=s) for c in cfgs for s in range(first, first + n)]
 
 
-def validate(cfgs):
-    """Names, numbers, strategy constraints and weights files, for every planned run, before any runs."""
-    checked = set()
+def validate(cfgs, leave_out=False):
+    """Names, numbers, strategy constraints and weights files, for every planned run, before any runs; returns the
+    configs with the backbone's `auto` head resolved. `leave_out` (the user asked for every strategy): a strategy
+    that cannot run on a backbone is left out with a line saying why, instead of stopping everything."""
+    checked, kept, left_out = set(), [], {}
     for cfg in cfgs:
         validate_numbers(cfg)
         try:
-            spec = backbones.describe(cfg.backbone)
+            spec = backbones.describe(cfg.backbone, cfg.size or cfg.resize or None)
+            cfg = replace(cfg, head=backbones.resolve_head(cfg.head, spec.features))
         except ValueError as e:
-            raise UsageError(str(e)) from None
-        try:
-            backbones.check_head(cfg.head, spec.feature_ndim)
-        except ValueError as e:
-            raise UsageError(f'{cfg.backbone}: {e}') from None
-        why = problem(cfg, len(spec.stage_names))
+            raise UsageError(str(e) if cfg.backbone in str(e) else f'{cfg.backbone}: {e}') from None
+        why = problem(cfg, spec)
+        if why and leave_out and cfg.strategy in STRATEGIES:
+            left_out.setdefault((cfg.backbone, cfg.strategy), why)
+            continue
         if why:
             raise UsageError(why)
         if (cfg.backbone, cfg.weights) not in checked:
-            backbones.check_weights(cfg.backbone, cfg.weights)
+            backbones.check_weights(cfg.backbone, cfg.weights, cfg.size or cfg.resize or None)
             checked.add((cfg.backbone, cfg.weights))
-        if cfg.strategy == 'zero_shot' and cfg.weights == 'none':
-            raise UsageError('zero_shot with --weights none evaluates a random network; it measures nothing')
+        kept.append(cfg)
+    for (backbone, strategy), why in left_out.items():
+        print(f'left out {strategy} on {backbone}: {why}')
+    if not kept:
+        raise UsageError('no strategy can run with these settings (see the lines above)')
+    return kept
 
 
 def load_images(source):
@@ -85,8 +106,7 @@ def execute(args, configs):
     """A script's flow: where runs happen; `configs(args, hardware)` for the hardware they land on, validated;
     their plans (--dry-run) or the runs; then the leaderboard. The exit code."""
     with executor(args) as where:
-        cfgs = configs(args, where.hardware)
-        validate(cfgs)
+        cfgs = validate(configs(args, where.hardware), leave_out=getattr(args, 'strategy', None) == 'all')
         if args.dry_run:
             return dry_run(args, cfgs)
         images = load_images(args.data)

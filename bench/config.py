@@ -8,9 +8,8 @@ Each setting's meaning and unit is written once, beside its field; the scripts' 
 """
 import argparse
 import json
+import math
 from dataclasses import dataclass, field, fields
-
-from backbones.heads import HEADS
 
 
 class UsageError(Exception):
@@ -33,8 +32,8 @@ class Config:
                             flag=False)
     weights: str = setting('hub', 'hub (a file in $FTBENCH_WEIGHTS, else timm\'s download) | none (random init) '
                                   '| FILE (.safetensors/.pth with timm key names)')
-    head: str = setting('fastai', 'fastai (create_head) | linear (pool -> Linear) | mlp (pool -> hidden -> out)',
-                        choices=HEADS)
+    head: str = setting('auto', 'auto (fastai on a feature map, linear on pooled features) | fastai (create_head; '
+                                'feature maps only) | linear (pool -> Linear) | mlp (pool -> hidden -> out)')
     head_hidden: int = setting(256, 'units in the mlp head\'s hidden layer')
     head_dropout: float = setting(0.3, 'dropout probability in the mlp head, in [0, 1)')
     strategy: str = setting('full', 'name in bench.strategies.STRATEGIES', flag=False)
@@ -46,6 +45,11 @@ class Config:
     unfreeze_at: tuple = setting((3, 6), 'progressive: 0-based epochs at which one more stage unfreezes, '
                                          'comma-separated (e.g. 3,6)')
     lp_epochs: int = setting(0, 'lp_ft: linear-probe epochs before the full fine-tune; 0 = half of --epochs')
+    lora_r: int = setting(8, 'lora: rank of each adapter (parameters per adapted layer: r * (inputs + outputs))')
+    lora_alpha: float = setting(16.0, 'lora: scale of the adapters\' update, applied as alpha / r')
+    lora_dropout: float = setting(0.0, 'lora: dropout probability on the adapters\' input, in [0, 1)')
+    layer_decay: float = setting(0.75, 'llrd: LR factor per layer below the head, in (0, 1]; a layer d layers down '
+                                       'trains at lr * layer_decay ** d')
     opt: str = setting('adamw', 'adam (L2 weight decay) | adamw (decoupled weight decay) | sgd (momentum 0.9)',
                        choices=('adam', 'adamw', 'sgd'))
     wd: float = setting(0.01, 'weight decay (not applied to BatchNorm and bias parameters)')
@@ -72,6 +76,9 @@ class Config:
     compile: bool = setting(False, 'torch.compile the model (only strategies that never change the frozen set)')
     cache_features: str = setting('auto', 'train the head on the frozen body\'s outputs, computed once: auto (on '
                                           'where the strategy allows it) | on | off', choices=AUTO_ON_OFF)
+    memory_limit_mb: int = setting(0, 'MB a run may use for training on top of the model and images; 0 = what the '
+                                      'device has free. A run that would not fit accumulates gradients over smaller '
+                                      'batches, or is refused')
     device: str = setting('auto', 'auto (cuda if the run\'s machine has it) | cpu | cuda', choices=('auto', 'cpu', 'cuda'))
     dataset: str = setting('', 'name:fingerprint of the decoded images, filled in after loading', flag=False)
     profile: str = setting('full', 'full (the seed\'s settings) | cpu (a budget a 2-core CPU finishes)', flag=False)
@@ -96,6 +103,7 @@ class Experiment:
     cpu: dict             # the cpu profile: what a 2-core CPU changes, with rankings that still hold
     strategies: tuple = ('full',)      # run when --strategy is not given
     backbones: tuple = ()              # run when --backbone is not given (default: settings['backbone'])
+    full_backbones: tuple = ()         # added in the full profile, where their pretrained weights can be had
     variants: dict = field(default_factory=dict)   # rows by (backbone, variant): settings on top of the rest
     bench: tuple = ((),)               # `make bench`: the script's arguments, one tuple per invocation
 
@@ -171,7 +179,23 @@ W4 = Experiment(
     bench=(('--grid',), ('--random', '12')),
 )
 
-EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4)}
+W5 = Experiment(
+    name='w5', script='finetune',
+    title='W5: parameter-efficient fine-tuning vs freezing (ImageNet backbones -> CIFAR-10)',
+    question='LoRA, BitFit, norm-only tuning and layer-wise LR decay beside freezing: accuracy, trainable '
+             'parameters, optimizer state, time and memory.',
+    settings=dict(
+        backbone='tf_efficientnet_lite0',   # real ImageNet weights offline ($FTBENCH_WEIGHTS)
+        head='linear',                      # pool -> Linear, as W1
+    ),                                      # the rest are Config's defaults, as W1: AdamW, 224 px, 10 epochs,
+                                            # lr 1e-4 with the body, head_lr 1e-3 for the head and PEFT parameters
+    cpu=W1.cpu,                             # W1's budget: 5,000 images at 32 px, 4 epochs (ranking checked at 2B)
+    strategies=('feature_extract', 'bitfit', 'norm_only', 'lora', 'partial', 'full', 'lp_ft', 'llrd'),
+    full_backbones=('tf_efficientnet_lite1', 'mobilenetv2_100.deepsort_in1k_features',
+                    'vit_small_patch16_224.augreg_in21k_ft_in1k', 'convnext_tiny.in12k_ft_in1k'),
+)
+
+EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5)}
 # finetune.py without --preset: Config's defaults, and W1's CPU budget for a pretrained backbone.
 CUSTOM = Experiment(name='finetune', script='finetune', title='Fine-tuning runs outside the presets', question='',
                     settings={}, cpu=W1.cpu)
@@ -309,16 +333,27 @@ def split_list(text):
 
 def validate_numbers(cfg):
     """The numeric sanity every run needs; strategy- and model-specific checks live with those."""
-    for name in ('epochs', 'bs', 'lr', 'head_lr', 'lr_mult', 'head_hidden'):
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f'{_flag(f.name)} must be a finite number, got {value}')
+    for name in ('epochs', 'bs', 'lr', 'head_lr', 'lr_mult', 'head_hidden', 'lora_r', 'lora_alpha'):
         if getattr(cfg, name) <= 0:
-            raise UsageError(f'--{name.replace("_", "-")} must be positive, got {getattr(cfg, name)}')
-    for name in ('subset', 'eval_subset', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs'):
+            raise UsageError(f'{_flag(name)} must be positive, got {getattr(cfg, name)}')
+    for name in ('subset', 'eval_subset', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs', 'memory_limit_mb'):
         if getattr(cfg, name) < 0:
-            raise UsageError(f'--{name.replace("_", "-")} must not be negative, got {getattr(cfg, name)}')
-    if not 0 <= cfg.head_dropout < 1:
-        raise UsageError(f'--head-dropout must be in [0, 1), got {cfg.head_dropout}')
+            raise UsageError(f'{_flag(name)} must not be negative, got {getattr(cfg, name)}')
+    for name in ('head_dropout', 'lora_dropout'):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UsageError(f'{_flag(name)} must be in [0, 1), got {getattr(cfg, name)}')
+    if not 0 < cfg.layer_decay <= 1:
+        raise UsageError(f'--layer-decay must be in (0, 1], got {cfg.layer_decay}')
     if not 0 < cfg.valid_frac < 1:
         raise UsageError(f'the validation share must be in (0, 1), got {cfg.valid_frac}')
+
+
+def _flag(name):
+    return '--' + name.replace('_', '-')
 
 
 def print_config(cfg):

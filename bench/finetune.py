@@ -1,10 +1,12 @@
 """Fine-tuning strategies on pretrained timm backbones: which one to use, and what it costs.
 
-Compares the strategies of bench/strategies.py (zero_shot, feature_extract, partial, progressive, full,
-fine_tune, lp_ft) on any timm backbone, each timed, recorded and ranked.
+Compares the strategies of bench/strategies.py (freezing: zero_shot, feature_extract, partial, progressive,
+full, fine_tune, lp_ft; parameter-efficient: bitfit, norm_only, lora; layer-wise LR decay: llrd) on any timm
+backbone, each timed, recorded and ranked.
 
     python bench/finetune.py --preset w1 --seeds 3            # the seed's W1: ResNet18 at 224 px
     python bench/finetune.py --preset w2                      # the seed's W2: VGG16 at 32 px
+    python bench/finetune.py --preset w5 --seeds 3            # W5: PEFT vs freezing
     python bench/finetune.py --backbone convnext_nano --strategy all --dry-run
 
 Presets are the experiments of bench/config.py (the seed's settings, and a `cpu` profile for a 2-core CPU);
@@ -39,7 +41,7 @@ def parse(argv=None):
 def configs(args, target):
     exp = EXPERIMENTS.get(args.preset, CUSTOM)
     strategies = cli.expand_strategies(args.strategy, exp.strategies)
-    names = split_list(args.backbone) or list(exp.backbones) or [None]
+    names = split_list(args.backbone) or [*exp.backbones, *cli.full_profile_backbones(exp, args, target)] or [None]
     cfgs = [resolve(args.preset, args.profile, target, **flag_overrides(args), backbone=b, strategy=s)
             for b in names for s in strategies]
     return cli.with_seeds(cfgs, args.seed, args.seeds)

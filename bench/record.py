@@ -20,8 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FIELDS = ('epochs', 'valid_loss', 'valid_acc', 'test_loss', 'test_acc', 'train_seconds', 'warmup_seconds',
                  'eval_seconds', 'images_per_second', 'peak_memory_mb', 'params_total', 'params_trainable',
-                 'stage_names', 'image_size', 'train_images', 'valid_images', 'test_images', 'fold_valid_acc')
-PACKAGES = ('torch', 'torchvision', 'fastai', 'timm', 'numpy')
+                 'stage_names', 'groups', 'optimizer_state_mb', 'batchnorm_updating', 'micro_bs', 'accumulate',
+                 'memory_estimate_mb', 'memory_free_mb', 'image_size', 'train_images', 'valid_images', 'test_images',
+                 'fold_valid_acc')
+PACKAGES = ('torch', 'torchvision', 'fastai', 'timm', 'peft', 'numpy')
 
 
 # ---- environment ------------------------------------------------------------------------------------------

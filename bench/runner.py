@@ -21,13 +21,13 @@ from fastai.basics import (CancelFitException, Callback, CrossEntropyLossFlat, D
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
-from fastai.callback.training import BnFreeze
+from fastai.callback.training import BnFreeze, GradientAccumulation
 from fastai.learner import AvgSmoothLoss
 from fastai.torch_core import find_bs, norm_bias_params
 
 import backbones
-from bench import data, optim, record
-from bench.strategies import STRATEGIES
+from bench import data, memory, optim, record
+from bench.strategies import STRATEGIES, prepare
 
 
 class NonFiniteLoss(RuntimeError):
@@ -47,23 +47,37 @@ def prepare_for(cfg, spec, train):
                         channels_last=cfg.channels_last == 'on')
 
 
-def loaders(cfg, images, split, spec):
-    train = data.batches(images, split.train, prepare_for(cfg, spec, True), cfg.bs, train=True, seed=cfg.seed,
-                         device=cfg.device)
+def loaders(cfg, images, split, spec, train_bs=None):
+    train = data.batches(images, split.train, prepare_for(cfg, spec, True), train_bs or cfg.bs, train=True,
+                         seed=cfg.seed, device=cfg.device)
     valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
     test = data.batches(images, split.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
     return train, valid, test
 
 
-def learner(cfg, dls, model, cbs=(), splitter=backbones.splitter):
-    """A fastai Learner over `model` with the run's optimizer (bench/optim.py), loss, metric and BatchNorm rule."""
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=splitter, wd=cfg.wd,
-                    opt_func=optim.opt_func(cfg.opt, no_decay=norm_bias_params(model)), train_bn=cfg.train_bn,
-                    cbs=list(cbs))
+def learner(cfg, dls, net, cbs=(), head_only=False):
+    """The one Learner builder: the strategy's prepare step (once per net), parameter groups holding only what may
+    train (by stage or by layer, as the strategy says; the head last), the run's optimizer (bench/optim.py), loss,
+    metric and BatchNorm rule. `head_only`: a Learner over the head alone (training on cached features)."""
+    if head_only:
+        model, groups = net.head, [list(net.head.parameters())]
+    else:
+        prepare(net, cfg)
+        model = net
+        groups = [[p for p in g if p.requires_grad]
+                  for g in backbones.param_groups(net, STRATEGIES[cfg.strategy].groups)]
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=lambda _: groups,
+                    wd=cfg.wd, opt_func=optim.opt_func(cfg.opt, no_decay=norm_bias_params(model)),
+                    train_bn=cfg.train_bn, cbs=list(cbs))
     learn.recorder.smooth_loss = DeviceSmoothLoss()
     if not cfg.train_bn:
         learn.add_cb(BnFreeze())
     return learn
+
+
+def group_names(net, cfg):
+    """The names of the Learner's groups for `cfg`'s strategy, the head last."""
+    return [*(net.stage_names if STRATEGIES[cfg.strategy].groups == 'stages' else net.layer_names), 'head']
 
 
 class DeviceSmoothLoss(AvgSmoothLoss):
@@ -111,6 +125,12 @@ class RunLog(Callback):
 
     def __init__(self, device):
         self.device, self.epochs, self.trainable_max, self.train_images = device, [], 0, 0
+        self.batchnorm = None  # (layers updating their running statistics, BatchNorm layers), seen in training
+
+    def before_batch(self):
+        if self.training and self.batchnorm is None:
+            layers = [m for m in self.learn.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            self.batchnorm = (sum(m.training and m.track_running_stats for m in layers), len(layers))
 
     def before_epoch(self):
         sync(self.device)
@@ -203,13 +223,24 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     """Train and evaluate `cfg` (resolved); returns the result fields of its record."""
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'
-    spec = backbones.describe(cfg.backbone)
+    size = cfg.size or cfg.resize or images.train_x.shape[1]
+    spec = backbones.describe(cfg.backbone, size)
     net, weights = backbones.build(cfg.backbone, len(images.classes), cfg.head, cfg.head_hidden, cfg.head_dropout,
-                                   cfg.weights)
+                                   cfg.weights, img_size=size)
+    prepare(net, cfg)
+    net.to(cfg.device)
+    if cfg.channels_last == 'on':
+        net.to(memory_format=torch.channels_last)
     train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec)
-    params_total = sum(p.numel() for p in net.parameters())
-    runlog = RunLog(cfg.device)
-    full = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, [runlog])
+    fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.x[:2].to(cfg.device)), autocast(cfg))
+    cbs = [runlog := RunLog(cfg.device)]
+    if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
+        train_dl, _, _ = loaders(cfg, images, split, spec, train_bs=fits.micro_bs)
+        cbs.append(GradientAccumulation(cfg.bs))
+        log(f'    batches of {cfg.bs} as {fits.accumulate} passes of {fits.micro_bs}: {cfg.bs} would need about '
+            f'{fits.estimate_mb:,.0f} MB in passes of {fits.micro_bs}, {fits.free_mb:,.0f} MB are free')
+    params_total = sum(p.numel() for p in backbones.counted(net))
+    full = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, cbs)
     apply_precision(full, cfg)
     warmup_seconds = warm_up(full.model, cfg, train_dl, [valid_dl, test_dl])
     reset_peak_memory(cfg.device)
@@ -219,8 +250,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
         t = time.perf_counter()
         features = cached_features(net.body, cfg, (train_dl, valid_dl))  # on the training clock
         extract_seconds = time.perf_counter() - t
-        learn = learner(cfg, DataLoaders(*features, device=cfg.device), net.head, [runlog],
-                        splitter=lambda head: [list(head.parameters())])
+        learn = learner(cfg, DataLoaders(*features, device=cfg.device), net, cbs, head_only=True)
         apply_precision(learn, cfg)
     show_progress(learn, bar, log)
 
@@ -240,9 +270,11 @@ def train(cfg, images, split, bar=False, test=True, log=print):
         test_acc=test_acc, train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
         images_per_second=runlog.train_images / train_seconds if train_seconds else None,
         peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
-        params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names),
-        image_size=cfg.size or cfg.resize or images.train_x.shape[1],
-        train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
+        params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names), groups=group_names(net, cfg),
+        optimizer_state_mb=memory.optimizer_state_mb(learn.opt.opt) if learn.opt else 0.,
+        batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm else None, micro_bs=fits.micro_bs,
+        accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb, memory_free_mb=fits.free_mb,
+        image_size=size, train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
 
 
 @torch.no_grad()
@@ -305,6 +337,7 @@ class Plan(Callback):
         self.phases.append(dict(start=self.epoch, stop=self.epoch + self.n_epoch, lrs=[float(x) for x in lrs],
                                 trains=[any(p.requires_grad for p in g) for g in groups],
                                 trainable=sum(p.numel() for p in self.learn.model.parameters() if p.requires_grad),
+                                names=[n for n, p in self.learn.model.named_parameters() if p.requires_grad],
                                 one_cycle=sched is not None))
         self.epoch += self.n_epoch
         raise CancelFitException
@@ -312,17 +345,18 @@ class Plan(Callback):
 
 def plan(cfg, n_classes):
     """The phases `cfg`'s strategy would run, with the group names and sizes, without training anything."""
-    net, _ = backbones.build(cfg.backbone, n_classes, cfg.head, cfg.head_hidden, cfg.head_dropout, 'none', meta=True)
-    groups = backbones.splitter(net)
+    size = cfg.size or cfg.resize or None
+    net, _ = backbones.build(cfg.backbone, n_classes, cfg.head, cfg.head_hidden, cfg.head_dropout, 'none', meta=True,
+                             img_size=size)
     empty = data.Batches(torch.zeros(0, 1, 1, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
                          data.Prepare(), 1)
     planner = Plan()
     learn = learner(cfg, DataLoaders(empty, empty), net, [planner])
     learn.remove_cb(ProgressCallback)
     STRATEGIES[cfg.strategy](learn, cfg)
-    names = [*net.stage_names, 'head']
-    return dict(names=names, sizes=[sum(p.numel() for p in g) for g in groups],
-                total=sum(p.numel() for p in net.parameters()), phases=planner.phases)
+    groups = learn.opt.param_lists if learn.opt else learn.splitter(net)
+    return dict(names=group_names(net, cfg), sizes=[sum(p.numel() for p in g) for g in groups],
+                total=sum(p.numel() for p in backbones.counted(net)), phases=planner.phases)
 
 
 def format_plan(cfg, p):
@@ -386,11 +420,11 @@ def work(job, images, bar=False, log=print):
     return out
 
 
-EXPECTED_ERRORS = (backbones.WeightsError, NonFiniteLoss, torch.cuda.OutOfMemoryError)
+EXPECTED_ERRORS = (backbones.WeightsError, NonFiniteLoss, memory.MemoryRefused, torch.cuda.OutOfMemoryError)
 
 
 def error_message(e):
-    if isinstance(e, (backbones.WeightsError, NonFiniteLoss)):
+    if isinstance(e, (backbones.WeightsError, NonFiniteLoss, memory.MemoryRefused)):
         return str(e)
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return 'out of GPU memory; lower --bs or --size'

@@ -1,18 +1,27 @@
 """Fine-tuning strategies, one short function each over a fastai Learner. No I/O.
 
-The Learner's parameter groups are [stage 0, ..., stage n-1, head] (backbones.splitter), so `freeze()` trains
-the head alone, `freeze_to(-(k + 1))` the last k stages and the head, `unfreeze()` everything. Strategies differ
-only in which groups train when and at what LR; data, model, optimizer and timing are shared, so a comparison
+The Learner's parameter groups are [stage 0, ..., stage n-1, head] (backbones.param_groups), so `freeze()` trains
+the head alone, `freeze_to(-(k + 1))` the last k stages and the head, `unfreeze()` everything; a strategy with
+`groups='layers'` gets one group per layer instead (layer-wise LR decay). Strategies differ only in which
+parameters train when and at what LR; data, model, optimizer, schedule and timing are shared, so a comparison
 between them measures the strategy. Frozen means frozen: unless `train_bn`, BatchNorm weights and running
 statistics of frozen stages stay fixed (the runner adds fastai's BnFreeze).
 
+What may train is decided once, before the optimizer is built: a strategy's `prepare(net, cfg)` marks the body
+parameters it trains (BitFit's biases) or adds its own (LoRA's adapters), and only parameters that may train are
+put in the Learner's groups. fastai's `freeze_to`/`unfreeze` then move within that choice and can never re-enable
+a base weight a strategy froze; the optimizer holds state for nothing else.
+
 LRs: `cfg.lr` is the LR of what trains with the body, spread over the body's stages as fastai's
-`slice(lr / lr_mult, lr)`; `cfg.head_lr` is the head's when it trains alone or ahead of the body.
+`slice(lr / lr_mult, lr)`; `cfg.head_lr` is the head's when it trains alone or ahead of the body, and the LR of
+everything a parameter-efficient strategy trains (adapters, biases, norms: new or few parameters, which the
+literature trains at about ten times a full fine-tune's LR).
 Adding a strategy is one function with `@register`; its name is the leaderboard's key. A strategy carries its
-own rules: `check(cfg, n_stages)` says why a config cannot run it (or None), `body_frozen` lets the head train on
-the body's outputs computed once (--cache-features), `refreezes` (the frozen set changes mid-run) rules out
-torch.compile.
+own rules: `check(cfg, spec)` says why a config cannot run it (or None), `prepare` as above, `groups`,
+`body_frozen` lets the head train on the body's outputs computed once (--cache-features), `refreezes` (the frozen
+set changes mid-run) rules out torch.compile.
 """
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -23,7 +32,9 @@ from fastai.basics import even_mults
 class Strategy:
     name: str
     fit: Callable                       # (learn, cfg) -> None: trains `learn` in place
-    check: Optional[Callable] = None    # (cfg, n_stages) -> why `cfg` cannot run, or None
+    check: Optional[Callable] = None    # (cfg, spec) -> why `cfg` cannot run on that backbone, or None
+    prepare: Optional[Callable] = None  # (net, cfg) -> None: marks or adds what may train, before the optimizer
+    groups: str = 'stages'              # the Learner's parameter groups: stages | layers
     body_frozen: bool = False           # the body never trains
     refreezes: bool = False             # the frozen set changes mid-run
 
@@ -34,12 +45,12 @@ class Strategy:
 STRATEGIES = {}
 
 
-def register(fn=None, *, check=None, body_frozen=False, refreezes=False):
+def register(fn=None, *, check=None, prepare=None, groups='stages', body_frozen=False, refreezes=False):
     """Add `fn` to STRATEGIES under its name; as `@register` or `@register(check=..., ...)`."""
     def add(fn):
         if fn.__name__ in STRATEGIES:
             raise ValueError(f'strategy {fn.__name__!r} is registered twice')
-        STRATEGIES[fn.__name__] = Strategy(fn.__name__, fn, check, body_frozen, refreezes)
+        STRATEGIES[fn.__name__] = Strategy(fn.__name__, fn, check, prepare, groups, body_frozen, refreezes)
         return fn
     return add(fn) if fn is not None else add
 
@@ -61,7 +72,12 @@ def body_and_head(learn, cfg):
     return [*even_mults(cfg.lr / cfg.lr_mult, cfg.lr, n_body), cfg.head_lr]
 
 
-@register
+def check_pretrained(cfg, spec):
+    if cfg.weights == 'none':
+        return f'{cfg.strategy} with --weights none evaluates a random network; it measures nothing'
+
+
+@register(check=check_pretrained)
 def zero_shot(learn, cfg):
     """Pretrained body, fresh head, no training: the chance-level floor."""
 
@@ -73,7 +89,8 @@ def feature_extract(learn, cfg):
     fit(learn, cfg.epochs, cfg.head_lr, cfg)
 
 
-def check_unfreeze(cfg, n_stages):
+def check_unfreeze(cfg, spec):
+    n_stages = len(spec.stage_names)
     if not 1 <= cfg.unfreeze <= n_stages:
         return f'--unfreeze must be between 1 and {n_stages} (the stages of {cfg.backbone}), got {cfg.unfreeze}'
 
@@ -85,7 +102,8 @@ def partial(learn, cfg):
     fit(learn, cfg.epochs, body_slice(cfg), cfg)
 
 
-def check_unfreeze_at(cfg, n_stages):
+def check_unfreeze_at(cfg, spec):
+    n_stages = len(spec.stage_names)
     at = list(cfg.unfreeze_at)
     if not at or at != sorted(set(at)) or at[0] < 1 or at[-1] >= cfg.epochs:
         return (f'--unfreeze-at must be increasing epochs between 1 and {cfg.epochs - 1} '
@@ -111,7 +129,7 @@ def full(learn, cfg):
     fit(learn, cfg.epochs, body_slice(cfg), cfg)
 
 
-def check_two_phases(cfg, n_stages):
+def check_two_phases(cfg, spec):
     if cfg.epochs < 2:
         return f'{cfg.strategy} needs --epochs of at least 2 (a frozen phase, then the rest), got {cfg.epochs}'
 
@@ -127,9 +145,9 @@ def lp_epochs(cfg):
     return cfg.lp_epochs or cfg.epochs // 2
 
 
-def check_lp_ft(cfg, n_stages):
+def check_lp_ft(cfg, spec):
     if not 1 <= lp_epochs(cfg) < cfg.epochs:
-        return check_two_phases(cfg, n_stages) or f'--lp-epochs must be between 1 and {cfg.epochs - 1}, got {cfg.lp_epochs}'
+        return check_two_phases(cfg, spec) or f'--lp-epochs must be between 1 and {cfg.epochs - 1}, got {cfg.lp_epochs}'
 
 
 @register(check=check_lp_ft, refreezes=True)
@@ -141,6 +159,79 @@ def lp_ft(learn, cfg):
     fit(learn, probe, cfg.head_lr, cfg)
     learn.unfreeze()
     fit(learn, cfg.epochs - probe, body_slice(cfg), cfg)
+
+
+# ---- parameter-efficient strategies: what trains is marked or added before the optimizer exists -------------
+
+def train_only(net, names):
+    """The body parameters in `names` may train, no other body parameter; the head always may."""
+    keep = set(names)
+    for name, p in net.body.model.named_parameters():
+        p.requires_grad_(name in keep)
+
+
+def train_what_may(learn, cfg):
+    """Everything the strategy let train, at head_lr, from the first step."""
+    learn.unfreeze()
+    fit(learn, cfg.epochs, cfg.head_lr, cfg)
+
+
+def check_biases(cfg, spec):
+    if not spec.bias_params:
+        return f'{cfg.backbone} has no bias parameters for bitfit to train'
+
+
+@register(check=check_biases, prepare=lambda net, cfg: train_only(net, net.spec.bias_params))
+def bitfit(learn, cfg):
+    """Biases and the head train, nothing else (Zaken et al. 2021; TinyTL's bias-only, Cai et al. 2020)."""
+    train_what_may(learn, cfg)
+
+
+def check_norms(cfg, spec):
+    if not spec.norm_params:
+        return f'{cfg.backbone} has no normalization layers for norm_only to train'
+
+
+@register(check=check_norms, prepare=lambda net, cfg: train_only(net, net.spec.norm_params))
+def norm_only(learn, cfg):
+    """The affine weights of every normalization layer (BatchNorm, LayerNorm, GroupNorm, RmsNorm) and the head
+    (BN-only tuning, Frankle et al. 2021; LN-tuning for transformers). BatchNorm layers that train keep updating
+    their running statistics (the record says so)."""
+    train_what_may(learn, cfg)
+
+
+def check_lora(cfg, spec):
+    if not spec.lora_targets:
+        return f'{cfg.backbone} has no Linear or ungrouped Conv2d layer for LoRA to adapt'
+
+
+def add_lora(net, cfg):
+    """Low-rank adapters (peft) on every Linear and ungrouped Conv2d of the body; the base weights are frozen.
+    A timm ViT's fused `qkv` Linear gets one adapter on the whole [q; k; v] projection: one rank-r update shared
+    by the three (the LoRA paper adapted q and v with one adapter each). Depthwise and grouped convolutions are
+    left out: peft refuses a rank that does not divide their groups, and their adapter would outweigh them."""
+    from peft import LoraConfig, inject_adapter_in_model
+    targets = '|'.join(re.escape(name) for name in net.spec.lora_targets)
+    inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                       target_modules=f'^(?:{targets})$'), net.body.model)
+    for name, p in net.body.model.named_parameters():
+        p.requires_grad_('.lora_' in name)
+
+
+@register(check=check_lora, prepare=add_lora)
+def lora(learn, cfg):
+    """LoRA (Hu et al. 2021): the body frozen, a trained low-rank update B·A (scaled by alpha / r) beside each
+    adapted layer, and the head."""
+    train_what_may(learn, cfg)
+
+
+@register(groups='layers')
+def llrd(learn, cfg):
+    """Everything trains, each layer at lr * layer_decay ** (its depth below the head), the head at lr: layer-wise
+    LR decay as in BEiT and MAE (timm's param_groups_layer_decay, over the model's fine group_matcher)."""
+    learn.unfreeze()
+    n_layers = len(learn.opt.param_lists) - 1
+    fit(learn, cfg.epochs, [cfg.lr * cfg.layer_decay ** (n_layers - i) for i in range(n_layers)] + [cfg.lr], cfg)
 
 
 # ---- the rules every strategy shares ----------------------------------------------------------------------
@@ -155,8 +246,16 @@ def can_cache_features(cfg):
     return bool(strategy and strategy.body_frozen and not cfg.augment and not cfg.train_bn)
 
 
-def problem(cfg, n_stages):
-    """Why `cfg` cannot run with a body of `n_stages` stages, or None."""
+def prepare(net, cfg):
+    """The strategy's prepare step, once per net (planning and training share it)."""
+    strategy = STRATEGIES[cfg.strategy]
+    if net.prepared is None and strategy.prepare is not None:
+        strategy.prepare(net, cfg)
+    net.prepared = cfg.strategy
+
+
+def problem(cfg, spec):
+    """Why `cfg` cannot run on the backbone `spec` describes, or None."""
     strategy = STRATEGIES.get(cfg.strategy)
     if strategy is None:
         return unknown_strategy_message(cfg.strategy)
@@ -167,4 +266,4 @@ def problem(cfg, n_stages):
         return f'--cache-features needs a strategy whose body never trains, not {cfg.strategy}'
     if cfg.cache_features == 'on' and (cfg.augment or cfg.train_bn):
         return '--cache-features needs a body that never changes: drop --augment and --train-bn'
-    return strategy.check(cfg, n_stages) if strategy.check else None
+    return strategy.check(cfg, spec) if strategy.check else None

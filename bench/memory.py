@@ -1,0 +1,99 @@
+"""Will a run fit in memory? Estimated before it starts, so that a run too large is refused with the figure it
+needs, or fits by accumulating gradients over smaller batches, and is never killed by the OS mid-sweep.
+
+The estimate is measured, not guessed from the architecture: one forward pass of two images in training mode
+records every tensor autograd saves for the backward pass (saved_tensors_hooks, counting each storage once),
+which is what grows with the batch. On top of it: a gradient for every parameter that may train, the optimizer's
+state for them (Adam and AdamW: two moments; SGD: one momentum), the batch itself, and a margin for the backward
+pass's transient buffers. What is free: `--memory-limit-mb` if given, else what the device has free (CUDA's free
+memory; on a CPU the memory the OS reports available), less a safety share.
+"""
+from dataclasses import dataclass
+
+import torch
+
+BACKWARD_MARGIN = 1.5   # activations' gradients and kernel workspaces during the backward pass, over the saved tensors
+USABLE_SHARE = 0.85     # of the free memory a run plans to use: the allocator's slack and other processes
+STATE_TENSORS = {'adam': 2, 'adamw': 2, 'sgd': 1}   # optimizer state per trainable parameter
+
+
+class MemoryRefused(RuntimeError):
+    """The run cannot fit even in batches of two; the message has the figures."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    micro_bs: int            # images per forward/backward pass
+    accumulate: int          # passes per optimizer step (1 = none); micro_bs * accumulate == the run's bs
+    estimate_mb: float       # memory the run needs at micro_bs, beyond what the process held before it
+    free_mb: float           # what it may use
+
+
+def mb(n_bytes):
+    return n_bytes / 2 ** 20
+
+
+@torch.no_grad()
+def _restore(model, buffers):
+    for name, b in model.named_buffers():
+        b.copy_(buffers[name])
+
+
+def saved_bytes_per_image(model, x, autocast):
+    """Bytes autograd saves for the backward pass, per image, measured on `x` (a batch of two) in training mode.
+    Buffers (BatchNorm statistics) are put back afterwards."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+        return t
+
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            model(x)
+    finally:
+        _restore(model, buffers)
+        model.train(was_training)
+    return total / x.shape[0]
+
+
+def free_mb(device, limit_mb=0):
+    if limit_mb:
+        return float(limit_mb)
+    if torch.device(device).type == 'cuda':
+        return mb(torch.cuda.mem_get_info()[0]) * USABLE_SHARE
+    import psutil
+    return mb(psutil.virtual_memory().available) * USABLE_SHARE
+
+
+def plan_batches(model, cfg, x, autocast):
+    """How the run's batches of cfg.bs fit: a Fit, or MemoryRefused. `x`: two images as the model sees them."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    fixed = trainable * (1 + STATE_TENSORS[cfg.opt])   # gradients and optimizer state
+    per_image = saved_bytes_per_image(model, x, autocast) * BACKWARD_MARGIN + x[0].numel() * 4 * 3
+    need = lambda bs: mb(fixed + per_image * bs)  # noqa: E731
+    free = free_mb(cfg.device, cfg.memory_limit_mb)
+    for accumulate in range(1, cfg.bs + 1):
+        if cfg.bs % accumulate or cfg.bs // accumulate < 2:
+            continue
+        micro = cfg.bs // accumulate
+        if need(micro) <= free:
+            return Fit(micro, accumulate, need(micro), free)
+    raise MemoryRefused(f'the run needs about {need(cfg.bs):,.0f} MB at batch {cfg.bs} ({mb(per_image):.1f} MB per '
+                        f'image, {mb(fixed):,.0f} MB of gradients and optimizer state) and {need(2):,.0f} MB even '
+                        f'in batches of 2, but {free:,.0f} MB are free; lower --size or use a smaller backbone')
+
+
+def optimizer_state_mb(opt):
+    """Megabytes the optimizer holds in its state (moments, momentum, step counts)."""
+    return mb(sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                  if torch.is_tensor(v)))
+
