@@ -5,6 +5,7 @@ Per leaderboard table (one experiment on one hardware and profile), into the `fi
   configuration, the mean over seeds with a shaded ±1 std band where n > 1;
 - `<table>-pareto.png`: test accuracy against training time (log axis), every configuration a point with ±1 std
   bars over seeds, the Pareto front (configurations no other beats on both accuracy and time) joined in red;
+- `<table>-trainable.png`: the same against trainable parameters, where the configurations train different counts;
 - `<table>-params.png`, for a search: validation score against each hyperparameter, one panel row per search kind.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
@@ -59,22 +60,30 @@ def curves(rows, path, title):
     return _save(fig, path)
 
 
-def pareto(rows, path, title):
-    fig = pareto_figure(rows, title)
+AXES = {  # what accuracy is plotted against: the record field, the axis label
+    'time': ('train_seconds', 'training time, s (log scale)'),
+    'trainable': ('params_trainable', 'trainable parameters (log scale)'),
+}
+
+
+def pareto(rows, path, title, against='time'):
+    fig = pareto_figure(rows, title, against)
     return _save(fig, path) if fig else None
 
 
-def pareto_figure(rows, title):
-    rows = [row for row in rows if all(r.get('test_acc') is not None and r.get('train_seconds') for r in row.records)]
-    if not rows:
+def pareto_figure(rows, title, against='time'):
+    """Test accuracy against `against` (AXES) for every row with both, ±1 std bars, the Pareto front in red."""
+    field_name, xlabel = AXES[against]
+    rows = [row for row in rows if all(r.get('test_acc') is not None and r.get(field_name) for r in row.records)]
+    if not rows or (against == 'trainable' and len({row.records[0][field_name] for row in rows}) < 2):
         return None
-    times = [np.array([r['train_seconds'] for r in row.records], dtype=float) for row in rows]
+    xs = [np.array([r[field_name] for r in row.records], dtype=float) for row in rows]
     accs = [np.array([r['test_acc'] for r in row.records], dtype=float) * 100 for row in rows]
-    points = [(float(t.mean()), float(a.mean())) for t, a in zip(times, accs)]
+    points = [(float(t.mean()), float(a.mean())) for t, a in zip(xs, accs)]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (t, a) in enumerate(zip(times, accs)):
-        ax.errorbar(t.mean(), a.mean(), xerr=t.std(ddof=1) if len(t) > 1 else None,
+    for i, (t, a) in enumerate(zip(xs, accs)):
+        ax.errorbar(t.mean(), a.mean(), xerr=t.std(ddof=1) if len(t) > 1 and t.std() else None,
                     yerr=a.std(ddof=1) if len(a) > 1 else None, fmt='o', color='C3' if i in front else '0.55',
                     ecolor='0.7', capsize=3, zorder=2)
     ft, fa = zip(*[points[i] for i in front])
@@ -82,9 +91,9 @@ def pareto_figure(rows, title):
     for i, row in enumerate(rows):
         ax.annotate(row.label, points[i], fontsize=7, xytext=(4, 4), textcoords='offset points',
                     color='C3' if i in front else '0.35')
-    spread = [t.mean() + s * (t.std(ddof=1) if len(t) > 1 else 0) for t in times for s in (-1, 1)]
-    log_x_axis(ax, max(min(spread), min(t.min() for t in times) / 2), max(spread))
-    ax.set_xlabel('training time, s (log scale)')
+    spread = [t.mean() + s * (t.std(ddof=1) if len(t) > 1 else 0) for t in xs for s in (-1, 1)]
+    log_x_axis(ax, max(min(spread), min(t.min() for t in xs) / 2), max(spread))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel('test accuracy, % (bars: ±1 std over seeds)')
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
@@ -158,6 +167,8 @@ def draw(table, folder, name, title):
     made = [('Learning curves', curves(rows, folder / f'{name}-curves.png', title)),
             ('Accuracy against training time, ±1 std over seeds, Pareto front in red',
              pareto(rows, folder / f'{name}-pareto.png', title)),
+            ('Accuracy against trainable parameters, ±1 std over seeds, Pareto front in red',
+             pareto(rows, folder / f'{name}-trainable.png', title, against='trainable')),
             ('Validation score against each hyperparameter', search_params(searched, folder / f'{name}-params.png',
                                                                           title))]
     return [(caption, path) for caption, path in made if path is not None]

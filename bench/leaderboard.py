@@ -32,14 +32,18 @@ over the best row's, the geometric mean of the per-seed ratios with its 95% inte
 {stats.MIN_SEEDS} paired seeds no verdict is given. The lines under each table say the same in words.
 `train s` is the training clock only (GPU synchronized, warm-up, validation and test excluded); `img/s` is
 training images per second; `epochs` are the epochs that trained (0 for zero_shot); `trainable / total` counts
-parameters (the largest trainable set over the schedule). `cpu`-profile rows ran a smaller budget sized so that
+parameters (the largest trainable set over the schedule; LoRA's adapters count in both); `optimizer state MB` is
+what the optimizer held at the end (Adam: two moments per trained parameter). `settings` also says when a run
+accumulated gradients over smaller passes to fit in memory, and how many BatchNorm layers updated their running
+statistics while training (a layer whose weight is frozen keeps them). `cpu`-profile rows ran a smaller budget sized so that
 their ranking holds at twice the budget (see the README); they are not the accuracy the seed's full settings
 reach. Peak memory on CPU is the process's peak resident set during the run (reset at its start; it includes the
 decoded images the process holds); on CUDA it is the run's peak allocated memory after warm-up."""
 
 COLUMNS = [('strategy', 'strategy'), ('backbone', 'backbone'), ('variant', 'variant'), ('weights', 'weights'),
            ('size', 'px'), ('epochs', 'epochs'), ('params', 'trainable / total'), ('n', 'n'),
-           ('train_s', 'train s'), ('ips', 'img/s'), ('mem', 'peak MB'), ('valid', 'valid acc %'),
+           ('train_s', 'train s'), ('ips', 'img/s'), ('mem', 'peak MB'), ('opt_mb', 'optimizer state MB'),
+           ('valid', 'valid acc %'),
            ('test', 'test acc %'), ('test_loss', 'test loss'), ('delta', 'Δ test vs best, pp (95% CI)'),
            ('verdict', 'verdict'), ('time', 'time × best (95% CI)'), ('settings', 'settings')]
 
@@ -55,12 +59,16 @@ def mean_std(values, fmt='{:.2f}', scale=1.0):
 
 
 def settings(rec):
-    """The speed settings that tell runs on one device apart."""
-    cfg = rec['config']
+    """The speed settings that tell runs on one device apart, gradient accumulation, and how many BatchNorm layers
+    updated their running statistics."""
+    cfg, bn = rec['config'], rec.get('batchnorm_updating')
     return ', '.join(x for x in (cfg.get('precision'),
                                  'channels_last' if cfg.get('channels_last') in ('on', True) else None,
                                  'compiled' if cfg.get('compile') else None,
-                                 'cached features' if cfg.get('cache_features') in ('on', True) else None) if x)
+                                 'cached features' if cfg.get('cache_features') in ('on', True) else None,
+                                 f'{rec["accumulate"]} passes of {rec["micro_bs"]}' if (rec.get('accumulate') or 1) > 1
+                                 else None,
+                                 f'BN stats update {bn[0]}/{bn[1]}' if bn else None) if x)
 
 
 def short_weights(w):
@@ -71,7 +79,8 @@ def table_row(row, best):
     recs, first = row.records, row.records[0]
     cfg = first['config']
     column = {name: [r.get(name) for r in recs] for name in ('train_seconds', 'images_per_second', 'peak_memory_mb',
-                                                               'valid_acc', 'test_acc', 'test_loss')}
+                                                               'optimizer_state_mb', 'valid_acc', 'test_acc',
+                                                               'test_loss')}
     verdict, _ = stats.verdict(row, best)
     diff, _ = stats.paired_difference(row, best) if row is not best else (None, 0)
     ratio = stats.paired_ratio(row, best) if row is not best else None
@@ -80,7 +89,8 @@ def table_row(row, best):
         weights=short_weights(first.get('weights')), size=first.get('image_size') or cfg.get('size'),
         epochs=len(first.get('epochs') or []), params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
         n=row.n, train_s=mean_std(column['train_seconds'], '{:.1f}'), ips=mean_std(column['images_per_second'], '{:.0f}'),
-        mem=mean_std(column['peak_memory_mb'], '{:.0f}'), valid=mean_std(column['valid_acc'], scale=100),
+        mem=mean_std(column['peak_memory_mb'], '{:.0f}'), opt_mb=mean_std(column['optimizer_state_mb'], '{:.1f}'),
+        valid=mean_std(column['valid_acc'], scale=100),
         test=mean_std(column['test_acc'], scale=100), test_loss=mean_std(column['test_loss'], '{:.3f}'),
         delta=f'{diff.mean:+.1f} ({diff.lo:+.1f} to {diff.hi:+.1f})' if diff else '-',
         verdict=verdict, time=f'{ratio.mean:.2f} ({ratio.lo:.2f} to {ratio.hi:.2f})' if ratio else '-',
@@ -88,7 +98,8 @@ def table_row(row, best):
 
 
 def markdown_table(rows):
-    columns = COLUMNS if any(r.get('variant') for r in rows) else [c for c in COLUMNS if c[0] != 'variant']
+    shown = {'variant': any(r['variant'] for r in rows), 'opt_mb': any(r['opt_mb'] != '-' for r in rows)}
+    columns = [c for c in COLUMNS if shown.get(c[0], True)]
     return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt='github',
                     disable_numparse=True)
 

@@ -40,20 +40,21 @@ def _restore(model, buffers):
 
 
 def saved_bytes_per_image(model, x, autocast):
-    """Bytes autograd saves for the backward pass, per image, measured on `x` (a batch of two) in training mode.
-    Buffers (BatchNorm statistics) are put back afterwards."""
-    seen, total = set(), 0
+    """Bytes autograd saves for the backward pass, per image, measured on `x` (a batch of two) in training mode:
+    activations, not the weights autograd also keeps (they do not grow with the batch). Buffers (BatchNorm
+    statistics) and random states are put back afterwards."""
+    seen, total = {p.untyped_storage().data_ptr() for p in model.parameters()}, 0
 
     def pack(t):
         nonlocal total
         storage = t.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
-        if key not in seen:
-            seen.add(key)
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
             total += storage.nbytes()
         return t
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if x.is_cuda else None)
     was_training = model.training
     model.train()
     try:
@@ -62,6 +63,9 @@ def saved_bytes_per_image(model, x, autocast):
     finally:
         _restore(model, buffers)
         model.train(was_training)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state_all(rng[1])
     return total / x.shape[0]
 
 
@@ -74,11 +78,21 @@ def free_mb(device, limit_mb=0):
     return mb(psutil.virtual_memory().available) * USABLE_SHARE
 
 
-def plan_batches(model, cfg, x, autocast):
-    """How the run's batches of cfg.bs fit: a Fit, or MemoryRefused. `x`: two images as the model sees them."""
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+def plan_batches(model, cfg, x, autocast, trains):
+    """How the run's batches of cfg.bs fit: a Fit, or MemoryRefused. `x`: two images as the model sees them;
+    `trains`: the names of the parameters that train in the phase that trains the most."""
+    params = dict(model.named_parameters())
+    trainable = sum(params[n].numel() * params[n].element_size() for n in trains)
     fixed = trainable * (1 + STATE_TENSORS[cfg.opt])   # gradients and optimizer state
-    per_image = saved_bytes_per_image(model, x, autocast) * BACKWARD_MARGIN + x[0].numel() * 4 * 3
+    flags = {n: p.requires_grad for n, p in params.items()}
+    for n, p in params.items():
+        p.requires_grad_(n in trains)
+    try:
+        saved = saved_bytes_per_image(model, x, autocast)
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+    per_image = saved * BACKWARD_MARGIN + x[0].numel() * 4 * 3
     need = lambda bs: mb(fixed + per_image * bs)  # noqa: E731
     free = free_mb(cfg.device, cfg.memory_limit_mb)
     for accumulate in range(1, cfg.bs + 1):

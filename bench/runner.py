@@ -232,13 +232,16 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     if cfg.channels_last == 'on':
         net.to(memory_format=torch.channels_last)
     train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec)
-    fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.x[:2].to(cfg.device)), autocast(cfg))
+    # memory for the phase that trains the most; on cached features the body never sees a gradient
+    phases = plan(cfg, len(images.classes))['phases'] if cfg.cache_features != 'on' else []
+    trains = max((set(ph['names']) for ph in phases), key=len, default=set())
+    fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.x[:2].to(cfg.device)), autocast(cfg), trains)
     cbs = [runlog := RunLog(cfg.device)]
     if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
         train_dl, _, _ = loaders(cfg, images, split, spec, train_bs=fits.micro_bs)
         cbs.append(GradientAccumulation(cfg.bs))
-        log(f'    batches of {cfg.bs} as {fits.accumulate} passes of {fits.micro_bs}: {cfg.bs} would need about '
-            f'{fits.estimate_mb:,.0f} MB in passes of {fits.micro_bs}, {fits.free_mb:,.0f} MB are free')
+        log(f'    batches of {cfg.bs} as {fits.accumulate} passes of {fits.micro_bs}: about {fits.estimate_mb:,.0f} '
+            f'MB, of {fits.free_mb:,.0f} MB free')
     params_total = sum(p.numel() for p in backbones.counted(net))
     full = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, cbs)
     apply_precision(full, cfg)
@@ -272,7 +275,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
         peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
         params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names), groups=group_names(net, cfg),
         optimizer_state_mb=memory.optimizer_state_mb(learn.opt.opt) if learn.opt else 0.,
-        batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm else None, micro_bs=fits.micro_bs,
+        batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None, micro_bs=fits.micro_bs,
         accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb, memory_free_mb=fits.free_mb,
         image_size=size, train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
 

@@ -91,6 +91,16 @@ def write_weights(path, name):
     (['--subset', '5000'], 'a training subset of 5000 is larger than the'),
     (['--seeds', '0'], '--seeds must be at least 1'),
     (['--unfreeze', '7', '--strategy', 'partial'], '--unfreeze must be between 1 and 3'),
+    (['--lr', 'nan'], '--lr must be a finite number, got nan'),
+    (['--lora-r', '0', '--strategy', 'lora'], '--lora-r must be positive'),
+    (['--lora-dropout', '1', '--strategy', 'lora'], '--lora-dropout must be in [0, 1)'),
+    (['--layer-decay', '1.5', '--strategy', 'llrd'], '--layer-decay must be in (0, 1]'),
+    (['--memory-limit-mb', '-1'], '--memory-limit-mb must not be negative'),
+    (['--head', 'fancy'], "unknown head 'fancy'; choose one of auto, fastai, linear, mlp"),
+    (['--backbone', 'vit_tiny_patch16_224', '--head', 'fastai', '--size', '32'],
+     'vit_tiny_patch16_224: the fastai head needs a (B, C, H, W) feature map'),
+    (['--backbone', 'mobilenetv2_100.nonsense'], "timm knows no pretrained tag 'nonsense' for mobilenetv2_100"),
+    (['--backbone', 'vgg16', '--strategy', 'norm_only'], 'vgg16 has no normalization layers for norm_only'),
 ])
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(args, message, dataset_dir, tmp_path, capsys):
     results = tmp_path / 'r.jsonl'
@@ -128,6 +138,33 @@ def test_dry_run_prints_the_plan_and_writes_nothing(dataset_dir, tmp_path, capsy
     assert 'epochs 1-1: train head;' in out and 'trainable 2,052 of' in out
     assert 'epochs 2-3: train layer4, head;' in out and 'epochs 4-4: train layer3, layer4, head;' in out
     assert not results.exists()
+
+
+def test_all_means_every_strategy_that_applies_and_says_which_it_left_out(tmp_path, capsys):
+    argv = ['--backbone', 'vit_tiny_patch16_224', '--weights', 'none', '--strategy', 'all', '--epochs', '2',
+            '--size', '32', '--resize', '32', '--results', str(tmp_path / 'r.jsonl'), '--dry-run']
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    assert 'left out zero_shot on vit_tiny_patch16_224: zero_shot with --weights none evaluates a random' in out
+    assert 'left out progressive on vit_tiny_patch16_224: --unfreeze-at must be' in out
+    planned = [line.split(' | ')[2] for line in out.splitlines() if line.startswith('finetune | vit_tiny')]
+    assert planned == ['feature_extract', 'partial', 'full', 'fine_tune', 'lp_ft', 'bitfit', 'norm_only', 'lora',
+                       'llrd']
+    assert '"head": "linear"' in out  # auto: a linear head on the token model's own pooled features
+    # the exact counts: the head alone 192 * 10 + 10; BitFit adds every bias; LoRA 8 * (in + out) per Linear
+    assert 'trainable 1,930 of 5,489,482' in out and 'trainable 27,658 of 5,489,482' in out
+    assert 'trainable 304,522 of 5,792,074' in out
+
+
+def test_a_weights_file_under_a_tag_timm_does_not_know(dataset_dir, tmp_path, monkeypatch):
+    state = {k: v.contiguous() for k, v in timm.create_model('test_resnet').state_dict().items()}
+    save_file(state, str(tmp_path / 'test_resnet.mine_in1k.safetensors'))
+    monkeypatch.setenv('FTBENCH_WEIGHTS', str(tmp_path))
+    results = tmp_path / 'r.jsonl'
+    assert cli(['--data', str(dataset_dir), '--results', str(results), *TINY, '--backbone', 'test_resnet.mine_in1k',
+                '--weights', 'hub', '--head', 'linear']) == 0
+    rec, = records(results)
+    assert rec['weights'].startswith('file:test_resnet.mine_in1k.safetensors') and rec['error'] is None
 
 
 def test_dry_run_needs_no_data_and_downloads_nothing(tmp_path, monkeypatch, capsys):

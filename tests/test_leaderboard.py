@@ -1,11 +1,16 @@
 """The leaderboard rendered from hand-made records: seeds pooled per hardware, paired verdicts, error rows,
 tolerance of bad lines, determinism."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench import leaderboard, record, stats
 from tests.helpers import FIXTURE, rec
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def three_seeds(strategy, accs, secs=(10.0, 10.0, 10.0), **kw):
@@ -121,6 +126,23 @@ def test_same_records_same_bytes(tmp_path):
     for r in reversed(FIXTURE):
         record.append(shuffled, r)
     assert leaderboard.render_file(shuffled).read_bytes() == first
+
+
+def test_rendering_imports_no_torch_timm_or_fastai():
+    code = ('import sys, bench.leaderboard; heavy = {"torch", "timm", "fastai", "peft"} & set(sys.modules); '
+            'sys.exit(", ".join(sorted(heavy)) or None)')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+
+def test_optimizer_state_and_accumulation_are_shown_where_recorded():
+    recs = [dict(rec(s, seed, 0.9 - i / 10), optimizer_state_mb=mb, accumulate=acc, micro_bs=64 // acc,
+                 batchnorm_updating=[0, 49]) for i, (s, mb, acc) in enumerate((('full', 25.8, 1), ('lora', 1.5, 2)))
+            for seed in range(3)]
+    text = leaderboard.render(recs)
+    assert 'optimizer state MB' in text and '| 25.8 |' in text and '| 1.5 |' in text
+    assert '2 passes of 32' in text and 'BN stats update 0/49' in text
+    assert 'optimizer state MB' not in leaderboard.render(FIXTURE)  # records from before it was measured
 
 
 def test_empty_results_render_a_placeholder(tmp_path):

@@ -72,6 +72,17 @@ def test_figures_from_fixture_records(tmp_path):
         assert 400 < width < 3000 and 300 < height < 2000
 
 
+def test_a_table_whose_rows_train_different_counts_gets_the_trainable_figure(tmp_path):
+    records = [dict(rec(strategy, seed, acc + seed / 100), params_trainable=trainable)
+               for strategy, acc, trainable in (('full', 0.9, 11_000_000), ('lora', 0.85, 200_000),
+                                                ('feature_extract', 0.6, 5_130)) for seed in range(3)]
+    table, = stats.tables(records)
+    made = dict((p.name, caption) for caption, p in figures.draw(table, tmp_path, 'w5', 'W5'))
+    assert made['w5-trainable.png'].startswith('Accuracy against trainable parameters')
+    fig = figures.pareto_figure(table.rows, 'W5', against='trainable')
+    assert fig.axes[0].get_xscale() == 'log' and 'trainable parameters' in fig.axes[0].get_xlabel()
+
+
 def test_leaderboard_links_its_figures(tmp_path):
     results = tmp_path / 'results.jsonl'
     for r in FIXTURE:

@@ -1,0 +1,121 @@
+"""Every strategy on one tiny model of each family our users bring (random init, small inputs): the plan made on a
+parameter-free copy is what a real run trains, one optimizer step per phase changes exactly what the strategy
+says and nothing else, the optimizer holds state for nothing else, the parameter-efficient strategies train the
+count their definition gives, and merged LoRA adapters give the model they were trained as.
+
+Every other timm family is checked by `python bench/families.py` (build, plan and run on the meta device)."""
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from fastai.basics import DataLoaders
+
+import backbones
+from bench import data, runner
+from bench.config import Config, resolve_auto
+from bench.strategies import STRATEGIES, problem
+
+FAMILIES = {  # family: its tiniest model in timm 1.0.31, and an input size (px) small enough to be quick
+    'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32), 'mobilenetv2': ('mobilenetv2_035', 32),
+    'mobilenetv3': ('mobilenetv3_small_050', 32), 'regnet': ('regnetx_002', 32), 'convnext': ('test_convnext', 32),
+    'vgg': ('vgg11', 32), 'vit': ('test_vit', 32), 'deit': ('deit_tiny_distilled_patch16_224', 32),
+    'swin': ('swin_tiny_patch4_window7_224', 32),
+    'levit': ('levit_128s', 64)}  # at 32 px its last attention has one key: softmax gives q no gradient
+
+
+def config(backbone, strategy, size):
+    return resolve_auto(Config(experiment='t', backbone=backbone, weights='none', head='auto', strategy=strategy,
+                               epochs=2, bs=4, size=size, resize=size, unfreeze_at=(1,), lr=1e-3, head_lr=1e-2,
+                               lora_dropout=0.0, device='cpu', precision='fp32', channels_last='off',
+                               cache_features='off'))
+
+
+def independent_count(net, cfg):
+    """What the strategy trains, counted from its definition rather than from the plan."""
+    model, head = net.body.model, sum(p.numel() for p in net.head.parameters())
+    params = dict(model.named_parameters())
+    if cfg.strategy == 'bitfit':
+        return head + sum(p.numel() for n, p in params.items() if n.endswith('bias') and n not in net.dead)
+    if cfg.strategy == 'norm_only':
+        return head + sum(p.numel() for m in model.modules() if backbones.is_norm(m)
+                          for p in m.parameters(recurse=False))
+    if cfg.strategy == 'lora':
+        total = head
+        for name in net.spec.lora_targets:
+            m = model.get_submodule(name)
+            m = getattr(m, 'base_layer', m)  # peft wraps the layer it adapts
+            if isinstance(m, torch.nn.Linear):
+                total += cfg.lora_r * (m.in_features + m.out_features)
+            else:  # A: a conv of the layer's kernel to r channels; B: 1x1 from r to the layer's outputs
+                k = m.kernel_size[0] * m.kernel_size[1]
+                total += cfg.lora_r * (m.in_channels * k + m.out_channels)
+        return total
+    return None
+
+
+@pytest.fixture(scope='module')
+def batches(dataset_dir, tmp_path_factory):
+    images = data.load(dataset_dir, tmp_path_factory.mktemp('cache'), log=lambda m: None)
+    return images, data.split(images, valid_frac=0.25, subset=4, eval_subset=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', FAMILIES)
+def test_every_strategy_trains_exactly_what_it_plans(family, batches):
+    images, split = batches
+    name, size = FAMILIES[family]
+    spec = backbones.describe(name, size)
+    built, _ = backbones.build(name, len(images.classes), 'auto', weights='none', img_size=size)
+    with torch.no_grad():  # no exact zeros (timm zero-inits the last norm of a residual block, which would stop
+        for p in built.parameters():  # every gradient before it in the first step)
+            p.add_(torch.randn_like(p) * 1e-2)
+    ran = []
+    for strategy in STRATEGIES:
+        cfg = config(name, strategy, size)
+        if problem(cfg, spec):
+            continue
+        cfg = replace(cfg, head=backbones.resolve_head(cfg.head, spec.features))
+        plan = runner.plan(cfg, len(images.classes))
+        net = copy.deepcopy(built)
+        train_dl, valid_dl, _ = runner.loaders(cfg, images, split, spec)
+        log = runner.RunLog('cpu')
+        learn = runner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
+        runner.show_progress(learn, False, lambda line: None)
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        may_train = [n for n, p in net.named_parameters() if p.requires_grad]
+        STRATEGIES[strategy](learn, cfg)
+
+        per_epoch = [ph for ph in plan['phases'] for _ in range(ph['start'], ph['stop'])]
+        assert [e['trainable'] for e in log.epochs] == [ph['trainable'] for ph in per_epoch], strategy
+        assert plan['total'] == sum(p.numel() for p in backbones.counted(net)), strategy
+        trained = {n for ph in plan['phases'] for n in ph['names']}
+        moved = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+        assert moved == trained, (strategy, sorted(moved ^ trained)[:5])
+        if learn.opt is not None:
+            in_optimizer = {id(p) for g in learn.opt.param_lists for p in g}
+            assert in_optimizer == {id(p) for n, p in net.named_parameters() if n in may_train}, strategy
+            with_state = {id(p) for p in learn.opt.opt.state}
+            assert with_state <= {id(p) for n, p in net.named_parameters() if n in trained}, strategy
+        expected = independent_count(net, cfg)
+        if expected is not None:
+            assert plan['phases'][-1]['trainable'] == expected, strategy
+        if strategy == 'lora':
+            check_merge(net, size)
+        ran.append(strategy)
+    assert {'feature_extract', 'bitfit', 'lora', 'partial', 'full', 'llrd', 'lp_ft'} <= set(ran)
+
+
+def check_merge(net, size):
+    """Merging every adapter into its base weight gives the outputs of the model with the adapters beside it."""
+    from peft.tuners.lora import LoraLayer
+    net.eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        unmerged = net(x)
+        layers = [m for m in net.modules() if isinstance(m, LoraLayer)]
+        assert layers and all(m.lora_B['default'].weight.abs().sum() > 0 for m in layers)  # trained: not the identity
+        for m in layers:
+            m.merge()
+        merged = net(x)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,62 @@
+"""A run that would not fit is refused before it starts, with the figure it needs, or trains in smaller passes with
+its gradients accumulated, recorded as such; the estimate is measured from what autograd saves."""
+from dataclasses import replace
+
+import torch
+
+import backbones
+from bench import data, memory, runner
+from bench.executor import Job
+from tests.helpers import tiny_config
+
+
+def net_and_batch(cfg):
+    net, _ = backbones.build(cfg.backbone, 4, cfg.head, weights='none')
+    return net, torch.rand(2, 3, 16, 16)
+
+
+def test_the_estimate_grows_with_the_batch_and_what_trains():
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16)
+    net, x = net_and_batch(cfg)
+    names = [n for n, _ in net.named_parameters()]
+    everything = memory.plan_batches(net, cfg, x, runner.autocast(cfg), set(names))
+    head_only = memory.plan_batches(net, cfg, x, runner.autocast(cfg), {n for n in names if n.startswith('1.')})
+    bigger = memory.plan_batches(net, replace(cfg, bs=32), x, runner.autocast(cfg), set(names))
+    assert everything.accumulate == 1 and everything.micro_bs == 16
+    assert head_only.estimate_mb < everything.estimate_mb < bigger.estimate_mb
+    assert all(p.requires_grad for p in net.parameters())  # the probe put every flag back
+
+
+def test_a_tight_limit_accumulates_and_a_tighter_one_refuses():
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16)
+    net, x = net_and_batch(cfg)
+    trains = {n for n, _ in net.named_parameters()}
+    need = memory.plan_batches(net, cfg, x, runner.autocast(cfg), trains).estimate_mb
+    fit = memory.plan_batches(net, replace(cfg, memory_limit_mb=max(1, int(need * 0.6))), x, runner.autocast(cfg),
+                              trains)
+    assert fit.accumulate >= 2 and fit.micro_bs * fit.accumulate == 16
+    try:
+        memory.plan_batches(net, replace(cfg, memory_limit_mb=1), x, runner.autocast(cfg), trains)
+    except memory.MemoryRefused as e:
+        assert 'the run needs about' in str(e) and 'MB are free' in str(e)
+    else:
+        raise AssertionError('a 1 MB limit was not refused')
+
+
+def test_a_run_under_a_tight_limit_trains_in_passes_and_says_so(images):
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16, epochs=1)
+    split = data.split(images, valid_frac=0.25, subset=32)
+    free = runner.train(cfg, images, split, log=lambda line: None)
+    lines = []
+    tight = runner.train(replace(cfg, memory_limit_mb=max(1, int(free['memory_estimate_mb'] * 0.6))), images, split,
+                         log=lines.append)
+    assert free['accumulate'] == 1 and free['micro_bs'] == 16
+    assert tight['accumulate'] >= 2 and tight['micro_bs'] * tight['accumulate'] == 16
+    assert tight['epochs'][0]['trainable'] == free['epochs'][0]['trainable']
+    assert any('passes of' in line for line in lines)
+
+
+def test_a_refused_run_is_an_error_row_with_the_figure(images):
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16, memory_limit_mb=1)
+    out = runner.work(Job(cfg), images)
+    assert 'the run needs about' in out['error'] and 'lower --size' in out['error']
