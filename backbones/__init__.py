@@ -20,8 +20,8 @@ from backbones.heads import HEADS, make_head, resolve_head
 from backbones.weights import (WEIGHTS_ENV, WeightsError, check_fit, file_shapes, host_of, load_state_dict, local_file,
                                no_hub_message, nothing_to_download, reachable, sha256)
 
-__all__ = ['HEADS', 'Net', 'Spec', 'WeightsError', 'build', 'check_weights', 'describe', 'is_norm', 'param_groups',
-           'resolve_head', 'splitter', 'unavailable']
+__all__ = ['HEADS', 'Net', 'Spec', 'WeightsError', 'build', 'check_weights', 'counted', 'describe', 'is_norm',
+           'param_groups', 'resolve_head', 'splitter', 'unavailable']
 
 
 def describe(name, img_size=None):

@@ -30,7 +30,6 @@ from timm.models._manipulate import group_with_matcher
 
 from backbones.weights import local_file
 
-FEATURES = ('map', 'pooled')
 TRACE_SIZE = 64   # px: the input a model without a fixed input size is traced at
 # where torch and timm define their normalization layers: BatchNorm, LayerNorm, GroupNorm, RmsNorm, their Act forms
 NORM_MODULES = ('torch.nn.modules.batchnorm', 'torch.nn.modules.normalization', 'timm.layers.norm',
@@ -61,21 +60,6 @@ class Spec:
     body_keys: tuple          # state_dict keys the body keeps
     mean: tuple               # normalisation the pretrained weights expect
     std: tuple
-
-    @property
-    def params_total(self):
-        return sum(self.param_sizes.values())
-
-    @property
-    def param_sizes(self):
-        return {n: _numel(self.model_shapes[n]) for n in self.stage_of}
-
-
-def _numel(shape):
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def unknown_backbone_message(name):

@@ -16,9 +16,12 @@ class UsageError(Exception):
     """A mistake in the user's input, found before anything runs; the message is one sentence."""
 
 
-def setting(default, help, choices=None, flag=True):
-    """A Config field with its help text (meaning and unit) and, if `flag`, a command-line flag of its own."""
-    return field(default=default, metadata=dict(help=help, choices=choices, flag=flag))
+def setting(default, help, choices=None, flag=True, used_by=None, identity=True):
+    """A Config field with its help text (meaning and unit) and, if `flag`, a command-line flag of its own.
+    `used_by`: the strategies the setting changes (it is no part of other runs' identity); `identity=False`: a
+    setting that never changes what a run computes (the record holds what it did)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, flag=flag, used_by=used_by,
+                                                identity=identity))
 
 
 AUTO_ON_OFF = ('auto', 'on', 'off')
@@ -45,11 +48,13 @@ class Config:
     unfreeze_at: tuple = setting((3, 6), 'progressive: 0-based epochs at which one more stage unfreezes, '
                                          'comma-separated (e.g. 3,6)')
     lp_epochs: int = setting(0, 'lp_ft: linear-probe epochs before the full fine-tune; 0 = half of --epochs')
-    lora_r: int = setting(8, 'lora: rank of each adapter (parameters per adapted layer: r * (inputs + outputs))')
-    lora_alpha: float = setting(16.0, 'lora: scale of the adapters\' update, applied as alpha / r')
-    lora_dropout: float = setting(0.0, 'lora: dropout probability on the adapters\' input, in [0, 1)')
+    lora_r: int = setting(8, 'lora: rank of each adapter (parameters per adapted layer: r * (inputs + outputs))',
+                          used_by=('lora',))
+    lora_alpha: float = setting(16.0, 'lora: scale of the adapters\' update, applied as alpha / r', used_by=('lora',))
+    lora_dropout: float = setting(0.0, 'lora: dropout probability on the adapters\' input, in [0, 1)',
+                                  used_by=('lora',))
     layer_decay: float = setting(0.75, 'llrd: LR factor per layer below the head, in (0, 1]; a layer d layers down '
-                                       'trains at lr * layer_decay ** d')
+                                       'trains at lr * layer_decay ** d', used_by=('llrd',))
     opt: str = setting('adamw', 'adam (L2 weight decay) | adamw (decoupled weight decay) | sgd (momentum 0.9)',
                        choices=('adam', 'adamw', 'sgd'))
     wd: float = setting(0.01, 'weight decay (not applied to BatchNorm and bias parameters)')
@@ -78,7 +83,7 @@ class Config:
                                           'where the strategy allows it) | on | off', choices=AUTO_ON_OFF)
     memory_limit_mb: int = setting(0, 'MB a run may use for training on top of the model and images; 0 = what the '
                                       'device has free. A run that would not fit accumulates gradients over smaller '
-                                      'batches, or is refused')
+                                      'batches, or is refused', identity=False)
     device: str = setting('auto', 'auto (cuda if the run\'s machine has it) | cpu | cuda', choices=('auto', 'cpu', 'cuda'))
     dataset: str = setting('', 'name:fingerprint of the decoded images, filled in after loading', flag=False)
     profile: str = setting('full', 'full (the seed\'s settings) | cpu (a budget a 2-core CPU finishes)', flag=False)
@@ -88,6 +93,19 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+
+
+def identity(config):
+    """What of a config (a dict, as records hold it) makes a run what it is: every setting but those that never
+    change what is computed, and those of strategies other than the run's. So a setting added for a new strategy
+    leaves the runs of the others, recorded before it existed, the runs they were."""
+    out = {}
+    for name, value in config.items():
+        meta = FIELDS[name].metadata if name in FIELDS else {}
+        used_by = meta.get('used_by')
+        if meta.get('identity', True) and (used_by is None or config.get('strategy') in used_by):
+            out[name] = value
+    return out
 
 
 # ---- experiments ------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from bench.config import identity
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FIELDS = ('epochs', 'valid_loss', 'valid_acc', 'test_loss', 'test_acc', 'train_seconds', 'warmup_seconds',
@@ -64,7 +66,14 @@ def cpu_model():
 def environment(device):
     """What the machine a run ran on says about itself: device name and library versions."""
     return dict(device_name=device_name(device),
-                versions={'python': platform.python_version(), **{p: version(p) for p in PACKAGES}})
+                versions={'python': platform.python_version(), **{p: _version(p) for p in PACKAGES}})
+
+
+def _version(package):
+    try:
+        return version(package)
+    except PackageNotFoundError:  # peft is needed by lora alone; a worker may lack it
+        return None
 
 
 @lru_cache(maxsize=None)
@@ -90,9 +99,11 @@ def now():
 
 # ---- identity and the record ------------------------------------------------------------------------------
 
-def run_key(config, identity=None, device=None):
-    """Stable identity of a run: sha1 of its resolved config, search bookkeeping and hardware name."""
-    text = json.dumps({'config': config, 'extra': identity or {}, 'device': device}, sort_keys=True, default=str)
+def run_key(config, extra=None, device=None):
+    """Stable identity of a run: sha1 of what of its resolved config makes it what it is (config.identity), search
+    bookkeeping and hardware name."""
+    text = json.dumps({'config': identity(config), 'extra': extra or {}, 'device': device}, sort_keys=True,
+                      default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -196,7 +196,9 @@ def run_search(args, executor):
         return 1
     print(f'best of {kind}: {best["search"]["params"]} with validation score {best["valid_acc"]:.4f}; '
           f'retraining it with {len(seeds)} seed{"s" * (len(seeds) > 1)} and testing each once')
-    refits = cli.run(args, refit_jobs(base, best, about, [c.seed for c in seeds]), executor)
+    jobs = refit_jobs(base, best, about, [c.seed for c in seeds])
+    cli.validate([job.cfg for job in jobs])  # the best trial's settings come from a record: checked like flags
+    refits = cli.run(args, jobs, executor)
     tested = [r for r in refits.records if r['error'] is None]
     if tested:
         accs = [r['test_acc'] for r in tested]

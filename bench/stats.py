@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from scipy import stats
 
+from bench.config import identity
+
 MIN_SEEDS = 3     # fewer paired seeds than this give no verdict: the interval would be wider than any effect
 CONFIDENCE = 0.95
 
@@ -109,8 +111,8 @@ def latest_per_run(records):
 
 
 def config_key(rec):
-    """What makes records the same configuration: everything but the seed, on the same hardware."""
-    cfg = dict(rec['config'])
+    """What makes records the same configuration: its identity but the seed, on the same hardware."""
+    cfg = identity(rec['config'])
     cfg.pop('seed', None)
     search = dict(rec.get('search') or {})
     search.pop('trial', None)

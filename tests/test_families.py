@@ -3,7 +3,8 @@ parameter-free copy is what a real run trains, one optimizer step per phase chan
 says and nothing else, the optimizer holds state for nothing else, the parameter-efficient strategies train the
 count their definition gives, and merged LoRA adapters give the model they were trained as.
 
-Every other timm family is checked by `python bench/families.py` (build, plan and run on the meta device)."""
+Every timm family is checked by `python bench/families.py` (build, plan and run on the meta device); a test here
+runs it on two families, so the checker itself is checked."""
 import copy
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from fastai.basics import DataLoaders
 import backbones
 from bench import data, runner
 from bench.config import Config, resolve_auto
+from bench.families import expected_trainable
 from bench.strategies import STRATEGIES, problem
 
 FAMILIES = {  # family: its tiniest model in timm 1.0.31, and an input size (px) small enough to be quick
@@ -29,29 +31,6 @@ def config(backbone, strategy, size):
                                epochs=2, bs=4, size=size, resize=size, unfreeze_at=(1,), lr=1e-3, head_lr=1e-2,
                                lora_dropout=0.0, device='cpu', precision='fp32', channels_last='off',
                                cache_features='off'))
-
-
-def independent_count(net, cfg):
-    """What the strategy trains, counted from its definition rather than from the plan."""
-    model, head = net.body.model, sum(p.numel() for p in net.head.parameters())
-    params = dict(model.named_parameters())
-    if cfg.strategy == 'bitfit':
-        return head + sum(p.numel() for n, p in params.items() if n.endswith('bias') and n not in net.dead)
-    if cfg.strategy == 'norm_only':
-        return head + sum(p.numel() for m in model.modules() if backbones.is_norm(m)
-                          for p in m.parameters(recurse=False))
-    if cfg.strategy == 'lora':
-        total = head
-        for name in net.spec.lora_targets:
-            m = model.get_submodule(name)
-            m = getattr(m, 'base_layer', m)  # peft wraps the layer it adapts
-            if isinstance(m, torch.nn.Linear):
-                total += cfg.lora_r * (m.in_features + m.out_features)
-            else:  # A: a conv of the layer's kernel to r channels; B: 1x1 from r to the layer's outputs
-                k = m.kernel_size[0] * m.kernel_size[1]
-                total += cfg.lora_r * (m.in_channels * k + m.out_channels)
-        return total
-    return None
 
 
 @pytest.fixture(scope='module')
@@ -97,7 +76,7 @@ def test_every_strategy_trains_exactly_what_it_plans(family, batches):
             assert in_optimizer == {id(p) for n, p in net.named_parameters() if n in may_train}, strategy
             with_state = {id(p) for p in learn.opt.opt.state}
             assert with_state <= {id(p) for n, p in net.named_parameters() if n in trained}, strategy
-        expected = independent_count(net, cfg)
+        expected = expected_trainable(net, cfg)
         if expected is not None:
             assert plan['phases'][-1]['trainable'] == expected, strategy
         if strategy == 'lora':
@@ -119,3 +98,11 @@ def check_merge(net, size):
             m.merge()
         merged = net(x)
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_the_family_checker_plans_every_strategy_on_a_cnn_and_a_transformer(capsys):
+    from bench import families
+    assert families.main(['--family', 'resnet,vision_transformer']) == 0
+    out = capsys.readouterr().out
+    assert 'ok   resnet' in out and 'ok   vision_transformer' in out and '2 of 2 families build, plan and run' in out
+    assert 'map 96, 5 stages, 5 layers; planned 11' in out and 'pooled 64, 6 stages, 7 layers; planned 11' in out

@@ -59,3 +59,14 @@ def test_code_version_is_dirty_for_changed_code_and_not_for_appended_results(tmp
     assert code_version(tmp_path) == sha
     (tmp_path / 'bench' / 'run.py').write_text('x = 2  # changed\n')
     assert code_version(tmp_path) == sha + '-dirty'
+
+
+def test_a_setting_is_part_of_the_identity_of_the_runs_it_changes_only():
+    from bench.config import Config
+    full, lora = Config(strategy='full').to_dict(), Config(strategy='lora').to_dict()
+    assert record.run_key(full) == record.run_key({**full, 'lora_r': 4, 'memory_limit_mb': 512})
+    assert record.run_key(lora) != record.run_key({**lora, 'lora_r': 4})
+    assert record.run_key(lora) == record.run_key({**lora, 'memory_limit_mb': 512})  # it never changes the result
+    before = {k: v for k, v in full.items() if k not in ('lora_r', 'lora_alpha', 'lora_dropout', 'layer_decay',
+                                                          'memory_limit_mb')}
+    assert record.run_key(before) == record.run_key(full)  # records made before these settings existed resume
