@@ -129,7 +129,7 @@ def run(args, jobs, executor):
 def dry_run(args, cfgs):
     """Each run's phases, from the strategy's own code on a parameter-free model. Needs no data and downloads
     nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed."""
-    from bench.runner import format_plan, plan
+    from bench.plan import format_plan, plan
     source = data.local_source(args.data)
     if source is None:
         n_classes = 10

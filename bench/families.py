@@ -6,13 +6,12 @@ right trainable count, and run it? On the meta device (no memory, no weights), s
     python bench/families.py --find-smallest    # rebuild FAMILIES: the tiniest model of each family (~5 min)
 
 For each family: the backbone is described (what its body uses, its stages and layers, its output), built with a
-head that fits, and run forward; every strategy that applies is planned on it (bench.runner.plan), and the
+head that fits, and run forward; every strategy that applies is planned on it (bench.plan.plan), and the
 parameter-efficient ones are checked against a count made from their definition alone (`expected_trainable`).
 A strategy that does not apply is listed with why. Exit code 1 if any family fails. tests/test_families.py trains
 one real step of every strategy on the families users bring most.
 """
 import argparse
-import sys
 import time
 from dataclasses import replace
 
@@ -88,7 +87,7 @@ def check(name):
     import torch
 
     import backbones
-    from bench.runner import plan
+    from bench.plan import plan
     from bench.strategies import STRATEGIES, prepare, problem
     spec = backbones.describe(name)
     net, _ = backbones.build(name, 10, 'auto', weights='none', meta=True)

@@ -34,7 +34,7 @@ PACKAGES = ('torch', 'torchvision', 'fastai', 'timm', 'peft', 'numpy')
 class Hardware:
     """Where runs land: the device type `auto` resolves to, and the name that is part of a run's identity."""
     device: str   # cuda | cpu
-    name: str     # the GPU model, or 'cpu: <model> (<n> cores)'
+    name: str     # the GPU model, or 'cpu: <model> (<n> cores, <widest vector unit>)'
 
 
 def hardware(device='auto'):
@@ -49,7 +49,21 @@ def device_name(device):
     import torch
     if device == 'cuda':
         return torch.cuda.get_device_name()
-    return f'cpu: {cpu_model()} ({os.cpu_count()} cores)'
+    isa = cpu_vector_unit()
+    return f'cpu: {cpu_model()} ({os.cpu_count()} cores{", " + isa if isa else ""})'
+
+
+@lru_cache(maxsize=None)
+def cpu_vector_unit():
+    """The widest vector extension the CPU has (AVX-512, AVX2), '' where /proc/cpuinfo does not say. Part of the
+    hardware's name because a virtual machine's model name can hide it: two 'AMD EPYC' machines of this project, one
+    with AVX-512 and one without, trained EfficientNet-Lite0 2.7x apart."""
+    try:
+        flags = next((line.split(':', 1)[1].split() for line in Path('/proc/cpuinfo').read_text().splitlines()
+                      if line.startswith('flags')), [])
+    except OSError:
+        return ''
+    return 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else ''
 
 
 @lru_cache(maxsize=None)

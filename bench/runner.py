@@ -1,4 +1,5 @@
-"""Run one configuration: build the Learner, apply the strategy, time it, and return its result fields.
+"""Run one configuration: build the Learner (bench/learner.py), apply the strategy, time it, and return its result
+fields.
 
 Shared by every script, so runs differ only in their config. Timing warms up first (every batch shape the run
 will see, so cuDNN autotuning, lazy CUDA initialisation and compilation happen off the clock; the warm-up is
@@ -16,17 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.basics import (CancelFitException, Callback, CrossEntropyLossFlat, DataLoaders, Learner, Recorder,
-                           accuracy, set_seed)
-from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.progress import ProgressCallback
-from fastai.callback.schedule import ParamScheduler
-from fastai.callback.training import BnFreeze, GradientAccumulation
-from fastai.learner import AvgSmoothLoss
-from fastai.torch_core import find_bs, norm_bias_params
+from fastai.basics import Callback, DataLoaders, Recorder, set_seed
+from fastai.callback.training import GradientAccumulation
+from fastai.torch_core import find_bs
 
 import backbones
-from bench import data, memory, optim, record
+from bench import data, memory, record
+from bench.learner import apply_precision, autocast, group_names, learner, loaders, show_progress, sync
+from bench.plan import plan
 from bench.strategies import STRATEGIES, prepare
 
 
@@ -34,89 +32,7 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def sync(device):
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize()
-
-
-# ---- the Learner ------------------------------------------------------------------------------------------
-
-def prepare_for(cfg, spec, train):
-    mean, std = (spec.mean, spec.std) if cfg.normalize == 'backbone' else ((0., 0., 0.), (1., 1., 1.))
-    return data.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
-                        channels_last=cfg.channels_last == 'on')
-
-
-def loaders(cfg, images, split, spec, train_bs=None):
-    train = data.batches(images, split.train, prepare_for(cfg, spec, True), train_bs or cfg.bs, train=True,
-                         seed=cfg.seed, device=cfg.device)
-    valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
-    test = data.batches(images, split.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
-    return train, valid, test
-
-
-def learner(cfg, dls, net, cbs=(), head_only=False):
-    """The one Learner builder: the strategy's prepare step (once per net), parameter groups holding only what may
-    train (by stage or by layer, as the strategy says; the head last), the run's optimizer (bench/optim.py), loss,
-    metric and BatchNorm rule. `head_only`: a Learner over the head alone (training on cached features)."""
-    if head_only:
-        model, groups = net.head, [list(net.head.parameters())]
-    else:
-        prepare(net, cfg)
-        model = net
-        groups = [[p for p in g if p.requires_grad]
-                  for g in backbones.param_groups(net, STRATEGIES[cfg.strategy].groups)]
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=lambda _: groups,
-                    wd=cfg.wd, opt_func=optim.opt_func(cfg.opt, no_decay=norm_bias_params(model)),
-                    train_bn=cfg.train_bn, cbs=list(cbs))
-    learn.recorder.smooth_loss = DeviceSmoothLoss()
-    if not cfg.train_bn:
-        learn.add_cb(BnFreeze())
-    return learn
-
-
-def group_names(net, cfg):
-    """The names of the Learner's groups for `cfg`'s strategy, the head last."""
-    return [*(net.stage_names if STRATEGIES[cfg.strategy].groups == 'stages' else net.layer_names), 'head']
-
-
-class DeviceSmoothLoss(AvgSmoothLoss):
-    """fastai's smoothed training loss, kept on the device: fastai's copies each batch's loss to the host."""
-    def accumulate(self, learn):
-        self.count += 1
-        loss = learn.loss.detach().float().mean()
-        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
-
-
-class Bar(ProgressCallback):
-    """fastai's progress bar without the per-batch loss in its comment (reading it would stop the host)."""
-    def after_batch(self):
-        self.pbar.update(self.iter + 1)
-
-
-def autocast(cfg):
-    """bf16 autocast on the run's device where its precision is bf16 (CPU included), else a no-op context."""
-    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16')
-
-
-class Autocast(Callback):
-    """The run's autocast around each batch's forward and loss (fastai's MixedPrecision is CUDA-only): bf16
-    where safe, parameters, gradients and the optimizer in fp32. bf16 needs no loss scaling."""
-    order = MixedPrecision.order
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def before_batch(self):
-        self.context = autocast(self.cfg)
-        self.context.__enter__()
-
-    def after_pred(self):
-        self.learn.pred = self.pred.float()
-
-    def after_loss(self):
-        self.context.__exit__(None, None, None)
-
+# ---- timing -----------------------------------------------------------------------------------------------
 
 class RunLog(Callback):
     """Per epoch: training loss (mean over the epoch), validation loss and accuracy, seconds spent training and
@@ -166,29 +82,6 @@ class RunLog(Callback):
         self.epochs.append(dict(epoch=len(self.epochs) + 1, train_loss=train_loss, valid_loss=float(valid_loss),
                                 valid_acc=float(valid_acc), train_seconds=self.train_s,
                                 valid_seconds=time.perf_counter() - self.t1, trainable=self.trainable))
-
-
-def apply_precision(learn, cfg):
-    """The run's precision, memory format and compilation, exactly as its resolved config says."""
-    if cfg.precision == 'bf16':
-        learn.add_cb(Autocast(cfg))
-    elif cfg.precision == 'fp16':
-        learn.to_fp16()  # CUDA only (refused elsewhere when the config is resolved); loss scaling syncs each step
-    if cfg.channels_last == 'on':
-        learn.model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        learn.model.compile()
-
-
-def show_progress(learn, bar, log):
-    """A progress bar (on a terminal), or one plain line per epoch."""
-    learn.remove_cb(ProgressCallback)
-    if bar:
-        learn.add_cb(Bar())
-    else:
-        learn.logger = lambda row: log('    ' + '  '.join(
-            f'{name} {value:.4f}' if isinstance(value, float) else f'{name} {value}'
-            for name, value in zip(learn.recorder.metric_names, row)))
 
 
 def warm_up(model, cfg, train_dl, eval_dls):
@@ -275,8 +168,8 @@ def train(cfg, images, split, bar=False, test=True, log=print):
         peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
         params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names), groups=group_names(net, cfg),
         optimizer_state_mb=memory.optimizer_state_mb(learn.opt.opt) if learn.opt else 0.,
-        batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None, micro_bs=fits.micro_bs,
-        accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb, memory_free_mb=fits.free_mb,
+        batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None,
+        micro_bs=fits.micro_bs, accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb, memory_free_mb=fits.free_mb,
         image_size=size, train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
 
 
@@ -318,63 +211,6 @@ def peak_memory_mb(device):
     except (OSError, StopIteration):
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-# ---- dry run ----------------------------------------------------------------------------------------------
-
-class Plan(Callback):
-    """Stands in for training: at each fit, notes which groups train, their LRs and the trainable parameters,
-    then cancels the fit. Runs the strategy's real code on a parameter-free (meta) model."""
-    order = -100
-
-    def __init__(self):
-        self.phases, self.epoch = [], 0
-
-    def before_fit(self):
-        groups = self.learn.opt.param_lists
-        sched = next((cb for cb in self.learn.cbs if isinstance(cb, ParamScheduler)), None)
-        if sched is not None and 'lr' in sched.scheds:
-            lrs = np.max([np.broadcast_to(sched.scheds['lr'](p), (len(groups),)) for p in np.linspace(0, 1, 101)], 0)
-        else:
-            lrs = [h['lr'] for h in self.learn.opt.hypers]
-        self.phases.append(dict(start=self.epoch, stop=self.epoch + self.n_epoch, lrs=[float(x) for x in lrs],
-                                trains=[any(p.requires_grad for p in g) for g in groups],
-                                trainable=sum(p.numel() for p in self.learn.model.parameters() if p.requires_grad),
-                                names=[n for n, p in self.learn.model.named_parameters() if p.requires_grad],
-                                one_cycle=sched is not None))
-        self.epoch += self.n_epoch
-        raise CancelFitException
-
-
-def plan(cfg, n_classes):
-    """The phases `cfg`'s strategy would run, with the group names and sizes, without training anything."""
-    size = cfg.size or cfg.resize or None
-    net, _ = backbones.build(cfg.backbone, n_classes, cfg.head, cfg.head_hidden, cfg.head_dropout, 'none', meta=True,
-                             img_size=size)
-    empty = data.Batches(torch.zeros(0, 1, 1, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
-                         data.Prepare(), 1)
-    planner = Plan()
-    learn = learner(cfg, DataLoaders(empty, empty), net, [planner])
-    learn.remove_cb(ProgressCallback)
-    STRATEGIES[cfg.strategy](learn, cfg)
-    groups = learn.opt.param_lists if learn.opt else learn.splitter(net)
-    return dict(names=group_names(net, cfg), sizes=[sum(p.numel() for p in g) for g in groups],
-                total=sum(p.numel() for p in backbones.counted(net)), phases=planner.phases)
-
-
-def format_plan(cfg, p):
-    lines = [f'{cfg.experiment} | {cfg.backbone} | {cfg.strategy} | weights {cfg.weights} | seed {cfg.seed}',
-             '  groups: ' + ' | '.join(f'{n} {s:,}' for n, s in zip(p['names'], p['sizes']))
-             + f'  (total {p["total"]:,})']
-    if not p['phases']:
-        lines.append(f'  no training; evaluate only (trainable 0 of {p["total"]:,})')
-    for ph in p['phases']:
-        trained = [n for n, t in zip(p['names'], ph['trains']) if t]
-        lrs = ' '.join(f'{x:.0e}' for x in ph['lrs'])
-        kind = 'one-cycle peak' if ph['one_cycle'] else 'flat'
-        lines.append(f'  epochs {ph["start"] + 1}-{ph["stop"]}: train {", ".join(trained)}; lr per group ({kind}) '
-                     f'[{lrs}]; trainable {ph["trainable"]:,} of {p["total"]:,}')
-    return '\n'.join(lines)
 
 
 # ---- a job, as a worker runs it --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import cli, data, optim, record, runner  # first: bench/__init__ silences fastai's import-time notice
+from bench import cli, data, learner, optim, record, runner  # first: bench/__init__ silences fastai's import-time notice
 from bench.config import Config, UsageError, resolve_auto
 import backbones
 from fastai.basics import DataLoaders
@@ -51,10 +51,10 @@ def parse(argv=None):
 
 
 def timed(fn, device):
-    runner.sync(device)
+    learner.sync(device)
     t = time.perf_counter()
     fn()
-    runner.sync(device)
+    learner.sync(device)
     return time.perf_counter() - t
 
 
@@ -62,7 +62,7 @@ def plain_loop(model, opt, dl, cfg):
     """The reference: what a hand-written timm-style training loop does per batch, with the Learner's optimizer."""
     model.train()
     for x, y in dl:
-        with runner.autocast(cfg):
+        with learner.autocast(cfg):
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
@@ -115,7 +115,7 @@ def measure(args):
     idx = torch.arange(min(n, len(images.train_y)))
     if len(idx) < n:
         raise UsageError(f'--steps x --bs = {n} needs more than the {len(images.train_y)} images in the data')
-    dl = data.batches(images, idx, runner.prepare_for(cfg, spec, train=False), cfg.bs, train=True, device=cfg.device)
+    dl = data.batches(images, idx, learner.prepare_for(cfg, spec, train=False), cfg.bs, train=True, device=cfg.device)
     pipeline_ips = n / min(timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
 
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'  # as the runs have it
@@ -128,12 +128,12 @@ def measure(args):
                                                                          wd=cfg.wd)
     x, y = next(iter(dl))
     ready = [(x, y)] * args.steps
-    one_batch = data.batches(images, idx[:cfg.bs], runner.prepare_for(cfg, spec, train=False), cfg.bs,
+    one_batch = data.batches(images, idx[:cfg.bs], learner.prepare_for(cfg, spec, train=False), cfg.bs,
                              device=cfg.device)  # fit validates each epoch; outside the training clock, kept short
-    learn = runner.learner(cfg, DataLoaders(dl, one_batch, device=cfg.device), net)
+    learn = learner.learner(cfg, DataLoaders(dl, one_batch, device=cfg.device), net)
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda row: None
-    runner.apply_precision(learn, cfg)
+    learner.apply_precision(learn, cfg)
     learn.unfreeze()
     log = runner.RunLog(cfg.device)
     learn.add_cb(log)

@@ -5,7 +5,7 @@ the head alone, `freeze_to(-(k + 1))` the last k stages and the head, `unfreeze(
 `groups='layers'` gets one group per layer instead (layer-wise LR decay). Strategies differ only in which
 parameters train when and at what LR; data, model, optimizer, schedule and timing are shared, so a comparison
 between them measures the strategy. Frozen means frozen: unless `train_bn`, BatchNorm weights and running
-statistics of frozen stages stay fixed (the runner adds fastai's BnFreeze).
+statistics of frozen stages stay fixed (bench/learner.py adds fastai's BnFreeze).
 
 What may train is decided once, before the optimizer is built: a strategy's `prepare(net, cfg)` marks the body
 parameters it trains (BitFit's biases) or adds its own (LoRA's adapters), and only parameters that may train are

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 import backbones
 from bench.config import resolve
-from bench.runner import plan
+from bench.plan import plan
 
 
 def group_sizes(name, head='linear', **kw):

@@ -13,7 +13,7 @@ import torch
 from fastai.basics import DataLoaders
 
 import backbones
-from bench import data, runner
+from bench import data, learner, plan, runner
 from bench.config import Config, resolve_auto
 from bench.families import expected_trainable
 from bench.strategies import STRATEGIES, problem
@@ -55,20 +55,20 @@ def test_every_strategy_trains_exactly_what_it_plans(family, batches):
         if problem(cfg, spec):
             continue
         cfg = replace(cfg, head=backbones.resolve_head(cfg.head, spec.features))
-        plan = runner.plan(cfg, len(images.classes))
+        planned = plan.plan(cfg, len(images.classes))
         net = copy.deepcopy(built)
-        train_dl, valid_dl, _ = runner.loaders(cfg, images, split, spec)
+        train_dl, valid_dl, _ = learner.loaders(cfg, images, split, spec)
         log = runner.RunLog('cpu')
-        learn = runner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
-        runner.show_progress(learn, False, lambda line: None)
+        learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
+        learner.show_progress(learn, False, lambda line: None)
         before = {n: p.detach().clone() for n, p in net.named_parameters()}
         may_train = [n for n, p in net.named_parameters() if p.requires_grad]
         STRATEGIES[strategy](learn, cfg)
 
-        per_epoch = [ph for ph in plan['phases'] for _ in range(ph['start'], ph['stop'])]
+        per_epoch = [ph for ph in planned['phases'] for _ in range(ph['start'], ph['stop'])]
         assert [e['trainable'] for e in log.epochs] == [ph['trainable'] for ph in per_epoch], strategy
-        assert plan['total'] == sum(p.numel() for p in backbones.counted(net)), strategy
-        trained = {n for ph in plan['phases'] for n in ph['names']}
+        assert planned['total'] == sum(p.numel() for p in backbones.counted(net)), strategy
+        trained = {n for ph in planned['phases'] for n in ph['names']}
         moved = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
         assert moved == trained, (strategy, sorted(moved ^ trained)[:5])
         if learn.opt is not None:
@@ -78,7 +78,7 @@ def test_every_strategy_trains_exactly_what_it_plans(family, batches):
             assert with_state <= {id(p) for n, p in net.named_parameters() if n in trained}, strategy
         expected = expected_trainable(net, cfg)
         if expected is not None:
-            assert plan['phases'][-1]['trainable'] == expected, strategy
+            assert planned['phases'][-1]['trainable'] == expected, strategy
         if strategy == 'lora':
             check_merge(net, size)
         ran.append(strategy)

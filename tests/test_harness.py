@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import backbones
-from bench import data, record, runner
+from bench import data, learner, record, runner
 from bench.config import Config, UsageError, resolve_auto
 from tests.helpers import tiny_config
 
@@ -50,10 +50,10 @@ def test_channels_last_reaches_the_model_and_the_batches(images):
     for setting, expected in (('on', True), ('off', False)):
         net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
         cfg = tiny_config(CPU, bs=8, channels_last=setting)
-        learn = runner.learner(cfg, None, net)
-        runner.apply_precision(learn, cfg)
+        learn = learner.learner(cfg, None, net)
+        learner.apply_precision(learn, cfg)
         weight = learn.model.body.model.features[0].weight
-        x, _ = runner.loaders(cfg, images, data.split(images, valid_frac=0.25), backbones.describe('cifar_cnn'))[0].shapes()[0]
+        x, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25), backbones.describe('cifar_cnn'))[0].shapes()[0]
         assert weight.is_contiguous(memory_format=torch.channels_last) == expected
         assert x.is_contiguous(memory_format=torch.channels_last) == expected
 
@@ -62,7 +62,7 @@ def test_warm_up_sees_every_batch_shape_and_leaves_no_trace(images):
     cfg = tiny_config(CPU, augment=True)
     split = data.split(images, valid_frac=0.25)            # 60 training images: 3 batches of 16 and one of 12
     spec = backbones.describe('cifar_cnn')
-    train_dl, valid_dl, test_dl = runner.loaders(cfg, images, split, spec)
+    train_dl, valid_dl, test_dl = learner.loaders(cfg, images, split, spec)
     torch.manual_seed(0)
     net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
     before = {k: v.clone() for k, v in net.state_dict().items()}

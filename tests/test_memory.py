@@ -5,7 +5,7 @@ from dataclasses import replace
 import torch
 
 import backbones
-from bench import data, memory, runner
+from bench import data, learner, memory, runner
 from bench.executor import Job
 from tests.helpers import tiny_config
 
@@ -19,9 +19,9 @@ def test_the_estimate_grows_with_the_batch_and_what_trains():
     cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16)
     net, x = net_and_batch(cfg)
     names = [n for n, _ in net.named_parameters()]
-    everything = memory.plan_batches(net, cfg, x, runner.autocast(cfg), set(names))
-    head_only = memory.plan_batches(net, cfg, x, runner.autocast(cfg), {n for n in names if n.startswith('1.')})
-    bigger = memory.plan_batches(net, replace(cfg, bs=32), x, runner.autocast(cfg), set(names))
+    everything = memory.plan_batches(net, cfg, x, learner.autocast(cfg), set(names))
+    head_only = memory.plan_batches(net, cfg, x, learner.autocast(cfg), {n for n in names if n.startswith('1.')})
+    bigger = memory.plan_batches(net, replace(cfg, bs=32), x, learner.autocast(cfg), set(names))
     assert everything.accumulate == 1 and everything.micro_bs == 16
     assert head_only.estimate_mb < everything.estimate_mb < bigger.estimate_mb
     assert all(p.requires_grad for p in net.parameters())  # the probe put every flag back
@@ -31,12 +31,12 @@ def test_a_tight_limit_accumulates_and_a_tighter_one_refuses():
     cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16)
     net, x = net_and_batch(cfg)
     trains = {n for n, _ in net.named_parameters()}
-    need = memory.plan_batches(net, cfg, x, runner.autocast(cfg), trains).estimate_mb
-    fit = memory.plan_batches(net, replace(cfg, memory_limit_mb=max(1, int(need * 0.6))), x, runner.autocast(cfg),
+    need = memory.plan_batches(net, cfg, x, learner.autocast(cfg), trains).estimate_mb
+    fit = memory.plan_batches(net, replace(cfg, memory_limit_mb=max(1, int(need * 0.6))), x, learner.autocast(cfg),
                               trains)
     assert fit.accumulate >= 2 and fit.micro_bs * fit.accumulate == 16
     try:
-        memory.plan_batches(net, replace(cfg, memory_limit_mb=1), x, runner.autocast(cfg), trains)
+        memory.plan_batches(net, replace(cfg, memory_limit_mb=1), x, learner.autocast(cfg), trains)
     except memory.MemoryRefused as e:
         assert 'the run needs about' in str(e) and 'MB are free' in str(e)
     else:

@@ -8,7 +8,7 @@ from fastai.basics import SGD, Adam
 from fastai.torch_core import norm_bias_params
 
 import backbones
-from bench import data, optim, runner
+from bench import data, learner, optim, runner
 from tests.helpers import tiny_config
 
 FASTAI = {  # fastai's optimizers with the names the suite uses (PyTorch's Adam defaults, as in bench/optim.py)
@@ -128,7 +128,7 @@ def test_no_host_reads_per_batch(images, monkeypatch):
 def test_fastais_defaults_would_read_every_batch(images, monkeypatch):
     """The counter sees what the harness removed: fastai's own smoothed loss copies every batch's loss."""
     from fastai.learner import AvgSmoothLoss
-    monkeypatch.setattr(runner, 'DeviceSmoothLoss', AvgSmoothLoss)
+    monkeypatch.setattr(learner, 'DeviceSmoothLoss', AvgSmoothLoss)
     few = host_reads_in_a_fit(images, monkeypatch, n_train=16)
     many = host_reads_in_a_fit(images, monkeypatch, n_train=56)
     assert many - few >= 2 * (7 - 2)  # at least one read for each of the 5 extra batches of each of 2 epochs

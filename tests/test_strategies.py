@@ -9,7 +9,7 @@ import torch
 from fastai.basics import DataLoaders, even_mults
 
 import backbones
-from bench import data, finetune, record, runner, strategies
+from bench import data, finetune, learner, plan, record, runner, strategies
 from bench.config import Config, resolve_auto
 from bench.strategies import STRATEGIES, problem, register
 from tests.helpers import TINY, run_script
@@ -28,27 +28,27 @@ def fit(cfg, images):
     """Run `cfg`'s strategy on a real Learner over the tiny data: (learn, per-epoch log, state before)."""
     torch.manual_seed(0)
     net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
-    train_dl, valid_dl, _ = runner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
+    train_dl, valid_dl, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
                                            backbones.describe(cfg.backbone))
     log = runner.RunLog('cpu')
-    learn = runner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
-    runner.show_progress(learn, False, lambda line: None)
+    learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
+    learner.show_progress(learn, False, lambda line: None)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     STRATEGIES[cfg.strategy](learn, cfg)
     return learn, log, before
 
 
-def expected_to_move(learn, plan, train_bn):
+def expected_to_move(learn, planned, train_bn):
     """{state_dict key: whether training should change it}: a parameter iff some phase of the plan trains it;
     BatchNorm statistics iff their layer's weight trains (fastai's BnFreeze keeps a layer with a frozen weight in
     eval mode), or, with train_bn, once anything trains."""
-    trained = {n for ph in plan['phases'] for n in ph['names']}
+    trained = {n for ph in planned['phases'] for n in ph['names']}
     out = {}
     for name, m in learn.model.named_modules():
         for k, _ in m.named_parameters(recurse=False):
             out[f'{name}.{k}'] = f'{name}.{k}' in trained
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            updates = f'{name}.weight' in trained or (train_bn and bool(plan['phases']))
+            updates = f'{name}.weight' in trained or (train_bn and bool(planned['phases']))
             out.update({f'{name}.running_mean': updates, f'{name}.running_var': updates})
     return out
 
@@ -62,18 +62,18 @@ CASES = [(name, {}) for name in STRATEGIES if name not in ('zero_shot',)] + [
                                                       for n, s in CASES])
 def test_a_strategy_trains_what_its_plan_says(name, settings, images):
     cfg = tiny(name, **settings)
-    plan = runner.plan(cfg, len(images.classes))
+    planned = plan.plan(cfg, len(images.classes))
     learn, log, before = fit(replace(cfg, weights='none'), images)
-    per_epoch = [ph for ph in plan['phases'] for _ in range(ph['start'], ph['stop'])]
+    per_epoch = [ph for ph in planned['phases'] for _ in range(ph['start'], ph['stop'])]
     assert [e['trainable'] for e in log.epochs] == [ph['trainable'] for ph in per_epoch]
-    assert len(log.epochs) == sum(ph['stop'] - ph['start'] for ph in plan['phases'])
-    expected = expected_to_move(learn, plan, cfg.train_bn)
+    assert len(log.epochs) == sum(ph['stop'] - ph['start'] for ph in planned['phases'])
+    expected = expected_to_move(learn, planned, cfg.train_bn)
     for key, value in learn.model.state_dict().items():
         if key.endswith('num_batches_tracked'):
             continue
         assert (not torch.equal(value, before[key])) == expected[key], (key, expected[key])
-    if plan['phases'] and not plan['phases'][-1]['one_cycle']:
-        assert np.allclose([h['lr'] for h in learn.opt.hypers], plan['phases'][-1]['lrs'])
+    if planned['phases'] and not planned['phases'][-1]['one_cycle']:
+        assert np.allclose([h['lr'] for h in learn.opt.hypers], planned['phases'][-1]['lrs'])
 
 
 def test_discriminative_lrs_follow_fastais_slice(images):

@@ -10,7 +10,7 @@ from fastai.basics import DataLoaders
 from fastai.callback.progress import ProgressCallback
 
 import backbones
-from bench import data, leaderboard, runner
+from bench import data, leaderboard, learner as learners
 from bench.config import Config, resolve_auto
 from tests.helpers import rec
 
@@ -31,9 +31,9 @@ def learner(images, n_train=256, bs=64):
     spec = backbones.describe(cfg.backbone)
     torch.manual_seed(0)
     net, _ = backbones.build(cfg.backbone, 10, cfg.head, weights='none')
-    train = data.batches(images, torch.arange(n_train), runner.prepare_for(cfg, spec, True), bs, train=True)
-    valid = data.batches(images, torch.arange(n_train, n_train + 512), runner.prepare_for(cfg, spec, False), bs)
-    learn = runner.learner(cfg, DataLoaders(train, valid), net)
+    train = data.batches(images, torch.arange(n_train), learners.prepare_for(cfg, spec, True), bs, train=True)
+    valid = data.batches(images, torch.arange(n_train, n_train + 512), learners.prepare_for(cfg, spec, False), bs)
+    learn = learners.learner(cfg, DataLoaders(train, valid), net)
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda row: None
     learn.unfreeze()

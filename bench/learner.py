@@ -1,0 +1,123 @@
+"""The one Learner builder, and what every Learner of the suite has: batches on the device, the strategy's
+parameter groups, the run's optimizer, loss and metric, BatchNorm rule, precision and progress display.
+
+Strategies differ only in which parameters train when and at what LR (bench/strategies.py); everything here is
+shared, so a comparison between strategies measures the strategy. Nothing reads a value back from the device
+during an epoch: the smoothed loss stays where it is computed.
+"""
+import torch
+from fastai.basics import Callback, CrossEntropyLossFlat, Learner, accuracy
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.training import BnFreeze
+from fastai.learner import AvgSmoothLoss
+from fastai.torch_core import norm_bias_params
+
+import backbones
+from bench import data, optim
+from bench.strategies import STRATEGIES, prepare
+
+
+def sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def prepare_for(cfg, spec, train):
+    mean, std = (spec.mean, spec.std) if cfg.normalize == 'backbone' else ((0., 0., 0.), (1., 1., 1.))
+    return data.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
+                        channels_last=cfg.channels_last == 'on')
+
+
+def loaders(cfg, images, split, spec, train_bs=None):
+    train = data.batches(images, split.train, prepare_for(cfg, spec, True), train_bs or cfg.bs, train=True,
+                         seed=cfg.seed, device=cfg.device)
+    valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
+    test = data.batches(images, split.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
+    return train, valid, test
+
+
+def learner(cfg, dls, net, cbs=(), head_only=False):
+    """The one Learner builder: the strategy's prepare step (once per net), parameter groups holding only what may
+    train (by stage or by layer, as the strategy says; the head last), the run's optimizer (bench/optim.py), loss,
+    metric and BatchNorm rule. `head_only`: a Learner over the head alone (training on cached features)."""
+    if head_only:
+        model, groups = net.head, [list(net.head.parameters())]
+    else:
+        prepare(net, cfg)
+        model = net
+        groups = [[p for p in g if p.requires_grad]
+                  for g in backbones.param_groups(net, STRATEGIES[cfg.strategy].groups)]
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=lambda _: groups,
+                    wd=cfg.wd, opt_func=optim.opt_func(cfg.opt, no_decay=norm_bias_params(model)),
+                    train_bn=cfg.train_bn, cbs=list(cbs))
+    learn.recorder.smooth_loss = DeviceSmoothLoss()
+    if not cfg.train_bn:
+        learn.add_cb(BnFreeze())
+    return learn
+
+
+def group_names(net, cfg):
+    """The names of the Learner's groups for `cfg`'s strategy, the head last."""
+    return [*(net.stage_names if STRATEGIES[cfg.strategy].groups == 'stages' else net.layer_names), 'head']
+
+
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss, kept on the device: fastai's copies each batch's loss to the host."""
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class Bar(ProgressCallback):
+    """fastai's progress bar without the per-batch loss in its comment (reading it would stop the host)."""
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+
+
+def autocast(cfg):
+    """bf16 autocast on the run's device where its precision is bf16 (CPU included), else a no-op context."""
+    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16')
+
+
+class Autocast(Callback):
+    """The run's autocast around each batch's forward and loss (fastai's MixedPrecision is CUDA-only): bf16
+    where safe, parameters, gradients and the optimizer in fp32. bf16 needs no loss scaling."""
+    order = MixedPrecision.order
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def before_batch(self):
+        self.context = autocast(self.cfg)
+        self.context.__enter__()
+
+    def after_pred(self):
+        self.learn.pred = self.pred.float()
+
+    def after_loss(self):
+        self.context.__exit__(None, None, None)
+
+
+def apply_precision(learn, cfg):
+    """The run's precision, memory format and compilation, exactly as its resolved config says."""
+    if cfg.precision == 'bf16':
+        learn.add_cb(Autocast(cfg))
+    elif cfg.precision == 'fp16':
+        learn.to_fp16()  # CUDA only (refused elsewhere when the config is resolved); loss scaling syncs each step
+    if cfg.channels_last == 'on':
+        learn.model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        learn.model.compile()
+
+
+def show_progress(learn, bar, log):
+    """A progress bar (on a terminal), or one plain line per epoch."""
+    learn.remove_cb(ProgressCallback)
+    if bar:
+        learn.add_cb(Bar())
+    else:
+        learn.logger = lambda row: log('    ' + '  '.join(
+            f'{name} {value:.4f}' if isinstance(value, float) else f'{name} {value}'
+            for name, value in zip(learn.recorder.metric_names, row)))
