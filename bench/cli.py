@@ -38,7 +38,7 @@ def expand_strategies(text, default):
 
 def full_profile_backbones(exp, args, target):
     """The experiment's full-profile backbones whose weights can be had here (a line for each left out)."""
-    from bench.config import resolve_device, resolve_profile
+    from bench.resolve import resolve_device, resolve_profile
     if not exp.full_backbones or resolve_profile(args.profile, resolve_device(args.device or 'auto', target)) != 'full':
         return []
     kept = []

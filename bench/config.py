@@ -1,8 +1,9 @@
-"""One run's settings, the experiments, the profiles, and the flags every script shares.
+"""Declarations only: one run's settings, the experiments, the profiles, and the flags every script shares. Imports
+no torch, so the leaderboard renders in a second.
 
-A run's config is resolved in layers: `Config` defaults <- experiment (the seed's setup) <- profile (`cpu`
-changes what a 2-core CPU cannot afford) <- flags given on the command line <- what `auto` means on the
-hardware the run lands on. The resolved config is printed at start and stored whole in every record.
+A run's config is resolved in layers (bench/resolve.py): `Config` defaults <- experiment (the seed's setup) <-
+profile (`cpu` changes what a 2-core CPU cannot afford) <- flags given on the command line <- what `auto` means on
+the hardware the run lands on. The resolved config is printed at start and stored whole in every record.
 
 Each setting's meaning and unit is written once, beside its field; the scripts' flags are made from them.
 """
@@ -225,55 +226,6 @@ def experiment(name):
     if name not in EXPERIMENTS:
         raise UsageError(f'unknown preset {name!r}; choose one of {", ".join(EXPERIMENTS)}')
     return EXPERIMENTS[name]
-
-
-def resolve_profile(profile, device):
-    """`auto` is full where the run's device is CUDA, cpu elsewhere."""
-    return ('full' if device == 'cuda' else 'cpu') if profile == 'auto' else profile
-
-
-def resolve(preset=None, profile='auto', target=None, **flags):
-    """Config from defaults <- experiment <- profile <- flags (None = not given) <- `auto` on `target`
-    (a record.Hardware; default: this process's)."""
-    unknown = set(flags) - set(FIELDS)
-    if unknown:
-        raise UsageError(f'unknown setting {sorted(unknown)[0]!r}')
-    from bench import record
-    target = target or record.hardware()
-    exp = EXPERIMENTS[preset] if preset else CUSTOM
-    values = dict(exp.settings, experiment=exp.name)
-    given = {k: v for k, v in flags.items() if v is not None}
-    device = resolve_device(given.get('device', 'auto'), target)
-    profile = resolve_profile(profile, device)
-    if profile == 'cpu':
-        values.update(exp.cpu)
-    values.update(given)
-    return resolve_auto(Config(**values, profile=profile), target)
-
-
-def resolve_device(device, target):
-    if device == 'auto':
-        return target.device
-    if device == 'cuda' and target.device != 'cuda':
-        raise UsageError(f'--device cuda was asked for, but the run\'s machine ({target.name}) has no CUDA device')
-    return device
-
-
-def resolve_auto(cfg, target=None):
-    """What `auto` means on `target` (a record.Hardware; default: this process's), so the record says what ran."""
-    from dataclasses import replace
-    from bench import record
-    from bench.strategies import can_cache_features
-    target = target or record.hardware(cfg.device)
-    device = resolve_device(cfg.device, target)
-    precision = ('bf16' if device == 'cuda' else 'fp32') if cfg.precision == 'auto' else cfg.precision
-    if precision == 'fp16' and device != 'cuda':
-        raise UsageError('--precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU')
-    channels_last = 'on' if cfg.channels_last == 'auto' else cfg.channels_last
-    cache = cfg.cache_features
-    if cache == 'auto':
-        cache = 'on' if can_cache_features(cfg) else 'off'
-    return replace(cfg, device=device, precision=precision, channels_last=channels_last, cache_features=cache)
 
 
 # ---- flags ------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ W2 feature_extract 64.50% / 125 s, partial 77.96% / 170 s.
 import argparse
 
 from bench import cli
-from bench.config import CUSTOM, EXPERIMENTS, add_io_flags, add_run_flags, flag_overrides, resolve, split_list
+from bench.config import CUSTOM, EXPERIMENTS, add_io_flags, add_run_flags, flag_overrides, split_list
+from bench.resolve import resolve
 
 PRESETS = [name for name, e in EXPERIMENTS.items() if e.script == 'finetune']
 

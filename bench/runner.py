@@ -41,12 +41,13 @@ class RunLog(Callback):
 
     def __init__(self, device):
         self.device, self.epochs, self.trainable_max, self.train_images = device, [], 0, 0
-        self.batchnorm = None  # (layers updating their running statistics, BatchNorm layers), seen in training
+        self.batchnorm = None  # (most layers updating their running statistics in an epoch, BatchNorm layers)
 
     def before_batch(self):
-        if self.training and self.batchnorm is None:
+        if self.training and self.iter == 0:  # the first batch of each epoch: phases can freeze and unfreeze
             layers = [m for m in self.learn.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-            self.batchnorm = (sum(m.training and m.track_running_stats for m in layers), len(layers))
+            updating = sum(m.training and m.track_running_stats for m in layers)
+            self.batchnorm = (max(updating, self.batchnorm[0] if self.batchnorm else 0), len(layers))
 
     def before_epoch(self):
         sync(self.device)

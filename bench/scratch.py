@@ -17,7 +17,8 @@ Records go to --results (experiment `w3`), the leaderboard and figures are rende
 import argparse
 
 from bench import cli
-from bench.config import W3, UsageError, add_io_flags, add_run_flags, flag_overrides, resolve, split_list
+from bench.config import W3, UsageError, add_io_flags, add_run_flags, flag_overrides, split_list
+from bench.resolve import resolve
 
 
 def parser():

@@ -28,7 +28,8 @@ from scipy import stats
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from bench import cli, data
-from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags, flag_overrides, resolve
+from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags, flag_overrides
+from bench.resolve import resolve
 from bench.executor import Job
 from bench.stats import seconds_spent
 

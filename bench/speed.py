@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import cli, data, learner, optim, record, runner  # first: bench/__init__ silences fastai's import-time notice
-from bench.config import Config, UsageError, resolve_auto
+from bench.config import Config, UsageError
+from bench.resolve import resolve_auto
 import backbones
 from fastai.basics import DataLoaders
 from fastai.callback.progress import ProgressCallback

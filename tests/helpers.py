@@ -3,7 +3,8 @@ hand-made records."""
 import pytest
 
 from bench import cli, record
-from bench.config import Config, resolve_auto
+from bench.config import Config
+from bench.resolve import resolve_auto
 
 # A run on the tiny synthetic data: a small CNN from scratch, one epoch, no bars, no rendering.
 TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import backbones
-from bench.config import resolve
+from bench.resolve import resolve
 from bench.plan import plan
 
 

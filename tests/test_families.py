@@ -14,7 +14,8 @@ from fastai.basics import DataLoaders
 
 import backbones
 from bench import data, learner, plan, runner
-from bench.config import Config, resolve_auto
+from bench.config import Config
+from bench.resolve import resolve_auto
 from bench.families import expected_trainable
 from bench.strategies import STRATEGIES, problem
 

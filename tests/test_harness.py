@@ -5,7 +5,8 @@ import torch
 
 import backbones
 from bench import data, learner, record, runner
-from bench.config import Config, UsageError, resolve_auto
+from bench.config import Config, UsageError
+from bench.resolve import resolve_auto
 from tests.helpers import tiny_config
 
 CUDA = record.Hardware('cuda', 'NVIDIA H100 80GB HBM3')

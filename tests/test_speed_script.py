@@ -4,7 +4,8 @@ import json
 import pytest
 
 from bench import cli, data, runner, speed
-from bench.config import Config, resolve_auto
+from bench.config import Config
+from bench.resolve import resolve_auto
 
 
 def test_speed_json_has_the_ratios(dataset_dir, capsys):

@@ -10,7 +10,8 @@ from fastai.basics import DataLoaders, even_mults
 
 import backbones
 from bench import data, finetune, learner, plan, record, runner, strategies
-from bench.config import Config, resolve_auto
+from bench.config import Config
+from bench.resolve import resolve_auto
 from bench.strategies import STRATEGIES, problem, register
 from tests.helpers import TINY, run_script
 
@@ -156,3 +157,14 @@ def test_cache_features_auto_is_on_only_where_the_strategy_allows_it():
     assert [resolve_auto(replace(tiny(name), cache_features='auto')).cache_features for name in STRATEGIES] == \
         ['on' if strategies.STRATEGIES[name].body_frozen else 'off' for name in STRATEGIES]
     assert resolve_auto(replace(tiny('feature_extract'), cache_features='auto', augment=True)).cache_features == 'off'
+
+
+def test_the_record_says_how_many_batchnorm_layers_updated_their_statistics(images):
+    counts = {}
+    for name in ('feature_extract', 'bitfit', 'norm_only', 'lp_ft', 'full'):
+        _, log, _ = fit(tiny(name), images)
+        counts[name] = log.batchnorm
+    n = counts['full'][1]
+    assert n > 0 and counts['full'] == (n, n) and counts['norm_only'] == (n, n)  # weights train: statistics too
+    assert counts['feature_extract'] == (0, n) and counts['bitfit'] == (0, n)  # frozen weights: BnFreeze keeps them
+    assert counts['lp_ft'] == (n, n)  # the probe phase kept them, the fine-tune phase updated them

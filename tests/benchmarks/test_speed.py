@@ -11,7 +11,8 @@ from fastai.callback.progress import ProgressCallback
 
 import backbones
 from bench import data, leaderboard, learner as learners
-from bench.config import Config, resolve_auto
+from bench.config import Config
+from bench.resolve import resolve_auto
 from tests.helpers import rec
 
 
