@@ -25,6 +25,7 @@ from functools import lru_cache
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import Conv2dSame
 from timm.models import split_model_name_tag
 from timm.models._manipulate import group_with_matcher
 
@@ -53,9 +54,9 @@ class Spec:
     layer_names: tuple        # name of each layer (its group's common prefix)
     layer_of: dict            # body parameter name -> layer index
     norm_params: tuple        # body parameters of normalization layers (norm_only)
-    bias_params: tuple        # body bias parameters (bitfit)
+    bias_params: tuple        # body bias parameters, BEiT's separate q_bias and v_bias included (bitfit)
     lora_targets: tuple       # modules LoRA adapts: every Linear and every ungrouped Conv2d of the body
-    lora_skipped: tuple       # grouped and depthwise convolutions LoRA leaves out
+    lora_skipped: tuple       # grouped, depthwise and weight-standardized layers LoRA leaves out
     model_shapes: dict        # state_dict key -> shape, for the whole timm model
     body_keys: tuple          # state_dict keys the body keeps
     mean: tuple               # normalisation the pretrained weights expect
@@ -128,7 +129,7 @@ def describe(name, img_size=None):
                 fixed_size=bool(cfg.get('fixed_input_size')), pruned=pruned, dead=dead, features=features,
                 n_features=n_features, stage_names=stage_names, stage_of=stage_of, layer_names=layer_names,
                 layer_of=layer_of, norm_params=_norm_params(model, used),
-                bias_params=tuple(n for n, _ in alive if n.rpartition('.')[2] == 'bias'), lora_targets=targets,
+                bias_params=tuple(n for n, _ in alive if n.endswith('bias')), lora_targets=targets,
                 lora_skipped=skipped, model_shapes=model_shapes, body_keys=tuple(model.state_dict()),
                 mean=tuple(cfg.get('mean', (0.485, 0.456, 0.406))), std=tuple(cfg.get('std', (0.229, 0.224, 0.225))))
 
@@ -251,12 +252,16 @@ def _norm_params(model, used):
 
 
 def _lora_targets(model, used):
-    """Every Linear and ungrouped Conv2d whose weight the body uses; grouped (and depthwise) convs apart: peft
-    refuses a rank that does not divide the groups, and a depthwise adapter is larger than its conv."""
+    """Every Linear and ungrouped Conv2d whose weight the body uses and whose forward is torch's own, or torch's
+    behind 'same' padding (timm's Conv2dSame). Left out: grouped (and depthwise) convs, since peft refuses a rank
+    that does not divide the groups and their adapter would outweigh them; and layers that transform their weight
+    (weight-standardized convs), since peft builds the adapters from the layer's class, so the update would be
+    standardized too and no longer B·A."""
     targets, skipped = [], []
     for n, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and f'{n}.weight' in used:
-            (skipped if isinstance(m, nn.Conv2d) and m.groups > 1 else targets).append(n)
+            plain = type(m).forward in (nn.Linear.forward, nn.Conv2d.forward) or type(m) is Conv2dSame
+            (targets if plain and not (isinstance(m, nn.Conv2d) and m.groups > 1) else skipped).append(n)
     return tuple(targets), tuple(skipped)
 
 

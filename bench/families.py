@@ -32,8 +32,8 @@ FAMILIES = {
     'focalnet': 'focalnet_tiny_srf', 'gcvit': 'gcvit_xxtiny', 'gemma4_vit': 'gemma4_vit_167m',
     'ghostnet': 'ghostnet_050', 'hardcorenas': 'hardcorenas_b', 'hgnet': 'hgnetv2_b0', 'hiera': 'hiera_tiny_224',
     'hieradet_sam2': 'sam2_hiera_tiny', 'hrnet': 'hrnet_w18_small', 'iformer': 'iformer_t',
-    'inception_next': 'inception_next_atto', 'inception_resnet_v2': 'ens_adv_inception_resnet_v2',
-    'inception_v3': 'adv_inception_v3', 'inception_v4': 'inception_v4', 'lcnetv2': 'lcnetv2_small',
+    'inception_next': 'inception_next_atto', 'inception_resnet_v2': 'inception_resnet_v2',
+    'inception_v3': 'inception_v3', 'inception_v4': 'inception_v4', 'lcnetv2': 'lcnetv2_small',
     'levit': 'levit_128s', 'lowformer': 'lowformer_b0', 'mambaout': 'test_mambaout', 'maxxvit': 'test_coatnet',
     'metaformer': 'poolformerv2_s12', 'mlp_mixer': 'gmlp_ti16_224', 'mobilenetv3': 'mobilenetv3_small_050',
     'mobilenetv5': 'mobilenetv5_base', 'mobilevit': 'mobilevit_xxs', 'mvitv2': 'mvitv2_tiny',
@@ -52,7 +52,6 @@ FAMILIES = {
     'vovnet': 'ese_vovnet19b_slim_dw', 'xception': 'legacy_xception', 'xception_aligned': 'xception41p',
     'xcit': 'xcit_nano_12_p8_224',
 }
-SIZE = 64  # px: the input of models without a fixed input size (those with one keep theirs)
 PEFT = ('bitfit', 'norm_only', 'lora')
 
 
@@ -91,14 +90,13 @@ def check(name):
     from bench.strategies import STRATEGIES, prepare, problem
     spec = backbones.describe(name)
     net, _ = backbones.build(name, 10, 'auto', weights='none', meta=True)
-    out = net(torch.zeros(2, 3, spec.img_size if spec.fixed_size else SIZE,
-                          spec.img_size if spec.fixed_size else SIZE, device='meta'))
+    out = net(torch.zeros(2, 3, spec.img_size, spec.img_size, device='meta'))
     if tuple(out.shape) != (2, 10):
         return False, f'the net gives {tuple(out.shape)}, not (2, 10)'
     planned, left_out = [], []
     for strategy in STRATEGIES:
         cfg = Config(backbone=name, weights='hub' if strategy == 'zero_shot' else 'none', strategy=strategy,
-                     epochs=10, size=0 if spec.fixed_size else SIZE, resize=0, device='cpu', precision='fp32',
+                     epochs=10, size=0, resize=0, device='cpu', precision='fp32',
                      channels_last='off', cache_features='off')
         why = problem(cfg, spec)
         if why:
@@ -126,7 +124,7 @@ def find_smallest():
     out = {}
     for family in sorted(_module_to_models):
         sizes = []
-        for name in sorted(_module_to_models[family]):
+        for name in sorted(set(_module_to_models[family]) - _deprecated_names()):
             try:
                 with torch.device('meta'):
                     sizes.append((sum(p.numel() for p in timm.create_model(name).parameters()), name))
@@ -136,6 +134,12 @@ def find_smallest():
             out[family] = min(sizes)[1]
             print(f'    {family!r}: {out[family]!r},', flush=True)
     return out
+
+
+def _deprecated_names():
+    """Old names timm maps to a current model with a warning."""
+    from timm.models._registry import _deprecated_models
+    return set(_deprecated_models)
 
 
 def main(argv=None):

@@ -20,7 +20,9 @@ from bench.families import expected_trainable
 from bench.strategies import STRATEGIES, problem
 
 FAMILIES = {  # family: its tiniest model in timm 1.0.31, and an input size (px) small enough to be quick
-    'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32), 'mobilenetv2': ('mobilenetv2_035', 32),
+    'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),
+    'efficientnet-tf': ('tf_efficientnet_lite0', 32),  # W5's backbone: TensorFlow 'same' padding (Conv2dSame)
+    'mobilenetv2': ('mobilenetv2_035', 32),
     'mobilenetv3': ('mobilenetv3_small_050', 32), 'regnet': ('regnetx_002', 32), 'convnext': ('test_convnext', 32),
     'vgg': ('vgg11', 32), 'vit': ('test_vit', 32), 'deit': ('deit_tiny_distilled_patch16_224', 32),
     'swin': ('swin_tiny_patch4_window7_224', 32),
