@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from backbones import cifar  # noqa: F401  (registers cifar_resnet32 and cifar_cnn with timm)
-from backbones.anatomy import Spec, create, is_norm, pretrained_cfg, prune
+from backbones.anatomy import Spec, create, is_norm, prune, size_to_build
 from backbones.anatomy import describe as _describe
 from backbones.heads import HEADS, make_head, resolve_head
 from backbones.weights import (WEIGHTS_ENV, WeightsError, check_fit, file_shapes, host_of, load_state_dict, local_file,
@@ -27,9 +27,7 @@ __all__ = ['HEADS', 'Net', 'Spec', 'WeightsError', 'build', 'check_weights', 'co
 def describe(name, img_size=None):
     """The backbone's Spec (backbones/anatomy.py). `img_size` matters only for a model with a fixed input size,
     which is built for it. ValueError for an unknown name or a model the suite cannot use."""
-    cfg = pretrained_cfg(name)
-    fixed = img_size and cfg is not None and cfg.fixed_input_size and img_size != cfg.input_size[-1]
-    return _describe(name, img_size if fixed else None)
+    return _describe(name, size_to_build(name, img_size))
 
 
 class Body(nn.Module):

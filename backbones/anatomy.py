@@ -79,6 +79,13 @@ def pretrained_cfg(name):
         return None
 
 
+def size_to_build(name, img_size):
+    """`img_size` if the model takes a fixed input size other than it (it must be built for it), else None."""
+    cfg = pretrained_cfg(name)
+    fixed = img_size and cfg is not None and cfg.fixed_input_size and img_size != cfg.input_size[-1]
+    return img_size if fixed else None
+
+
 def create(name, img_size=None, **kwargs):
     """timm.create_model(name), at `img_size` if the model has a fixed input size; a pretrained tag timm does not
     know is accepted when the weights folder holds `<arch>.<tag>.safetensors` (the offline copies do)."""
@@ -88,8 +95,7 @@ def create(name, img_size=None, **kwargs):
             raise ValueError(f'timm knows no pretrained tag {tag!r} for {arch}, and $FTBENCH_WEIGHTS holds no '
                              f'{arch}.{tag}.safetensors')
         name = arch
-    cfg = pretrained_cfg(name)
-    if img_size and cfg is not None and cfg.fixed_input_size and img_size != cfg.input_size[-1]:
+    if size_to_build(name, img_size):
         kwargs['img_size'] = img_size
     return timm.create_model(name, **kwargs)
 
@@ -122,7 +128,7 @@ def describe(name, img_size=None):
     alive = [(n, p) for n, p in model.named_parameters() if n in used]
     dead = tuple(n for n, _ in model.named_parameters() if n not in used)
     stage_names, stage_of = _stages(model, alive)
-    layer_names, layer_of = _layers(model, alive) or (stage_names, stage_of)
+    layer_names, layer_of = _grouped(model, alive, coarse=False) or (stage_names, stage_of)
     targets, skipped = _lora_targets(model, used)
     return Spec(name=name, arch=arch, tag=tag or cfg.get('tag') or '',
                 hub_id=cfg.get('hf_hub_id') or cfg.get('url') or '', img_size=int(size),
@@ -150,8 +156,8 @@ def _trace(name, model, size):
         for h in hooks:
             h.remove()
     if not torch.is_tensor(x) or x.ndim != (4 if features == 'map' else 2):
-        raise ValueError(f'{name} gives features of shape {tuple(getattr(x, "shape", ()))}, neither a (B, C, H, W) map nor pooled '
-                         f'(B, C) features; the suite cannot put a head on it')
+        raise ValueError(f'{name} gives features of shape {tuple(getattr(x, "shape", ()))}, neither a (B, C, H, W) '
+                         f'map nor pooled (B, C) features; the suite cannot put a head on it')
     params = dict(model.named_parameters())
     grads = torch.autograd.grad(x.float().sum(), list(params.values()), allow_unused=True) if x.requires_grad else \
         [None] * len(params)
@@ -202,10 +208,6 @@ def _stages(model, alive):
     if grouped is None:
         raise ValueError(f'{type(model).__name__} has neither feature_info nor group_matcher to derive stages from')
     return grouped
-
-
-def _layers(model, alive):
-    return _grouped(model, alive, coarse=False)
 
 
 def _grouped(model, alive, coarse):

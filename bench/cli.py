@@ -64,8 +64,9 @@ def validate(cfgs, leave_out=False):
     checked, kept, left_out = set(), [], {}
     for cfg in cfgs:
         validate_numbers(cfg)
+        size = cfg.size or cfg.resize or None
         try:
-            spec = backbones.describe(cfg.backbone, cfg.size or cfg.resize or None)
+            spec = backbones.describe(cfg.backbone, size)
             cfg = replace(cfg, head=backbones.resolve_head(cfg.head, spec.features))
         except ValueError as e:
             raise UsageError(str(e) if cfg.backbone in str(e) else f'{cfg.backbone}: {e}') from None
@@ -76,7 +77,7 @@ def validate(cfgs, leave_out=False):
         if why:
             raise UsageError(why)
         if (cfg.backbone, cfg.weights) not in checked:
-            backbones.check_weights(cfg.backbone, cfg.weights, cfg.size or cfg.resize or None)
+            backbones.check_weights(cfg.backbone, cfg.weights, size)
             checked.add((cfg.backbone, cfg.weights))
         kept.append(cfg)
     for (backbone, strategy), why in left_out.items():
