@@ -7,7 +7,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
 # Offline copies beside the checkout (as on the project's machines) are used when present;
 # set FTBENCH_DATA / FTBENCH_WEIGHTS yourself to point elsewhere, or leave them empty to download.
-FTBENCH_DATA    ?= $(wildcard $(CURDIR)/../shared/data/cifar10.tgz)
+FTBENCH_DATA    ?= $(wildcard $(CURDIR)/../shared/data)
 FTBENCH_WEIGHTS ?= $(wildcard $(CURDIR)/../shared/weights)
 export FTBENCH_DATA FTBENCH_WEIGHTS
 

@@ -9,8 +9,9 @@ from dataclasses import replace
 
 import backbones
 from bench import data
-from bench.config import UsageError, print_config, validate_numbers
+from bench.config import CUSTOM, EXPERIMENTS, UsageError, flag_overrides, print_config, validate_numbers
 from bench.executor import Job, make_executor, sweep
+from bench.resolve import fit_size
 from bench.strategies import STRATEGIES, problem, unknown_strategy_message
 
 
@@ -49,6 +50,21 @@ def full_profile_backbones(exp, args, target):
         else:
             kept.append(name)
     return kept
+
+
+def runs(exp, args, target, rows=({},), seeds=True):
+    """The one expansion of an experiment and a script's arguments into run configs, every script's: Config's
+    defaults <- the experiment <- its profile <- each row's settings (a backbone and strategy, a variant) <- the
+    flags <- `auto` on `target`; then every seed (`seeds`)."""
+    from bench.resolve import resolve
+    flags = flag_overrides(args)
+    preset = exp.name if exp is not CUSTOM else None
+    cfgs = [resolve(preset, args.profile, target, **{**row, **flags}) for row in rows]
+    return with_seeds(cfgs, args.seed, args.seeds) if seeds else cfgs
+
+
+def experiment_of(args):
+    return EXPERIMENTS.get(args.preset, CUSTOM)
 
 
 def with_seeds(cfgs, first, n):
@@ -91,11 +107,19 @@ def load_images(source):
     return data.load(data.resolve_source(source), log=lambda m: print(m, file=sys.stderr))
 
 
-def stamp(cfgs, images):
-    """Name the dataset in every config, and check its subsets against the data before anything runs."""
+def by_data(cfgs):
+    """The configs grouped by dataset, in the order they first appear."""
+    groups = {}
     for cfg in cfgs:
-        data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
-    return [replace(cfg, dataset=images.key) for cfg in cfgs]
+        groups.setdefault(cfg.data, []).append(cfg)
+    return list(groups.items())
+
+
+def stamp(cfgs, images):
+    """Name the dataset in every config, and check its split and subsets against the data before anything runs."""
+    for cfg in cfgs:
+        data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class)
+    return [replace(fit_size(cfg, images.stored), dataset=images.key) for cfg in cfgs]
 
 
 def executor(args):
@@ -110,13 +134,15 @@ def execute(args, configs):
         cfgs = validate(configs(args, where.hardware), leave_out=getattr(args, 'strategy', None) == 'all')
         if args.dry_run:
             return dry_run(args, cfgs)
-        images = load_images(args.data)
-        cfgs = stamp(cfgs, images)
-        print_config(cfgs[0])
-        where.start(images, bar=show_bar(args))
-        outcome = run(args, [Job(cfg) for cfg in cfgs], where)
+        failed = False
+        for source, group in by_data(cfgs):
+            images = load_images(source)
+            group = stamp(group, images)
+            print_config(group[0])
+            where.start(images, bar=show_bar(args))
+            failed |= bool(run(args, [Job(cfg) for cfg in group], where).failed)
     render(args)
-    return 1 if outcome.failed else 0
+    return 1 if failed else 0
 
 
 def run(args, jobs, executor):
@@ -131,17 +157,17 @@ def dry_run(args, cfgs):
     """Each run's phases, from the strategy's own code on a parameter-free model. Needs no data and downloads
     nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed."""
     from bench.plan import format_plan, plan
-    source = data.local_source(args.data)
-    if source is None:
-        n_classes = 10
-        print('no local data (--data, $FTBENCH_DATA or a finished fastai download): the plan assumes CIFAR-10\'s '
-              '10 classes')
-    else:
-        images = data.load(source, log=lambda m: print(m, file=sys.stderr))
-        cfgs, n_classes = stamp(cfgs, images), len(images.classes)
-    for cfg in cfgs:
-        print_config(cfg)
-        print(format_plan(cfg, plan(cfg, n_classes)))
+    for spec, group in by_data(cfgs):
+        source = data.local_source(spec)
+        if source is None:
+            n_classes = 10
+            print(f'no local copy of {spec} ($FTBENCH_DATA or a finished fastai download): the plan assumes 10 classes')
+        else:
+            images = data.load(source, log=lambda m: print(m, file=sys.stderr))
+            group, n_classes = stamp(group, images), len(images.classes)
+        for cfg in group:
+            print_config(cfg)
+            print(format_plan(cfg, plan(cfg, n_classes)))
     return 0
 
 

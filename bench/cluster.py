@@ -17,9 +17,10 @@ import logging
 import os
 import socket
 import tempfile
-import warnings
 from collections import deque
 from pathlib import Path
+
+import numpy as np
 
 from bench import record
 from bench.config import UsageError
@@ -50,16 +51,14 @@ class Worker:
         import ray
         hardware = record.hardware()
         return dict(ip=ray.util.get_node_ip_address(), pid=os.getpid(), device=hardware.device, name=hardware.name,
+                    cpu_bf16=hardware.cpu_bf16,
                     cuda_visible_devices=os.environ.get('CUDA_VISIBLE_DEVICES', ''),
                     env=record.environment(hardware.device))
 
     def load(self, arrays, meta):
         """The images, from the object store (zero-copy: every actor of a node shares one copy)."""
-        import torch
         from bench import data
-        with warnings.catch_warnings():  # the object store's arrays are read-only; nothing here writes to them
-            warnings.simplefilter('ignore', UserWarning)
-            self.images = data.Images(**{k: torch.from_numpy(v) for k, v in arrays.items()}, **meta)
+        self.images = data.Images(**arrays, **meta)  # read-only arrays: batches are gathered from them, never written
 
     def run(self, job):
         from bench import runner
@@ -104,7 +103,7 @@ class RayExecutor:
                                       max_task_retries=0)(Worker)
         self.spawn(self.slots)  # all at once: each spends seconds importing torch, fastai and timm, in parallel
         first, = self.ready(1)  # the first to answer says what hardware the runs land on
-        self.hardware = record.Hardware(first['device'], first['name'])
+        self.hardware = record.Hardware(first['device'], first['name'], first.get('cpu_bf16', False))
         log(f'ray: up to {self.slots} run{"s" * (self.slots != 1)} at a time, each with {self.gpus_per_run:g} GPU and '
             f'{self.cpus_per_run:g} CPU, on a cluster of {gpus:g} GPUs and {cpus:g} CPUs; runs land on '
             f'{first["name"]}')
@@ -141,9 +140,9 @@ class RayExecutor:
     def start(self, images, bar=False, log=None):
         """Put the images in the object store once; every actor loads them."""
         self.log = log or self.log
-        arrays = {k: getattr(images, k).numpy() for k in ('train_x', 'train_y', 'test_x', 'test_y')}
+        arrays = {k: np.asarray(getattr(images, k)) for k in ('train_x', 'train_y', 'test_x', 'test_y')}
         self.data = (self.ray.put(arrays), dict(classes=images.classes, name=images.name,
-                                                fingerprint=images.fingerprint))
+                                                fingerprint=images.fingerprint, decode=images.decode))
         for actor in self.actors:
             actor.load.remote(*self.data)
         return self

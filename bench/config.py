@@ -17,12 +17,13 @@ class UsageError(Exception):
     """A mistake in the user's input, found before anything runs; the message is one sentence."""
 
 
-def setting(default, help, choices=None, flag=True, used_by=None, identity=True):
+def setting(default, help, choices=None, flag=True, used_by=None, identity=True, added=False):
     """A Config field with its help text (meaning and unit) and, if `flag`, a command-line flag of its own.
     `used_by`: the strategies the setting changes (it is no part of other runs' identity); `identity=False`: a
-    setting that never changes what a run computes (the record holds what it did)."""
+    setting that never changes what a run computes (the record holds what it did); `added`: a setting added after
+    runs were recorded, which at its default is no part of identity, so those runs stay the runs they were."""
     return field(default=default, metadata=dict(help=help, choices=choices, flag=flag, used_by=used_by,
-                                                identity=identity))
+                                                identity=identity, added=added))
 
 
 AUTO_ON_OFF = ('auto', 'on', 'off')
@@ -31,6 +32,9 @@ AUTO_ON_OFF = ('auto', 'on', 'off')
 @dataclass(frozen=True)
 class Config:
     experiment: str = setting('finetune', 'leaderboard table the run belongs to')
+    data: str = setting('cifar10', 'dataset: a name (cifar10, caltech101; offline copies are found in $FTBENCH_DATA) '
+                                   'or a folder or .tgz of images (train/<class>/*, test/<class>/*, or <class>/*)',
+                        identity=False)  # the run's identity holds the decoded images' fingerprint (`dataset`)
     variant: str = setting('', 'short label telling rows of an experiment apart (e.g. augment)', flag=False)
     backbone: str = setting('resnet18', 'timm model name, optionally with a pretrained tag (resnet18.tv_in1k)',
                             flag=False)
@@ -63,20 +67,26 @@ class Config:
     bs: int = setting(128, 'images per batch')
     train_bn: bool = setting(False, 'BatchNorm of frozen stages trains too (fastai\'s default); default: frozen '
                                     'stages keep their BatchNorm weights and statistics')
-    size: int = setting(224, 'px, square crop fed to the model; 0 = the images\' own size')
-    resize: int = setting(256, 'px, shorter side before the center crop; 0 = --size')
+    size: int = setting(0, 'px, square crop fed to the model; 0 = the backbone\'s pretrained input size, at most '
+                           'the size the dataset is stored at (CIFAR-10: 32, Caltech-101: 224, a folder: 256)')
+    resize: int = setting(0, 'px, shorter side before the center crop; 0 = as stored (or --size, if larger)')
     normalize: str = setting('backbone', 'backbone (its pretrained mean/std) | unit (pixels / 255 only)',
                              choices=('backbone', 'unit'))
     augment: bool = setting(False, 'random crop with 4 px padding + horizontal flip, per batch on the device')
-    subset: int = setting(0, 'training images kept, stratified; 0 = all')
-    eval_subset: int = setting(0, 'validation and test images kept, each, stratified; 0 = all')
+    subset: float = setting(0, 'training images kept, stratified: at most this many (>= 1), or this fraction '
+                               '(< 1); 0 = all')
+    eval_subset: float = setting(0, 'validation and test images kept, each, stratified: at most this many (>= 1), '
+                                    'or this fraction (< 1); 0 = all')
+    per_class: int = setting(0, 'training images kept per class, at most (Kornblith et al.\'s Caltech-101 '
+                                'protocol: 30); 0 = all', added=True)
     valid_frac: float = setting(0.2, 'share of the train folder held out for validation (50k -> 40k/10k)',
                                 flag=False)
     split_seed: int = setting(0, 'seed of the train/valid split and subsets: the same for every run, so runs '
                                  'with the same seed are paired', flag=False)
     seed: int = setting(0, 'seed of init, data order, augmentation and dropout', flag=False)
-    precision: str = setting('auto', 'auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast on the run\'s '
-                                     'device) | fp16 (CUDA only)', choices=('auto', 'fp32', 'bf16', 'fp16'))
+    precision: str = setting('auto', 'auto (bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else '
+                                     'fp32: emulated bf16 trained 10x slower on an AVX2 CPU) | fp32 | bf16 (autocast '
+                                     'on the run\'s device) | fp16 (CUDA only)', choices=('auto', 'fp32', 'bf16', 'fp16'))
     channels_last: str = setting('auto', 'NHWC memory format: auto (on: never slower here, up to 4.6x faster on '
                                          'CPU) | on | off', choices=AUTO_ON_OFF)
     compile: bool = setting(False, 'torch.compile the model (only strategies that never change the frozen set)')
@@ -104,6 +114,8 @@ def identity(config):
     for name, value in config.items():
         meta = FIELDS[name].metadata if name in FIELDS else {}
         used_by = meta.get('used_by')
+        if meta.get('added') and value == FIELDS[name].default:
+            continue
         if meta.get('identity', True) and (used_by is None or config.get('strategy') in used_by):
             out[name] = value
     return out
@@ -123,6 +135,7 @@ class Experiment:
     strategies: tuple = ('full',)      # run when --strategy is not given
     backbones: tuple = ()              # run when --backbone is not given (default: settings['backbone'])
     full_backbones: tuple = ()         # added in the full profile, where their pretrained weights can be had
+    compare: tuple = ()                # experiments asking the same question of another dataset (cross-dataset verdicts)
     variants: dict = field(default_factory=dict)   # rows by (backbone, variant): settings on top of the rest
     bench: tuple = ((),)               # `make bench`: the script's arguments, one tuple per invocation
 
@@ -134,7 +147,8 @@ W1 = Experiment(
     settings=dict(
         backbone='resnet18.tv_in1k',    # the seed's torchvision ImageNet weights
         head='linear',                  # the seed's head: global pool -> Linear
-    ),                                  # the rest are Config's defaults: AdamW 1e-4 (head alone 1e-3), 224 px, 10 epochs
+        size=224, resize=256,           # the seed's: CIFAR's 32 px upsampled to 256, centre 224
+    ),                                  # the rest are Config's defaults: AdamW 1e-4 (head alone 1e-3), 10 epochs
     cpu=dict(                           # ranking checked against twice the training images (README)
         subset=5000, eval_subset=1000,  # 1/8 of the training images; 1,000 validation and test images
         size=32, resize=32,             # native CIFAR size: 49x fewer pixels than 224 px
@@ -157,8 +171,7 @@ W2 = Experiment(
         epochs=30, bs=64, opt='adam', wd=0.0,
         size=0, resize=0,               # native 32 px
     ),
-    cpu=dict(subset=2500, eval_subset=1000, epochs=4,  # ranking checked against twice the images (README)
-             precision='bf16'),         # VGG16 trains 2.2x faster in bf16 on a CPU with AVX512-BF16
+    cpu=dict(subset=2500, eval_subset=1000, epochs=4),  # ranking checked against twice the images (README)
     strategies=('feature_extract', 'partial'),
 )
 
@@ -171,8 +184,7 @@ W3 = Experiment(
         epochs=30, bs=64, opt='adam', wd=0.0, lr=1e-3,
         size=0, resize=0, normalize='unit',     # native 32 px, pixels / 255
     ),
-    cpu=dict(subset=2000, eval_subset=1000, epochs=4,  # 125 steps: an early snapshot of training (README)
-             precision='bf16'),         # VGG16 2.2x and ResNet32 1.7x faster in bf16 on a CPU with AVX512-BF16
+    cpu=dict(subset=2000, eval_subset=1000, epochs=4),  # 125 steps: an early snapshot of training (README)
     variants={
         ('cifar_resnet32', 'seed'): {},
         ('cifar_resnet32', 'augment'): dict(augment=True),                      # random crop + flip
@@ -193,8 +205,7 @@ W4 = Experiment(
         size=0, resize=0, normalize='unit',
     ),
     cpu=dict(subset=10000, eval_subset=1000, epochs=6,  # 940 steps at bs 64: ~40% validation, where lr and bs
-             size=16, resize=16,        # matter; 16 px (antialiased) costs a quarter of 32 px
-             precision='bf16'),         # 1.5x faster than fp32 for this CNN on a CPU with AVX512-BF16
+             size=16, resize=16),       # matter; 16 px (antialiased) costs a quarter of 32 px
     bench=(('--grid',), ('--random', '12')),
 )
 
@@ -206,6 +217,7 @@ W5 = Experiment(
     settings=dict(
         backbone='tf_efficientnet_lite0',   # real ImageNet weights offline ($FTBENCH_WEIGHTS)
         head='linear',                      # pool -> Linear, as W1
+        size=224, resize=256,               # as W1
     ),                                      # the rest are Config's defaults, as W1: AdamW, 224 px, 10 epochs,
                                             # lr 1e-4 with the body, head_lr 1e-3 for the head and PEFT parameters
     cpu=dict(W1.cpu, subset=4000, epochs=3),  # W1's at 4,000 images and 3 epochs (188 steps at bs 64): under
@@ -215,10 +227,31 @@ W5 = Experiment(
                     'vit_small_patch16_224.augreg_in21k_ft_in1k', 'convnext_tiny.in12k_ft_in1k'),
 )
 
-EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5)}
-# finetune.py without --preset: Config's defaults, and W1's CPU budget for a pretrained backbone.
+W6 = Experiment(
+    name='w6', script='finetune',
+    title='W6: the W5 strategies on Caltech-101 (photos, 100 classes of 31-800 images)',
+    question='Does W5\'s ranking hold on photos? Mean per-class accuracy, as the literature reports Caltech-101.',
+    settings=dict(
+        data='caltech101',                  # stored at 224 px, aspect kept; Faces_easy dropped (bench/datasets.py)
+        backbone='tf_efficientnet_lite0', head='linear',
+    ),                                      # the rest are Config's defaults: AdamW, lr 1e-4, head_lr 1e-3, 10 epochs,
+                                            # size 224 (Lite0's pretrained size, as stored)
+    cpu=dict(
+        size=160, resize=160,               # Lite0 trains 2.8x faster at 160 px than at 224 on a 2-core AVX2 CPU
+        subset=1000, eval_subset=500,       # ~10 training images per class; 500 validation and 500 test images
+        epochs=2, bs=32,                    # 63 steps
+        memory_limit_mb=1024,               # batches accumulate in smaller passes: peak RSS stays under 2.5 GB
+    ),
+    strategies=W5.strategies,
+    compare=('w5',),
+)
+
+EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5, W6)}
+# finetune.py without --preset: Config's defaults (the backbone's pretrained size, at most the data's), and a CPU
+# budget that fits any dataset: at most 1,000 training images and 500 validation and test images each, 2 epochs,
+# 1 GB for training (Caltech-101 at 224 px: ~3.5 min per fine-tuning run on a 2-core AVX2 CPU, under 2.5 GB).
 CUSTOM = Experiment(name='finetune', script='finetune', title='Fine-tuning runs outside the presets', question='',
-                    settings={}, cpu=W1.cpu)
+                    settings={}, cpu=dict(subset=1000, eval_subset=500, epochs=2, bs=32, memory_limit_mb=1024))
 PROFILES = ('full', 'cpu')
 
 
@@ -229,6 +262,14 @@ def experiment(name):
 
 
 # ---- flags ------------------------------------------------------------------------------------------------
+
+COUNTS = ('subset', 'eval_subset')  # a count (an int, as the profiles write it) or a fraction
+
+
+def _count_or_fraction(text):
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
 
 def _csv_ints(text):
     try:
@@ -252,6 +293,7 @@ def add_run_flags(p):
             g.add_argument(name, type=_csv_ints, metavar='N,N', help=help_text)
         else:
             kind = {'int': int, 'float': float, 'str': str}.get(f.type, f.type)
+            kind = _count_or_fraction if f.name in COUNTS else kind
             g.add_argument(name, type=kind, choices=f.metadata.get('choices'), help=help_text)
     return p
 
@@ -265,8 +307,6 @@ def add_io_flags(p, presets):
     p.add_argument('--profile', default='auto', choices=['auto', *PROFILES],
                    help='full: the seed\'s settings; cpu: a budget a 2-core CPU finishes (see bench/config.py); '
                         'auto: full where the runs have CUDA, else cpu (default: auto)')
-    p.add_argument('--data', help='folder or .tgz in fastai layout (train/<class>/*, test/<class>/*); '
-                                  'default $FTBENCH_DATA, else untar_data(URLs.CIFAR)')
     p.add_argument('--seeds', type=int, default=1, help='seeds per configuration, counting up from --seed (default: 1)')
     p.add_argument('--seed', type=int, default=0, help='first seed (default: 0)')
     p.add_argument('--results', default='reports/results.jsonl',
@@ -311,9 +351,14 @@ def validate_numbers(cfg):
     for name in ('epochs', 'bs', 'lr', 'head_lr', 'lr_mult', 'head_hidden', 'lora_r', 'lora_alpha'):
         if getattr(cfg, name) <= 0:
             raise UsageError(f'{_flag(name)} must be positive, got {getattr(cfg, name)}')
-    for name in ('subset', 'eval_subset', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs', 'memory_limit_mb'):
+    for name in ('subset', 'eval_subset', 'per_class', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs',
+                 'memory_limit_mb'):
         if getattr(cfg, name) < 0:
             raise UsageError(f'{_flag(name)} must not be negative, got {getattr(cfg, name)}')
+    for name in COUNTS:
+        value = getattr(cfg, name)
+        if value > 1 and not float(value).is_integer():
+            raise UsageError(f'{_flag(name)} is a count (a whole number) or a fraction below 1, got {value}')
     for name in ('head_dropout', 'lora_dropout'):
         if not 0 <= getattr(cfg, name) < 1:
             raise UsageError(f'{_flag(name)} must be in [0, 1), got {getattr(cfg, name)}')

@@ -19,8 +19,7 @@ W2 feature_extract 64.50% / 125 s, partial 77.96% / 170 s.
 import argparse
 
 from bench import cli
-from bench.config import CUSTOM, EXPERIMENTS, add_io_flags, add_run_flags, flag_overrides, split_list
-from bench.resolve import resolve
+from bench.config import EXPERIMENTS, add_io_flags, add_run_flags, split_list
 
 PRESETS = [name for name, e in EXPERIMENTS.items() if e.script == 'finetune']
 
@@ -40,12 +39,10 @@ def parse(argv=None):
 
 
 def configs(args, target):
-    exp = EXPERIMENTS.get(args.preset, CUSTOM)
+    exp = cli.experiment_of(args)
     strategies = cli.expand_strategies(args.strategy, exp.strategies)
     names = split_list(args.backbone) or [*exp.backbones, *cli.full_profile_backbones(exp, args, target)] or [None]
-    cfgs = [resolve(args.preset, args.profile, target, **flag_overrides(args), backbone=b, strategy=s)
-            for b in names for s in strategies]
-    return cli.with_seeds(cfgs, args.seed, args.seeds)
+    return cli.runs(exp, args, target, [dict(backbone=b, strategy=s) for b in names for s in strategies])
 
 
 def main(argv=None):

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench import record, stats
+from bench import across, record, stats
 from bench.config import EXPERIMENTS
+from bench.datasets import DATASETS
+
+METRIC_WORDS = {'test_acc': 'test accuracy', 'test_class_acc': 'test mean per-class accuracy'}
 
 GUIDE = f"""How to read this: each section is one experiment, with one table per hardware and profile: runs from
 different machines are never pooled, and times are only comparable within a table. A row is one configuration;
@@ -44,7 +47,7 @@ COLUMNS = [('strategy', 'strategy'), ('backbone', 'backbone'), ('variant', 'vari
            ('size', 'px'), ('epochs', 'epochs'), ('params', 'trainable / total'), ('n', 'n'),
            ('train_s', 'train s'), ('ips', 'img/s'), ('mem', 'peak MB'), ('opt_mb', 'optimizer state MB'),
            ('valid', 'valid acc %'),
-           ('test', 'test acc %'), ('test_loss', 'test loss'), ('delta', 'Δ test vs best, pp (95% CI)'),
+           ('test', 'test acc %'), ('test_class', 'test mean per-class acc %'), ('test_loss', 'test loss'), ('delta', 'Δ test vs best, pp (95% CI)'),
            ('verdict', 'verdict'), ('time', 'time × best (95% CI)'), ('settings', 'settings')]
 
 
@@ -75,14 +78,14 @@ def short_weights(w):
     return (w or '').split(' sha256:')[0]
 
 
-def table_row(row, best):
+def table_row(row, best, metric='test_acc'):
     recs, first = row.records, row.records[0]
     cfg = first['config']
     column = {name: [r.get(name) for r in recs] for name in ('train_seconds', 'images_per_second', 'peak_memory_mb',
                                                                'optimizer_state_mb', 'valid_acc', 'test_acc',
-                                                               'test_loss')}
-    verdict, _ = stats.verdict(row, best)
-    diff, _ = stats.paired_difference(row, best) if row is not best else (None, 0)
+                                                               'test_class_acc', 'test_loss')}
+    verdict, _ = stats.verdict(row, best, metric)
+    diff, _ = stats.paired_difference(row, best, metric) if row is not best else (None, 0)
     ratio = stats.paired_ratio(row, best) if row is not best else None
     return dict(
         strategy=first['strategy'], backbone=first['backbone'], variant=first.get('variant') or '',
@@ -91,15 +94,22 @@ def table_row(row, best):
         n=row.n, train_s=mean_std(column['train_seconds'], '{:.1f}'), ips=mean_std(column['images_per_second'], '{:.0f}'),
         mem=mean_std(column['peak_memory_mb'], '{:.0f}'), opt_mb=mean_std(column['optimizer_state_mb'], '{:.1f}'),
         valid=mean_std(column['valid_acc'], scale=100),
-        test=mean_std(column['test_acc'], scale=100), test_loss=mean_std(column['test_loss'], '{:.3f}'),
+        test=mean_std(column['test_acc'], scale=100), test_class=mean_std(column['test_class_acc'], scale=100),
+        test_loss=mean_std(column['test_loss'], '{:.3f}'),
         delta=f'{diff.mean:+.1f} ({diff.lo:+.1f} to {diff.hi:+.1f})' if diff else '-',
         verdict=verdict, time=f'{ratio.mean:.2f} ({ratio.lo:.2f} to {ratio.hi:.2f})' if ratio else '-',
         settings=settings(first))
 
 
-def markdown_table(rows):
+def markdown_table(rows, metric='test_acc'):
+    """The table, the dataset's declared metric the first accuracy column."""
     shown = {'variant': any(r['variant'] for r in rows), 'opt_mb': any(r['opt_mb'] != '-' for r in rows)}
     columns = [c for c in COLUMNS if shown.get(c[0], True)]
+    if metric == 'test_class_acc':
+        i, j = [k for k, c in enumerate(columns) if c[0] in ('test', 'test_class')]
+        columns[i], columns[j] = columns[j], columns[i]
+    columns = [(k, f'**{h}**' if (k == 'test_class') == (metric == 'test_class_acc') and k in ('test', 'test_class')
+                else h) for k, h in columns]
     return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt='github',
                     disable_numparse=True)
 
@@ -107,14 +117,14 @@ def markdown_table(rows):
 def verdict_lines(table):
     """The table's verdicts in words, best first; or why there are none."""
     best = table.best
-    lines = [f'- Best: **{best.label}**, test accuracy {mean_std([r["test_acc"] for r in best.records], scale=100)} % '
-             f'(n = {best.n}).']
+    lines = [f'- Best: **{best.label}**, {METRIC_WORDS[table.metric]} '
+             f'{mean_std([r.get(table.metric) for r in best.records], scale=100)} % (n = {best.n}).']
     if len(table.rows) == 1:
         return lines
     if best.n < stats.MIN_SEEDS:
         return lines + [f'- No verdict is possible: the best row has {best.n} seed{"s" * (best.n != 1)}, and a paired '
                         f'comparison needs at least {stats.MIN_SEEDS} (`--seeds {stats.MIN_SEEDS}`).']
-    return lines + [f'- {words}.' for row in table.rows[1:] for _, words in [stats.verdict(row, best)]]
+    return lines + [f'- {words}.' for row in table.rows[1:] for _, words in [stats.verdict(row, best, table.metric)]]
 
 
 def error_table(failed):
@@ -136,7 +146,7 @@ def provenance(recs):
 
 
 def heading(table):
-    return f'### {table.device} · profile {table.profile}'
+    return f'### {table.dataset + " · " if table.dataset else ""}{table.device} · profile {table.profile}'
 
 
 def slug(table):
@@ -216,12 +226,18 @@ def render(records, figures=None):
             if searched:
                 out += search_section(searched)
             else:
-                out += [markdown_table([table_row(row, table.best) for row in table.rows]), '',
+                if table.dataset in DATASETS:
+                    out += [f'Data: {DATASETS[table.dataset].about}. Ranked by {METRIC_WORDS[table.metric]}.', '']
+                out += [markdown_table([table_row(row, table.best, table.metric) for row in table.rows],
+                                       table.metric), '',
                         *verdict_lines(table), '']
             for caption, path in figures.get(slug(table), []):
                 out += [f'![{caption}]({path})', '']
         if failed:
             out += ['Failed runs (latest error per configuration; rerun to retry):', '', error_table(failed), '']
+        if declared and declared.compare:
+            out += across.section(declared, stats.tables(stats.latest_per_run(
+                [r for r in records if r['experiment'] in (exp, *declared.compare)])[0]))
     return '\n'.join(out).rstrip() + '\n'
 
 

@@ -10,7 +10,7 @@ from fastai.basics import Callback, CrossEntropyLossFlat, Learner, accuracy
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.training import BnFreeze
-from fastai.learner import AvgSmoothLoss
+from fastai.learner import AvgSmoothLoss, Metric
 from fastai.torch_core import norm_bias_params
 
 import backbones
@@ -48,7 +48,7 @@ def learner(cfg, dls, net, cbs=(), head_only=False):
         model = net
         groups = [[p for p in g if p.requires_grad]
                   for g in backbones.param_groups(net, STRATEGIES[cfg.strategy].groups)]
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=lambda _: groups,
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, ClassMeanAccuracy()], splitter=lambda _: groups,
                     wd=cfg.wd, opt_func=optim.opt_func(cfg.opt, no_decay=norm_bias_params(model)),
                     train_bn=cfg.train_bn, cbs=list(cbs))
     learn.recorder.smooth_loss = DeviceSmoothLoss()
@@ -60,6 +60,31 @@ def learner(cfg, dls, net, cbs=(), head_only=False):
 def group_names(net, cfg):
     """The names of the Learner's groups for `cfg`'s strategy, the head last."""
     return [*(net.stage_names if STRATEGIES[cfg.strategy].groups == 'stages' else net.layer_names), 'head']
+
+
+class ClassMeanAccuracy(Metric):
+    """Mean per-class accuracy (balanced accuracy): each class's recall, averaged over the classes present in the
+    evaluated images. Counts stay on the device and are read once, at the end of the evaluation."""
+    name = 'class_mean_accuracy'
+
+    def reset(self):
+        self.correct = self.total = None
+
+    def accumulate(self, learn):
+        pred, y = learn.pred.argmax(dim=-1), learn.y
+        n = learn.pred.shape[-1]
+        if self.total is None:
+            self.correct = torch.zeros(n, device=y.device)
+            self.total = torch.zeros(n, device=y.device)
+        self.total += torch.bincount(y, minlength=n)[:n]
+        self.correct += torch.bincount(y[pred == y], minlength=n)[:n]
+
+    @property
+    def value(self):
+        if self.total is None:
+            return None
+        present = self.total > 0
+        return float((self.correct[present] / self.total[present]).mean())
 
 
 class DeviceSmoothLoss(AvgSmoothLoss):

@@ -30,6 +30,16 @@ def resolve(preset=None, profile='auto', target=None, **flags):
     return resolve_auto(Config(**values, profile=profile), target)
 
 
+def fit_size(cfg, stored):
+    """`size` 0: the backbone's pretrained input size, at most `stored`, the size the dataset is stored at (a model
+    that only takes one size gets it); `resize` 0 stays: as stored, or --size if larger."""
+    if cfg.size:
+        return cfg
+    import backbones
+    spec = backbones.describe(cfg.backbone)
+    return replace(cfg, size=spec.img_size if spec.fixed_size else min(spec.img_size, stored))
+
+
 def resolve_device(device, target):
     if device == 'auto':
         return target.device
@@ -42,7 +52,7 @@ def resolve_auto(cfg, target=None):
     """What `auto` means on `target` (a record.Hardware; default: this process's), so the record says what ran."""
     target = target or record.hardware(cfg.device)
     device = resolve_device(cfg.device, target)
-    precision = ('bf16' if device == 'cuda' else 'fp32') if cfg.precision == 'auto' else cfg.precision
+    precision = ('bf16' if device == 'cuda' or target.cpu_bf16 else 'fp32') if cfg.precision == 'auto' else cfg.precision
     if precision == 'fp16' and device != 'cuda':
         raise UsageError('--precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU')
     channels_last = 'on' if cfg.channels_last == 'auto' else cfg.channels_last

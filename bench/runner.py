@@ -77,11 +77,12 @@ class RunLog(Callback):
             raise NonFiniteLoss(f'the training loss became {train_loss} in epoch {len(self.epochs) + 1}; '
                                 f'lower the LR or use fp32')
         logged = dict(zip(list(self.recorder.metric_names)[1:], list(self.learn.final_record)))
-        valid_loss, valid_acc = logged['valid_loss'], logged['accuracy']
+        valid_loss, valid_acc, valid_class = logged['valid_loss'], logged['accuracy'], logged['class_mean_accuracy']
         self.train_images += self.seen
         self.trainable_max = max(self.trainable_max, self.trainable)
         self.epochs.append(dict(epoch=len(self.epochs) + 1, train_loss=train_loss, valid_loss=float(valid_loss),
-                                valid_acc=float(valid_acc), train_seconds=self.train_s,
+                                valid_acc=float(valid_acc), valid_class_acc=float(valid_class),
+                                train_seconds=self.train_s,
                                 valid_seconds=time.perf_counter() - self.t1, trainable=self.trainable))
 
 
@@ -129,7 +130,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     # memory for the phase that trains the most; on cached features the body never sees a gradient
     phases = plan(cfg, len(images.classes))['phases'] if cfg.cache_features != 'on' else []
     trains = max((set(ph['names']) for ph in phases), key=len, default=set())
-    fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.x[:2].to(cfg.device)), autocast(cfg), trains)
+    fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n)))), autocast(cfg), trains)
     cbs = [runlog := RunLog(cfg.device)]
     if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
         train_dl, _, _ = loaders(cfg, images, split, spec, train_bs=fits.micro_bs)
@@ -154,24 +155,25 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     STRATEGIES[cfg.strategy](learn, cfg)
 
     t = time.perf_counter()
-    valid_loss, valid_acc = (runlog.epochs[-1]['valid_loss'], runlog.epochs[-1]['valid_acc']) if runlog.epochs \
-        else map(float, learn.validate())
+    last = runlog.epochs[-1] if runlog.epochs else None
+    valid_loss, valid_acc, valid_class_acc = (last['valid_loss'], last['valid_acc'], last['valid_class_acc']) \
+        if last else map(float, learn.validate())
     if test and cfg.cache_features == 'on':
         test_dl, = cached_features(net.body, cfg, (test_dl,))  # on the evaluation clock
-    test_loss, test_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None)
+    test_loss, test_acc, test_class_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None, None)
     sync(cfg.device)
     eval_seconds = time.perf_counter() - t + sum(e['valid_seconds'] for e in runlog.epochs)
     train_seconds = sum(e['train_seconds'] for e in runlog.epochs) + extract_seconds
     return dict(
-        weights=weights, epochs=runlog.epochs, valid_loss=valid_loss, valid_acc=valid_acc, test_loss=test_loss,
-        test_acc=test_acc, train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
+        weights=weights, epochs=runlog.epochs, valid_loss=valid_loss, valid_acc=valid_acc,
+        valid_class_acc=valid_class_acc, test_loss=test_loss, test_acc=test_acc, test_class_acc=test_class_acc, train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
         images_per_second=runlog.train_images / train_seconds if train_seconds else None,
         peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
         params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names), groups=group_names(net, cfg),
         optimizer_state_mb=memory.optimizer_state_mb(learn.opt.opt) if learn.opt else 0.,
         batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None,
         micro_bs=fits.micro_bs, accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb, memory_free_mb=fits.free_mb,
-        image_size=size, train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
+        image_size=size, data_decode=images.decode, train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
 
 
 @torch.no_grad()
@@ -181,8 +183,8 @@ def cached_features(body, cfg, dls):
     out = []
     for dl in dls:
         with autocast(cfg):
-            feats = torch.cat([body(x).float() for x, _ in data.Batches(dl.x, dl.y, dl.prepare, dl.bs,
-                                                                         device=cfg.device)])
+            feats = torch.cat([body(dl.prepare(dl.gather(np.arange(i, min(i + dl.bs, dl.n))))).float()
+                               for i in range(0, dl.n, dl.bs)])
         sync(cfg.device)
         out.append(data.Batches(feats, dl.y, data.Unchanged(), dl.bs, shuffle=dl.shuffle, drop_last=dl.drop_last,
                                 seed=cfg.seed, device=cfg.device))
@@ -220,9 +222,9 @@ _splits = {}  # one Split per images and split settings, computed once per proce
 
 
 def split_of(cfg, images):
-    key = (images.key, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
+    key = (images.key, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class)
     if key not in _splits:
-        _splits[key] = data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset)
+        _splits[key] = data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class)
     return _splits[key]
 
 
@@ -232,6 +234,7 @@ def score(cfg, images, splits, bar=False, log=print):
     out = dict(results[0])
     out.update(valid_acc=float(np.mean([r['valid_acc'] for r in results])),
                valid_loss=float(np.mean([r['valid_loss'] for r in results])),
+               valid_class_acc=float(np.mean([r['valid_class_acc'] for r in results])),
                train_seconds=sum(r['train_seconds'] for r in results),
                eval_seconds=sum(r['eval_seconds'] for r in results),
                fold_valid_acc=[r['valid_acc'] for r in results])

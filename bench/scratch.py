@@ -17,8 +17,7 @@ Records go to --results (experiment `w3`), the leaderboard and figures are rende
 import argparse
 
 from bench import cli
-from bench.config import W3, UsageError, add_io_flags, add_run_flags, flag_overrides, split_list
-from bench.resolve import resolve
+from bench.config import W3, UsageError, add_io_flags, add_run_flags, split_list
 
 
 def parser():
@@ -37,7 +36,6 @@ def parse(argv=None):
 
 
 def configs(args, target):
-    overrides = flag_overrides(args)
     wanted = split_list(args.variants)
     known = {v for _, v in W3.variants}
     for v in wanted:
@@ -49,9 +47,7 @@ def configs(args, target):
     rows += [(name, {}) for name in names if not any(b == name for b, _ in W3.variants)]
     if not rows:
         raise UsageError('no configuration matches --backbone and --variants')
-    cfgs = [resolve(W3.name, args.profile, target, **{**settings, 'backbone': backbone, **overrides})
-            for backbone, settings in rows]
-    return cli.with_seeds(cfgs, args.seed, args.seeds)
+    return cli.runs(W3, args, target, [dict(settings, backbone=backbone) for backbone, settings in rows])
 
 
 def main(argv=None):

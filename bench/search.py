@@ -28,8 +28,7 @@ from scipy import stats
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from bench import cli, data
-from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags, flag_overrides
-from bench.resolve import resolve
+from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags
 from bench.executor import Job
 from bench.stats import seconds_spent
 
@@ -168,8 +167,7 @@ def main(argv=None):
 def run_search(args, executor):
     """Plan the trials, run them, refit the best with every seed, render. The exit code."""
     t0 = time.perf_counter()
-    base = resolve(W4.name, args.profile, executor.hardware, **flag_overrides(args), backbone=args.backbone,
-                   seed=args.seed)
+    base, = cli.runs(W4, args, executor.hardware, [dict(backbone=args.backbone, seed=args.seed)], seeds=False)
     space = parse_space(args.space, GRID if args.grid else RANDOM)
     trials = draws(space, args.grid, args.random or 0, args.seed)
     seeds = cli.with_seeds([base], args.seed, args.seeds)
@@ -183,11 +181,11 @@ def run_search(args, executor):
         print(f'  trial {i:3d}: ' + ', '.join(f'{k}={v:g}' for k, v in t.items()))
     if args.dry_run:
         return 0
-    images = cli.load_images(args.data)
+    images = cli.load_images(base.data)
     base = cli.stamp([base], images)[0]
     if args.cv:
-        data.folds(data.split(images, base.valid_frac, base.split_seed, base.subset, base.eval_subset), images,
-                   args.cv)
+        data.folds(data.split(images, base.valid_frac, base.split_seed, base.subset, base.eval_subset,
+                              base.per_class), images, args.cv)
     executor.start(images, bar=cli.show_bar(args))
     searched = cli.run(args, trial_jobs(base, trials, about, args.cv), executor)
     best = best_trial(searched.records)

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from scipy import stats
 
 from bench.config import identity
+from bench.datasets import DATASETS
+
+METRIC_FIELDS = {'top1': 'test_acc', 'class_mean': 'test_class_acc'}
 
 MIN_SEEDS = 3     # fewer paired seeds than this give no verdict: the interval would be wider than any effect
 CONFIDENCE = 0.95
@@ -48,6 +51,8 @@ class Table:
     device: str
     profile: str
     rows: list = field(default_factory=list)   # sorted, best first
+    dataset: str = ''                          # the dataset's name (cifar10, caltech101, a folder's)
+    metric: str = 'test_acc'                   # the record field rows are ranked and compared by
 
     @property
     def best(self):
@@ -123,7 +128,17 @@ def hardware_key(rec):
     return rec.get('device') or 'unknown device', rec.get('profile') or '?'
 
 
-def rows(records, label=None):
+def dataset_name(rec):
+    """The name of the dataset a record ran on (its config's `dataset` is name:fingerprint)."""
+    return (rec.get('config', {}).get('dataset') or '').split(':')[0]
+
+
+def metric_of(dataset):
+    """The record field a dataset is ranked by: its declared metric (top-1 where nothing is declared)."""
+    return METRIC_FIELDS[DATASETS[dataset].metric] if dataset in DATASETS else 'test_acc'
+
+
+def rows(records, label=None, metric='test_acc'):
     """Rows over `records` (one table's), sorted best first: by mean test accuracy, then validation accuracy.
     Labels name whichever of backbone / strategy / variant differ between the rows, unless `label` is given."""
     groups = defaultdict(list)
@@ -140,25 +155,27 @@ def rows(records, label=None):
         seen[row.label] += 1
         if seen[row.label] > 1:
             row.label = f'{row.label} #{seen[row.label]}'
-    out.sort(key=lambda r: (-r.mean('test_acc'), -r.mean('valid_acc'), config_key(r.records[0])))
+    out.sort(key=lambda r: (-r.mean(metric), -r.mean('test_acc'), -r.mean('valid_acc'), config_key(r.records[0])))
     return out
 
 
 def tables(records, label=None):
-    """One Table per (experiment, hardware, profile) of successful `records`, in a stable order."""
+    """One Table per (experiment, hardware, profile, dataset) of successful `records`, in a stable order; rows ranked
+    by the dataset's declared metric."""
     groups = defaultdict(list)
     for rec in records:
-        groups[(rec['experiment'], *hardware_key(rec))].append(rec)
-    return [Table(exp, device, profile, rows(recs, label)) for (exp, device, profile), recs in sorted(groups.items())]
+        groups[(rec['experiment'], *hardware_key(rec), dataset_name(rec))].append(rec)
+    return [Table(exp, device, profile, rows(recs, label, metric_of(ds)), ds, metric_of(ds))
+            for (exp, device, profile, ds), recs in sorted(groups.items())]
 
 
 # ---- words ------------------------------------------------------------------------------------------------
 
-def verdict(row, best):
-    """('best' | 'tied' | 'worse' | 'no verdict', sentence) for `row` against its table's `best` row."""
+def verdict(row, best, metric='test_acc'):
+    """('best' | 'tied' | 'worse' | 'no verdict', sentence) for `row` against its table's `best` row, in `metric`."""
     if row is best:
         return 'best', None
-    iv, n = paired_difference(row, best)
+    iv, n = paired_difference(row, best, metric)
     if iv is None:
         return 'no verdict', (f'{row.label} vs {best.label}: no verdict, {n} paired seed{"s" * (n != 1)} '
                               f'({MIN_SEEDS} needed)')

@@ -88,7 +88,9 @@ def write_weights(path, name):
     (['--epochs', '0'], '--epochs must be positive, got 0'),
     (['--lr', '-1'], '--lr must be positive'),
     (['--subset', '-5'], '--subset must not be negative'),
-    (['--subset', '5000'], 'a training subset of 5000 is larger than the'),
+    (['--subset', '2.5'], '--subset is a count (a whole number) or a fraction below 1, got 2.5'),
+    (['--subset', '3'], 'a training subset of 3 cannot hold all 4 classes'),
+    (['--data', 'imagenet21k'], "unknown dataset 'imagenet21k'; give one of cifar10, caltech101"),
     (['--seeds', '0'], '--seeds must be at least 1'),
     (['--unfreeze', '7', '--strategy', 'partial'], '--unfreeze must be between 1 and 3'),
     (['--lr', 'nan'], '--lr must be a finite number, got nan'),
@@ -174,7 +176,7 @@ def test_dry_run_needs_no_data_and_downloads_nothing(tmp_path, monkeypatch, caps
     results = tmp_path / 'r.jsonl'
     assert cli(['--preset', 'w1', '--strategy', 'partial', '--results', str(results), '--dry-run']) == 0
     out = capsys.readouterr().out
-    assert "the plan assumes CIFAR-10's 10 classes" in out and 'trainable 8,398,858 of 11,181,642' in out
+    assert 'no local copy of cifar10' in out and 'the plan assumes 10 classes' in out and 'trainable 8,398,858 of 11,181,642' in out
     assert not results.exists() and not (tmp_path / 'fastai').exists()
 
 

@@ -13,9 +13,9 @@ def test_folder_and_archive_give_the_same_images(dataset_dir, dataset_tgz, tmp_p
     a = data.load(dataset_dir, tmp_path / 'c1', log=lambda m: None)
     b = data.load(dataset_tgz, tmp_path / 'c2', log=lambda m: None)
     assert a.classes == b.classes == CLASSES
-    assert a.train_x.shape == (len(CLASSES) * N_TRAIN, 16, 16, 3) and a.train_x.dtype == torch.uint8
+    assert a.train_x.shape == (len(CLASSES) * N_TRAIN, 16, 16, 3) and a.train_x.dtype == np.uint8
     assert a.test_x.shape[0] == len(CLASSES) * N_TEST
-    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_y, b.test_y)
     assert a.fingerprint == b.fingerprint  # identity follows content, not path
 
 
@@ -43,7 +43,7 @@ def test_a_failed_download_is_a_data_error_and_draws_no_bar_into_a_file(tmp_path
     from fastai.data.external import URLs
     monkeypatch.setenv('FASTAI_HOME', str(tmp_path / 'fastai'))
     monkeypatch.setattr(URLs, 'CIFAR', 'http://127.0.0.1:1/cifar10.tgz')  # a server that is not there
-    with pytest.raises(data.DataError, match='could not download CIFAR-10'):
+    with pytest.raises(data.DataError, match='could not download cifar10'):
         data.resolve_source()
     assert capsys.readouterr().out == ''
 
@@ -92,7 +92,7 @@ def test_archive_one_folder_deep(tmp_path, dataset_dir):
 
 def test_split_is_stratified_disjoint_and_seeded(images):
     s = data.split(images, valid_frac=0.25, seed=0)
-    y = images.train_y.numpy()
+    y = np.asarray(images.train_y)
     assert len(s.train) == 60 and len(s.valid) == 20
     assert not set(s.train) & set(s.valid)
     assert np.bincount(y[s.valid]).tolist() == [5, 5, 5, 5]
@@ -103,13 +103,22 @@ def test_split_is_stratified_disjoint_and_seeded(images):
 
 def test_subsets_keep_class_balance(images):
     s = data.split(images, valid_frac=0.25, subset=20, eval_subset=8)
-    assert np.bincount(images.train_y.numpy()[s.train]).tolist() == [5, 5, 5, 5]
+    assert np.bincount(np.asarray(images.train_y)[s.train]).tolist() == [5, 5, 5, 5]
     assert len(s.valid) == len(s.test) == 8
 
 
-def test_subset_larger_than_the_data_is_refused(images):
-    with pytest.raises(data.DataError, match='a training subset of 1000 is larger than the 64 training images'):
-        data.split(images, subset=1000)
+def test_a_subset_is_a_cap_or_a_fraction_and_never_more_than_exists(images):
+    assert len(data.split(images, subset=1000).train) == 64  # a budget of 1000 on 64 images: all 64
+    assert len(data.split(images, subset=0.5).train) == 32
+    assert len(data.split(images, eval_subset=0.5).test) == 12
+    with pytest.raises(data.DataError, match='cannot hold all 4 classes'):
+        data.split(images, subset=3)
+
+
+def test_per_class_keeps_at_most_k_training_images_of_each_class(images):
+    s = data.split(images, per_class=3, seed=1)
+    assert np.bincount(np.asarray(images.train_y)[s.train]).tolist() == [3, 3, 3, 3]
+    assert len(s.valid) == 16  # validation is untouched
 
 
 def test_folds_cover_train_and_valid(images):
@@ -139,7 +148,7 @@ def test_batches_cover_every_image_once(images):
     dl = data.batches(images, s.train, data.Prepare(), bs=10, train=True)
     seen = torch.cat([y for _, y in dl])
     assert len(dl) == 7 and len(seen) == len(s.train) == 64
-    assert sorted(seen.tolist()) == sorted(images.train_y[torch.as_tensor(s.train)].tolist())
+    assert sorted(seen.tolist()) == sorted(np.asarray(images.train_y)[s.train].tolist())
 
 
 def test_a_lone_last_training_image_is_dropped(images):

@@ -187,3 +187,41 @@ def test_stability_without_comparable_files_is_one_sentence(tmp_path, capsys):
     (tmp_path / '2B.jsonl').write_text('')
     assert stability.main([str(tmp_path / 'B.jsonl'), str(tmp_path / '2B.jsonl')]) == 2
     assert 'hold no experiment in common' in capsys.readouterr().err
+
+
+def two_datasets():
+    """W5 on CIFAR-10 (top-1) and W6 on Caltech-101 (mean per-class), 3 seeds, 3 strategies on one backbone:
+    full > partial > feature_extract on CIFAR; on Caltech feature_extract ties full, and partial is last."""
+    out = []
+    for seed in range(3):
+        jitter = 0.002 * seed
+        for strategy, top1, secs in (('full', 0.90, 30.0), ('partial', 0.80, 15.0), ('feature_extract', 0.60, 3.0)):
+            out.append(rec(strategy, seed, top1 + jitter, experiment='w5', backbone='lite0', secs=secs,
+                           dataset='cifar10:abc', class_acc=top1 + jitter))
+        for strategy, top1, cls, secs in (('full', 0.91, 0.880, 60.0), ('partial', 0.85, 0.70, 30.0),
+                                          ('feature_extract', 0.92, 0.881, 6.0)):
+            wobble = (0.01, -0.01, 0.0)[seed] if strategy == 'feature_extract' else 0.0
+            out.append(rec(strategy, seed, top1 + jitter, experiment='w6', backbone='lite0', secs=secs,
+                           dataset='caltech101:def', class_acc=cls + jitter + wobble))
+    return out
+
+
+def test_a_dataset_with_a_declared_metric_is_ranked_by_it_and_shows_both():
+    text = leaderboard.render(two_datasets())
+    w6 = text[text.index('## W6'):]
+    table = w6[w6.index('| strategy'):w6.index('\n\n', w6.index('| strategy'))]
+    header = table.splitlines()[0]
+    assert header.index('**test mean per-class acc %**') < header.index('test acc %')
+    assert '- Best: **feature_extract**, test mean per-class accuracy 88.' in w6  # by its metric, not by top-1 (full 91.x)
+
+
+def test_cross_dataset_section_ranks_tests_and_recommends():
+    text = leaderboard.render(two_datasets())
+    across = text[text.index('### Across datasets: lite0'):]
+    rows = {line.split('|')[1].strip(): line for line in across.splitlines() if line.startswith('| ')}
+    assert '90.2 (1)' in rows['full'] and '88.2 (2)' in rows['full']  # rank 1 on CIFAR, 2 on Caltech
+    assert 'Friedman test over 2 datasets and 3 strategies' in across and "Kendall's W" in across
+    assert 'full > partial' in across  # significant on both datasets
+    assert 'Flips between datasets, significant both ways: feature_extract vs partial' in across
+    # feature_extract ties the best on Caltech but loses significantly on CIFAR: the recommendation is full
+    assert 'Recommendation: **full**' in across

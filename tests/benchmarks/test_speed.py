@@ -50,7 +50,7 @@ def test_learner_training_epoch(calibrated, cifar_like):
 
 def test_evaluation(calibrated, cifar_like):
     learn = learner(cifar_like)
-    loss, acc = calibrated(learn.validate)
+    loss, acc, class_acc = calibrated(learn.validate)
     assert 0 <= acc <= 1
 
 

@@ -1,0 +1,85 @@
+"""Datasets are declarations, like experiments: a name, where an offline copy is found, what fastai can download,
+the metric the literature reports, the size images are stored at, and what is known about the data's curation.
+Imports no torch.
+
+`--data` takes a declared name (found as <name>.tgz or <name>/ in the data folder $FTBENCH_DATA, else downloaded
+with fastai's `untar_data` where the declaration names a URL and a network exists) or any folder or .tgz of images
+in fastai's layout (`train/<class>/*` and `test/<class>/*`, or only `<class>/*`: a test split is then held out).
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_ENV = 'FTBENCH_DATA'
+METRICS = {'top1': 'top-1 accuracy', 'class_mean': 'mean per-class accuracy'}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    metric: str = 'top1'      # key of METRICS: what the leaderboard shows first
+    stored: int = 0           # px: images are stored square, shorter side to this, then centre-cropped; 0 (data
+                              # nobody declared): the largest shorter side of the first images, at most 256
+    url: str = ''             # attribute of fastai's URLs that downloads it, where a network exists
+    drop: tuple = ()          # class folders left out (curation), said in the README
+    about: str = ''           # one line for the leaderboard: where it comes from, what was curated
+    notes: dict = field(default_factory=dict)
+
+
+CIFAR10 = Dataset(
+    name='cifar10', metric='top1', stored=32, url='CIFAR',
+    about='CIFAR-10: 50,000 train / 10,000 test images of 32 px in 10 balanced classes')
+
+CALTECH101 = Dataset(
+    name='caltech101', metric='class_mean', stored=224,
+    # Faces_easy holds tight crops of the same photographs as Faces (all 435); in the shipped split 144 of them
+    # sit across the train/test line under the other label, so a model is tested on photographs it trained on.
+    drop=('Faces_easy',),
+    about='Caltech-101: 8,677 photos (80-457 px wide) in 101 classes of 31-800 images; Faces_easy dropped '
+          '(crops of the Faces photographs), so 100 classes')
+
+DATASETS = {d.name: d for d in (CIFAR10, CALTECH101)}
+
+
+class DataNotFound(Exception):
+    pass
+
+
+def declared(name_or_path):
+    """The declaration of a dataset name, else a folder's default one (named after the folder)."""
+    if name_or_path in DATASETS:
+        return DATASETS[name_or_path]
+    return Dataset(name=stem(Path(str(name_or_path))))
+
+
+def stem(path):
+    name = path.name
+    for suffix in ('.tar.gz', '.tgz', '.tar'):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def data_folder():
+    """The folder offline copies are found in by name ($FTBENCH_DATA), or None."""
+    spec = os.environ.get(DATA_ENV)
+    return Path(spec).expanduser() if spec else None
+
+
+def offline_copy(name):
+    """<name>.tgz, <name>.tar.gz or <name>/ in the data folder, or None."""
+    folder = data_folder()
+    if folder is not None and folder.is_file():  # $FTBENCH_DATA naming one archive: the folder it is in
+        folder = folder.parent
+    if folder is None or not folder.is_dir():
+        return None
+    for candidate in (f'{name}.tgz', f'{name}.tar.gz', f'{name}.tar', name):
+        path = folder / candidate
+        if path.exists():
+            return path
+    return None
+
+
+def is_name(spec):
+    """A bare word (cifar10, caltech101), not a path."""
+    return '/' not in spec and not spec.endswith(('.tgz', '.tar.gz', '.tar')) and not Path(spec).exists()
