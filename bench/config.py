@@ -158,7 +158,8 @@ W1 = Experiment(
     strategies=('zero_shot', 'full', 'partial', 'progressive'),
     # No ResNet18 ImageNet weights exist offline; EfficientNet-Lite0 (weights in $FTBENCH_WEIGHTS) runs beside it.
     backbones=('resnet18.tv_in1k', 'tf_efficientnet_lite0'),
-    bench=(('--strategy', 'all'),),
+    # `make bench`: W1's own strategies; W5 runs the PEFT strategies, feature_extract and lp_ft on the same backbone
+    # (`--strategy all` runs every one here too)
 )
 
 W2 = Experiment(

@@ -11,10 +11,12 @@ from tests.helpers import tiny_config
 
 CUDA = record.Hardware('cuda', 'NVIDIA H100 80GB HBM3')
 CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
+CPU_BF16 = record.Hardware('cpu', 'cpu: test (2 cores, AVX-512)', cpu_bf16=True)
 
 
 @pytest.mark.parametrize('given,device,expected', [
     (dict(), CPU, ('fp32', 'on')),
+    (dict(), CPU_BF16, ('bf16', 'on')),  # auto: bf16 only where the CPU computes it natively
     (dict(), CUDA, ('bf16', 'on')),
     (dict(channels_last='off'), CUDA, ('bf16', 'off')),
     (dict(precision='bf16', channels_last='off'), CUDA, ('bf16', 'off')),
@@ -25,6 +27,14 @@ CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
 def test_precision_and_memory_format_flags_mean_what_they_say(given, device, expected):
     cfg = resolve_auto(Config(**given), device)
     assert (cfg.precision, cfg.channels_last, cfg.device) == (*expected, device.device)
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags(monkeypatch):
+    record.cpu_flags.cache_clear()
+    monkeypatch.setattr(record, 'cpu_flags', lambda: {'avx2', 'avx512f', 'avx512_bf16'})
+    assert record.cpu_has_bf16()
+    monkeypatch.setattr(record, 'cpu_flags', lambda: {'avx2', 'avx512f'})
+    assert not record.cpu_has_bf16()
 
 
 def test_fp16_on_a_cpu_is_refused():
