@@ -86,22 +86,24 @@ class RunLog(Callback):
                                 valid_seconds=time.perf_counter() - self.t1, trainable=self.trainable))
 
 
-def warm_up(model, cfg, train_dl, eval_dls):
+def warm_up(model, cfg, train_dl, eval_dls, backward=True):
     """Forward and backward at every batch shape training will see, and forward at every evaluation shape, then
     every weight, buffer, gradient and random state back as it was: what a first step costs (cuDNN autotuning,
-    lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock. Returns its seconds."""
+    lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock. Forward only (eval mode)
+    where not `backward`: a run on cached features. Returns its seconds."""
     t = time.perf_counter()
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
-    model.train()
-    for x, y in train_dl.shapes():
-        with autocast(cfg):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
+    if backward:
+        model.train()
+        for x, y in train_dl.shapes():
+            with autocast(cfg):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad(), autocast(cfg):
-        for dl in eval_dls:
+        for dl in ([] if backward else [train_dl]) + list(eval_dls):
             for x, _ in dl.shapes():
                 model(x)
     model.load_state_dict(weights)
@@ -140,7 +142,9 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     params_total = sum(p.numel() for p in backbones.counted(net))
     full = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, cbs)
     apply_precision(full, cfg)
-    warmup_seconds = warm_up(full.model, cfg, train_dl, [valid_dl, test_dl])
+    # on cached features the body only ever runs forward, in eval mode: a backward through it would cost memory
+    # the run never needs
+    warmup_seconds = warm_up(full.model, cfg, train_dl, [valid_dl, test_dl], backward=cfg.cache_features != 'on')
     reset_peak_memory(cfg.device)
     extract_seconds = 0.
     learn = full
@@ -199,10 +203,20 @@ def reset_peak_memory(device):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return
+    trim_heap()  # what earlier runs and the warm-up freed goes back to the OS, not into this run's peak
     try:
         Path('/proc/self/clear_refs').write_text('5')  # resets VmHWM, the peak resident set size
     except OSError:
         pass  # elsewhere the mark covers the whole process so far: an upper bound for the run
+
+
+def trim_heap():
+    """glibc keeps freed memory in its heap, resident: hand it back (malloc_trim), where there is glibc."""
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_memory_mb(device):

@@ -248,3 +248,28 @@ def test_the_gpu_check_runs_the_scripts_as_modules():
     calls = [line for line in lines if line.lstrip().startswith('python3 ') and '-m pip' not in line
              and not line.lstrip().startswith('python3 - ')]
     assert len(calls) >= 3 and all(' -m bench.' in line for line in calls), calls
+
+
+def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capsys):
+    from bench import suite
+    assert run_script(suite, ['--only', 'w6', '--seeds', '1', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'no local copy of caltech101' in out
+    configs = [json.loads(line[len('config: '):]) for line in out.splitlines() if line.startswith('config: ')]
+    assert len(configs) == 8 and {c['data'] for c in configs} == {'caltech101'}
+    assert {c['strategy'] for c in configs} == {'feature_extract', 'bitfit', 'norm_only', 'lora', 'partial', 'full',
+                                                  'lp_ft', 'llrd'}
+    assert all(c['size'] == 160 and c['precision'] == 'fp32' for c in configs)
+
+
+def test_a_declared_dataset_is_found_by_name_in_the_data_folder(dataset_tgz, tmp_path, monkeypatch):
+    from bench import data, datasets
+    folder = tmp_path / 'offline'
+    folder.mkdir()
+    (folder / 'caltech101.tgz').write_bytes(dataset_tgz.read_bytes())
+    monkeypatch.setenv('FTBENCH_DATA', str(folder))
+    path, ds = data.resolve_source('caltech101')
+    assert path == folder / 'caltech101.tgz' and ds is datasets.CALTECH101
+    with pytest.raises(data.DataError, match='caltech101 has no download'):
+        monkeypatch.setenv('FTBENCH_DATA', str(tmp_path))
+        data.resolve_source('caltech101')
