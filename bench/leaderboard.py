@@ -27,8 +27,10 @@ GUIDE = f"""How to read this: each section is one experiment, with one table per
 different machines are never pooled, and times are only comparable within a table. A row is one configuration;
 `n` is how many seeds ran it, and every number is mean ± std over them. Seeds change initialization, data order
 and augmentation, while the train/validation/test split stays fixed, so runs of two rows with the same seed are
-paired. Rows are sorted by test accuracy. Each row is compared with the table's best row over the seeds both
-ran: `Δ test` is the mean paired difference in percentage points with its 95% confidence interval (Student's t
+paired. A table is one dataset: its rows are sorted by the dataset's declared metric, shown in bold (top-1 test
+accuracy; mean per-class test accuracy for Caltech-101, whose classes hold 31 to 800 images), and both metrics are
+in every row. Each row is compared with the table's best row over the seeds both ran, in that metric: `Δ test` is
+the mean paired difference in percentage points with its 95% confidence interval (Student's t
 on the per-seed differences; with 3 seeds a bootstrap would have only 10 distinct resamples). A row whose
 interval includes 0 is `tied` with the best: the data cannot tell them apart. `time ×` is the row's training time
 over the best row's, the geometric mean of the per-seed ratios with its 95% interval. With fewer than
