@@ -57,6 +57,7 @@ class Spec:
     bias_params: tuple        # body bias parameters, BEiT's separate q_bias and v_bias included (bitfit)
     lora_targets: tuple       # modules LoRA adapts: every Linear and every ungrouped Conv2d of the body
     lora_skipped: tuple       # grouped, depthwise and weight-standardized layers LoRA leaves out
+    depthwise: int            # depthwise convs the body uses (EfficientNet, MobileNet, ConvNeXt): slow in bf16 on a CPU
     model_shapes: dict        # state_dict key -> shape, for the whole timm model
     body_keys: tuple          # state_dict keys the body keeps
     mean: tuple               # normalisation the pretrained weights expect
@@ -136,7 +137,7 @@ def describe(name, img_size=None):
                 n_features=n_features, stage_names=stage_names, stage_of=stage_of, layer_names=layer_names,
                 layer_of=layer_of, norm_params=_norm_params(model, used),
                 bias_params=tuple(n for n, _ in alive if n.endswith('bias')), lora_targets=targets,
-                lora_skipped=skipped, model_shapes=model_shapes, body_keys=tuple(model.state_dict()),
+                lora_skipped=skipped, depthwise=_depthwise(model, used), model_shapes=model_shapes, body_keys=tuple(model.state_dict()),
                 mean=tuple(cfg.get('mean', (0.485, 0.456, 0.406))), std=tuple(cfg.get('std', (0.229, 0.224, 0.225))))
 
 
@@ -265,6 +266,11 @@ def _lora_targets(model, used):
             plain = type(m).forward in (nn.Linear.forward, nn.Conv2d.forward) or type(m) is Conv2dSame
             (targets if plain and not (isinstance(m, nn.Conv2d) and m.groups > 1) else skipped).append(n)
     return tuple(targets), tuple(skipped)
+
+
+def _depthwise(model, used):
+    return sum(1 for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+               and m.groups == m.in_channels and f'{n}.weight' in used)
 
 
 def _first_line(e):

@@ -84,9 +84,10 @@ class Config:
     split_seed: int = setting(0, 'seed of the train/valid split and subsets: the same for every run, so runs '
                                  'with the same seed are paired', flag=False)
     seed: int = setting(0, 'seed of init, data order, augmentation and dropout', flag=False)
-    precision: str = setting('auto', 'auto (bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else '
-                                     'fp32: emulated bf16 trained 10x slower on an AVX2 CPU) | fp32 | bf16 (autocast '
-                                     'on the run\'s device) | fp16 (CUDA only)', choices=('auto', 'fp32', 'bf16', 'fp16'))
+    precision: str = setting('auto', 'auto (bf16 on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX) for '
+                                     'backbones without depthwise convs; else fp32, the faster there) | fp32 | bf16 '
+                                     '(autocast on the run\'s device) | fp16 (CUDA only)',
+                             choices=('auto', 'fp32', 'bf16', 'fp16'))
     channels_last: str = setting('auto', 'NHWC memory format: auto (on: never slower here, up to 4.6x faster on '
                                          'CPU) | on | off', choices=AUTO_ON_OFF)
     compile: bool = setting(False, 'torch.compile the model (only strategies that never change the frozen set)')

@@ -259,10 +259,8 @@ def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capsys):
     assert len(configs) == 8 and {c['data'] for c in configs} == {'caltech101'}
     assert {c['strategy'] for c in configs} == {'feature_extract', 'bitfit', 'norm_only', 'lora', 'partial', 'full',
                                                   'lp_ft', 'llrd'}
-    # precision auto: bf16 where this CPU has it natively (AVX512-BF16 or AMX), fp32 where it would be emulated
-    from bench import record
-    native = 'bf16' if record.cpu_has_bf16() else 'fp32'
-    assert all(c['size'] == 160 and c['precision'] == native for c in configs)
+    # precision auto: fp32 on any CPU for EfficientNet (its depthwise convs are slower in bf16 even with AMX)
+    assert all(c['size'] == 160 and c['precision'] == 'fp32' for c in configs)
 
 
 def test_a_declared_dataset_is_found_by_name_in_the_data_folder(dataset_tgz, tmp_path, monkeypatch):
