@@ -3,16 +3,21 @@
     python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2] [-- FLAGS]
 
 Each experiment runs through its own script (its `bench` argument lists in bench/config.py) with the shared
-flags given here; FLAGS after `--` go to every script (e.g. `-- --precision fp32`). A failed run is an error row;
-the leaderboard is rendered anyway and the exit code is 1 if any run failed (2 if an experiment's input was
-refused).
+flags given here, in a process of its own: what a run records (its peak memory above all) is never what an earlier
+experiment left in the process (its images, splits and heap). FLAGS after `--` go to every script (e.g.
+`-- --precision fp32`). A failed run is an error row; the leaderboard is rendered anyway and the exit code is 1 if
+any run failed (2 if an experiment's input was refused). Ctrl-C stops the experiment running (it keeps its finished
+runs) and the suite, with exit code 130.
 """
 import argparse
+import signal
+import subprocess
+import sys
 
-from bench import cli, finetune, leaderboard, scratch, search
+from bench import cli, leaderboard
 from bench.config import EXPERIMENTS, PROFILES, UsageError, add_cluster_flags, split_list
 
-SCRIPTS = {'finetune': finetune, 'scratch': scratch, 'search': search}
+INTERRUPTED = 130
 
 
 def parser():
@@ -22,14 +27,15 @@ def parser():
                    help='full, cpu, or auto: full where the runs have CUDA, else cpu (default: auto)')
     p.add_argument('--seeds', type=int, default=3, help='seeds per configuration (default: 3)')
     p.add_argument('--results', default='reports/results.jsonl', help='records file (default: %(default)s)')
-    p.add_argument('--data', help='folder or .tgz in fastai layout (default $FTBENCH_DATA, else untar_data)')
+    p.add_argument('--data', help='a dataset name (cifar10, caltech101, ...) or a folder/.tgz in fastai layout, '
+                                  'for every experiment instead of its own (default: each experiment\'s dataset)')
     p.add_argument('--dry-run', action='store_true', help='print every experiment\'s plan; run nothing')
     add_cluster_flags(p)
     return p
 
 
 def commands(args, extra=()):
-    """(experiment, script module, argv) for every run of every chosen experiment; `extra` goes to each."""
+    """(experiment, script name, argv) for every script run of every chosen experiment; `extra` goes to each."""
     chosen = split_list(args.only) or list(EXPERIMENTS)
     for name in chosen:
         if name not in EXPERIMENTS:
@@ -39,27 +45,35 @@ def commands(args, extra=()):
               *(['--dry-run'] if args.dry_run else []),
               *(['--gpus-per-run', str(args.gpus_per_run)] if args.gpus_per_run is not None else []),
               *(['--cpus-per-run', str(args.cpus_per_run)] if args.cpus_per_run is not None else [])]
-    return [(name, SCRIPTS[EXPERIMENTS[name].script], ['--preset', name, *own, *shared, *extra])
+    return [(name, EXPERIMENTS[name].script, ['--preset', name, *own, *shared, *extra])
             for name in chosen for own in EXPERIMENTS[name].bench]
 
 
-def exit_code(fn):
-    """`fn`'s exit code as cli.main would give it, without leaving: 2 for refused input, 130 passes through."""
+def run_script(script, argv):
+    """`python -m bench.<script> argv` in a process of its own: its exit code (2 for refused input, 1 if it was
+    killed). A Ctrl-C reaches the script too: it keeps its finished runs, says so and exits 130, and so does the
+    suite, running nothing more; a Ctrl-C sent to the suite alone is passed on to the script."""
+    child = subprocess.Popen([sys.executable, '-m', f'bench.{script}', *argv])
     try:
-        cli.main(fn)
-    except SystemExit as e:
-        if e.code == 130:
-            raise
-        return e.code or 0
-    return 0
+        code = child.wait()
+    except KeyboardInterrupt:
+        try:
+            child.wait(timeout=5)  # a Ctrl-C at the terminal reached the whole process group
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)
+            child.wait()
+        sys.exit(INTERRUPTED)
+    if code in (INTERRUPTED, -signal.SIGINT):
+        sys.exit(INTERRUPTED)
+    return code if code >= 0 else 1
 
 
 def main(argv=None):
     args, extra = parser().parse_known_args(argv)
     codes = []
     for name, script, argv_ in commands(args, [x for x in extra if x != '--']):
-        print(f'==== {name}: bench/{script.__name__.split(".")[-1]}.py {" ".join(argv_)}', flush=True)
-        codes.append(exit_code(lambda: script.main(argv_)))
+        print(f'==== {name}: bench/{script}.py {" ".join(argv_)}', flush=True)
+        codes.append(run_script(script, argv_))
     if not args.dry_run:
         print(f'leaderboard: {leaderboard.render_file(args.results)}')
     return max(codes, default=0)

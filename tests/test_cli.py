@@ -250,10 +250,10 @@ def test_the_gpu_check_runs_the_scripts_as_modules():
     assert len(calls) >= 3 and all(' -m bench.' in line for line in calls), calls
 
 
-def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capsys):
+def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capfd):
     from bench import suite
     assert run_script(suite, ['--only', 'w6', '--seeds', '1', '--dry-run']) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert 'no local copy of caltech101' in out
     configs = [json.loads(line[len('config: '):]) for line in out.splitlines() if line.startswith('config: ')]
     assert len(configs) == 8 and {c['data'] for c in configs} == {'caltech101'}
@@ -261,6 +261,57 @@ def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capsys):
                                                   'lp_ft', 'llrd'}
     # precision auto: fp32 on any CPU for EfficientNet (its depthwise convs are slower in bf16 even with AMX)
     assert all(c['size'] == 160 and c['precision'] == 'fp32' for c in configs)
+
+
+def suite_args(dataset_dir, results, seeds=1, epochs=1):
+    """The suite's flags for W2 then W3 on the tiny data, TINY's run for every script."""
+    return ['--only', 'w2,w3', '--data', str(dataset_dir), '--seeds', str(seeds), '--results', str(results), '--',
+            *TINY, '--epochs', str(epochs)]
+
+
+def resident_mb():
+    status = Path('/proc/self/status').read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith('VmRSS:'))) / 1024
+
+
+@pytest.mark.slow
+def test_the_suite_runs_each_experiment_in_a_process_of_its_own(dataset_dir, tmp_path):
+    """A run's peak memory is its own: not what the suite's process (or an earlier experiment in it) holds."""
+    import numpy as np
+    from bench import suite
+    ballast = np.ones(2 ** 30 // 8)  # 1 GiB, resident in this process
+    held = resident_mb()
+    results = tmp_path / 'r.jsonl'
+    assert run_script(suite, suite_args(dataset_dir, results)) == 0
+    recs = records(results)
+    assert {r['experiment'] for r in recs} == {'w2', 'w3'} and all(r['error'] is None for r in recs)
+    assert all(r['peak_memory_mb'] < held - 512 for r in recs), ([r['peak_memory_mb'] for r in recs], held)
+    assert ballast[-1] == 1.0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_suite_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
+    """Ctrl-C at a terminal reaches the suite and the script it runs: the script keeps its finished runs, the suite
+    runs no further experiment and exits 130; the rerun runs only the rest."""
+    results = tmp_path / 'r.jsonl'
+    args = suite_args(dataset_dir, results, seeds=3, epochs=4)
+    proc = subprocess.Popen([sys.executable, str(REPO / 'bench' / 'suite.py'), *args], start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not records(results):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole foreground process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert 'interrupted' in err and 'Traceback' not in err
+    kept = records(results)
+    assert kept and {r['experiment'] for r in kept} == {'w2'} and all(r['error'] is None for r in kept)
+    from bench import suite
+    assert run_script(suite, args) == 0
+    after = records(results)
+    assert len(after) == 9 and len({r['key'] for r in after}) == 9  # W2's 2 strategies and W3's 1, 3 seeds each
+    assert [r['key'] for r in after[:len(kept)]] == [r['key'] for r in kept]
 
 
 def test_a_declared_dataset_is_found_by_name_in_the_data_folder(dataset_tgz, tmp_path, monkeypatch):
