@@ -21,8 +21,6 @@ from bench import across, record, stats
 from bench.config import EXPERIMENTS
 from bench.datasets import DATASETS
 
-METRIC_WORDS = {'test_acc': 'test accuracy', 'test_class_acc': 'test mean per-class accuracy'}
-
 GUIDE = f"""How to read this: each section is one experiment, with one table per hardware and profile: runs from
 different machines are never pooled, and times are only comparable within a table. A row is one configuration;
 `n` is how many seeds ran it, and every number is mean ± std over them. Seeds change initialization, data order
@@ -119,7 +117,7 @@ def markdown_table(rows, metric='test_acc'):
 def verdict_lines(table):
     """The table's verdicts in words, best first; or why there are none."""
     best = table.best
-    lines = [f'- Best: **{best.label}**, {METRIC_WORDS[table.metric]} '
+    lines = [f'- Best: **{best.label}**, {stats.METRIC_WORDS[table.metric]} '
              f'{mean_std([r.get(table.metric) for r in best.records], scale=100)} % (n = {best.n}).']
     if len(table.rows) == 1:
         return lines
@@ -229,7 +227,7 @@ def render(records, figures=None):
                 out += search_section(searched)
             else:
                 if table.dataset in DATASETS:
-                    out += [f'Data: {DATASETS[table.dataset].about}. Ranked by {METRIC_WORDS[table.metric]}.', '']
+                    out += [f'Data: {DATASETS[table.dataset].about}. Ranked by {stats.METRIC_WORDS[table.metric]}.', '']
                 out += [markdown_table([table_row(row, table.best, table.metric) for row in table.rows],
                                        table.metric), '',
                         *verdict_lines(table), '']

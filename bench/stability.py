@@ -3,10 +3,12 @@ experiment: how the cpu profile was sized (README, "The cpu profile").
 
     python bench/stability.py B.jsonl 2B.jsonl       # e.g. make bench, then the same with --subset doubled
 
-For every pair of rows (configurations, matched by their label) that both files hold, the paired t interval of
-their test-accuracy difference is computed at each budget. The ranking holds if no pair whose interval excludes 0
-at both budgets changes order; a pair tied at either budget may move. Prints both tables and the verdict per
-experiment; exits 1 if any ranking breaks, 2 if a file is missing or the two share no experiment.
+Tables are matched as the leaderboard draws them: one experiment on one hardware and one dataset (B's file may hold
+other machines' records too). For every pair of rows (configurations, matched by their label) that both tables hold,
+the paired t interval of their difference in the dataset's declared metric (top-1; mean per-class accuracy for
+Caltech-101) is computed at each budget. The ranking holds if no pair whose interval excludes 0 at both budgets
+changes order; a pair tied at either budget may move. Prints both tables and the verdict per table; exits 1 if any
+ranking breaks, 2 if a file is missing or the two share no table.
 """
 import argparse
 import itertools
@@ -32,34 +34,32 @@ def label(rec):
     return ' '.join(str(x) for x in (rec['backbone'], rec['strategy'], rec.get('variant')) if x)
 
 
-def rows_by_experiment(path):
-    """{experiment: {label: Row}} of the successful records (search refits stand for their search)."""
+def tables_by_key(path):
+    """{(experiment, hardware, dataset): Table} of the successful records (search refits stand for their search)."""
     ok, _ = stats.latest_per_run(record.read(path))
     ok = [r for r in ok if (r.get('search') or {}).get('role', 'refit') == 'refit']
-    out = {}
-    for table in stats.tables(ok, label=label):
-        out.setdefault(table.experiment, {}).update({row.label: row for row in table.rows})
-    return out
+    return {(t.experiment, t.device, t.dataset): t for t in stats.tables(ok, label=label)}
 
 
-def separated(a, b):
-    """+1 if `a` beats `b` (paired 95% interval above 0), -1 if below, 0 if tied or too few seeds."""
-    iv, _ = stats.paired_difference(a, b)
+def separated(a, b, metric='test_acc'):
+    """+1 if `a` beats `b` in `metric` (paired 95% interval above 0), -1 if below, 0 if tied or too few seeds."""
+    iv, _ = stats.paired_difference(a, b, metric)
     if iv is None or iv.includes_zero:
         return 0
     return 1 if iv.mean > 0 else -1
 
 
-def compare(budget, double):
-    """(lines, broken) for one experiment's rows at B and 2B ({label: Row} each)."""
-    labels = sorted(set(budget) & set(double), key=lambda k: -budget[k].mean('test_acc'))
-    table = [[k, budget[k].n, f'{budget[k].mean("test_acc") * 100:.2f}', double[k].n,
-              f'{double[k].mean("test_acc") * 100:.2f}'] for k in labels]
-    lines = [tabulate(table, headers=['row', 'n (B)', 'test acc % (B)', 'n (2B)', 'test acc % (2B)'],
+def compare(budget, double, metric='test_acc'):
+    """(lines, broken) for one table's rows at B and 2B ({label: Row} each), compared in `metric`."""
+    labels = sorted(set(budget) & set(double), key=lambda k: -budget[k].mean(metric))
+    name = stats.METRIC_WORDS[metric]
+    table = [[k, budget[k].n, f'{budget[k].mean(metric) * 100:.2f}', double[k].n,
+              f'{double[k].mean(metric) * 100:.2f}'] for k in labels]
+    lines = [tabulate(table, headers=['row', 'n (B)', f'{name} % (B)', 'n (2B)', f'{name} % (2B)'],
                       tablefmt='github', disable_numparse=True), '']
     both, broken = 0, []
     for a, b in itertools.combinations(labels, 2):
-        at_b, at_2b = separated(budget[a], budget[b]), separated(double[a], double[b])
+        at_b, at_2b = separated(budget[a], budget[b], metric), separated(double[a], double[b], metric)
         if at_b and at_2b:
             both += 1
             if at_b != at_2b:
@@ -80,16 +80,19 @@ def main(argv=None):
     if missing:
         print(f'error: no results file at {missing[0]}', file=sys.stderr)
         return 2
-    budget, double = rows_by_experiment(args.budget), rows_by_experiment(args.double)
+    budget, double = tables_by_key(args.budget), tables_by_key(args.double)
     common = sorted(set(budget) & set(double))
     if not common:
-        print(f'error: {args.budget} and {args.double} hold no experiment in common with successful runs; '
-              f'nothing to compare', file=sys.stderr)
+        print(f'error: {args.budget} and {args.double} hold no experiment in common with successful runs on the same '
+              f'hardware and dataset; nothing to compare', file=sys.stderr)
         return 2
     broken = False
-    for exp in common:
-        lines, bad = compare(budget[exp], double[exp])
-        print(f'## {exp}\n\n' + '\n'.join(lines) + '\n')
+    for key in common:
+        exp, device, dataset = key
+        metric = budget[key].metric
+        lines, bad = compare({r.label: r for r in budget[key].rows}, {r.label: r for r in double[key].rows}, metric)
+        print(f'## {exp} · {dataset or "?"} · {device}, by {stats.METRIC_WORDS[metric]}\n\n'
+              + '\n'.join(lines) + '\n')
         broken |= bad
     return 1 if broken else 0
 

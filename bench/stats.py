@@ -22,6 +22,7 @@ from bench.config import identity
 from bench.datasets import DATASETS
 
 METRIC_FIELDS = {'top1': 'test_acc', 'class_mean': 'test_class_acc'}
+METRIC_WORDS = {'test_acc': 'test accuracy', 'test_class_acc': 'test mean per-class accuracy'}
 
 MIN_SEEDS = 3     # fewer paired seeds than this give no verdict: the interval would be wider than any effect
 CONFIDENCE = 0.95

@@ -189,6 +189,30 @@ def test_stability_without_comparable_files_is_one_sentence(tmp_path, capsys):
     assert 'hold no experiment in common' in capsys.readouterr().err
 
 
+def test_stability_compares_each_machines_table_in_its_datasets_metric(tmp_path, capsys):
+    """Caltech-101 rows are compared in mean per-class accuracy (here top-1 keeps its order while the declared metric
+    flips), and B's records of another machine are a table of their own, not pooled with this one's."""
+    from bench import stability
+    here, there = 'cpu: this (2 cores)', 'cpu: that (2 cores)'
+    caltech = dict(experiment='w6', dataset='caltech101:abc')
+
+    def runs(top1, class_mean, device=here):
+        return [r for name in ('a', 'b') for r in
+                [rec(name, s, top1[name][s], class_acc=class_mean[name][s], device=device, **caltech)
+                 for s in range(3)]]
+    ahead, behind = [0.80, 0.81, 0.82], [0.70, 0.72, 0.71]
+    budget = runs({'a': ahead, 'b': behind}, {'a': ahead, 'b': behind})
+    budget += runs({'a': behind, 'b': ahead}, {'a': behind, 'b': ahead}, device=there)
+    double = runs({'a': ahead, 'b': behind}, {'a': behind, 'b': ahead})
+    for name, recs in (('B.jsonl', budget), ('2B.jsonl', double)):
+        for r in recs:
+            record.append(tmp_path / name, r)
+    assert stability.main([str(tmp_path / 'B.jsonl'), str(tmp_path / '2B.jsonl')]) == 1
+    out = capsys.readouterr().out
+    assert out.count('## w6') == 1 and f'## w6 · caltech101 · {here}, by test mean per-class accuracy' in out
+    assert '- resnet18 a vs resnet18 b: ahead at B, behind at 2B' in out
+
+
 def two_datasets():
     """W5 on CIFAR-10 (top-1) and W6 on Caltech-101 (mean per-class), 3 seeds, 3 strategies on one backbone:
     full > partial > feature_extract on CIFAR; on Caltech feature_extract ties full, and partial is last."""
