@@ -29,11 +29,14 @@ def prepare_for(cfg, spec, train):
                         channels_last=cfg.channels_last == 'on')
 
 
-def loaders(cfg, images, split, spec, train_bs=None):
-    train = data.batches(images, split.train, prepare_for(cfg, spec, True), train_bs or cfg.bs, train=True,
-                         seed=cfg.seed, device=cfg.device)
-    valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), cfg.bs, device=cfg.device)
-    test = data.batches(images, split.test, prepare_for(cfg, spec, False), cfg.bs, test=True, device=cfg.device)
+def loaders(cfg, images, split, spec, bs=None):
+    """Training, validation and test batches, of `bs` images (default cfg.bs; a run that accumulates gradients over
+    smaller passes evaluates in passes of that size too, so that evaluation never needs more memory than a step)."""
+    bs = bs or cfg.bs
+    train = data.batches(images, split.train, prepare_for(cfg, spec, True), bs, train=True, seed=cfg.seed,
+                         device=cfg.device)
+    valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), bs, device=cfg.device)
+    test = data.batches(images, split.test, prepare_for(cfg, spec, False), bs, test=True, device=cfg.device)
     return train, valid, test
 
 

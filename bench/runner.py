@@ -135,7 +135,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n)))), autocast(cfg), trains)
     cbs = [runlog := RunLog(cfg.device)]
     if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
-        train_dl, _, _ = loaders(cfg, images, split, spec, train_bs=fits.micro_bs)
+        train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec, bs=fits.micro_bs)
         cbs.append(GradientAccumulation(cfg.bs))
         log(f'    batches of {cfg.bs} as {fits.accumulate} passes of {fits.micro_bs}: about {fits.estimate_mb:,.0f} '
             f'MB, of {fits.free_mb:,.0f} MB free')

@@ -56,6 +56,27 @@ def test_a_run_under_a_tight_limit_trains_in_passes_and_says_so(images):
     assert any('passes of' in line for line in lines)
 
 
+def test_a_run_in_passes_also_evaluates_in_passes(images):
+    """Evaluation in eval mode needs no saved activations, but a whole batch of them at once: under a limit that
+    splits training batches, validation and test run in batches of the same smaller size."""
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16, epochs=1)
+    split = data.split(images, valid_frac=0.25, subset=32)
+    free = runner.train(cfg, images, split, log=lambda line: None)
+    seen = {True: set(), False: set()}  # training mode -> batch sizes the model was called with
+
+    def spy(module, args):
+        if module.__class__.__name__ == 'Net' and args and isinstance(args[0], torch.Tensor):
+            seen[module.training].add(args[0].shape[0])
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(spy)
+    try:
+        tight = runner.train(replace(cfg, memory_limit_mb=max(1, int(free['memory_estimate_mb'] * 0.6))), images,
+                             split, log=lambda line: None)
+    finally:
+        hook.remove()
+    assert tight['accumulate'] >= 2 and seen[False] and max(seen[False]) <= tight['micro_bs'] < 16
+    assert max(seen[True]) <= tight['micro_bs']
+
+
 def test_a_refused_run_is_an_error_row_with_the_figure(images):
     cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16, memory_limit_mb=1)
     out = runner.work(Job(cfg), images)
