@@ -51,8 +51,8 @@ def resolve_device(device, target):
 def auto_precision(backbone, device, target):
     """bf16 on CUDA. On a CPU, bf16 only where the CPU has it in hardware and the backbone has no depthwise convs;
     fp32 elsewhere. Training img/s, bf16 over fp32, side by side: emulated bf16 (AVX2 EPYC) 0.07-0.1x for every
-    model; with AMX (Xeon, 2 cores) ResNet18 2.2x, VGG16 1.8x, ViT-Tiny 1.6x, but EfficientNet-Lite0 0.77x and
-    ConvNeXt-Atto 0.93x, whose depthwise convs have no fast bf16 kernel on a CPU."""
+    model; with AMX (Xeon, 2 cores) ResNet18 2.2x, VGG16 1.9x, ViT-Tiny 1.6x, but EfficientNet-Lite0 0.77x and
+    ConvNeXt-Atto 0.94x, whose depthwise convs have no fast bf16 kernel on a CPU (bench/precision.py measures it)."""
     if device == 'cuda':
         return 'bf16'
     if not target.cpu_bf16:

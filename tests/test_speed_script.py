@@ -39,3 +39,33 @@ def test_cached_features_give_the_same_run(images):
         assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-3)
         assert a['valid_acc'] == pytest.approx(b['valid_acc'], abs=1e-6)
     assert cached['test_acc'] == pytest.approx(plain['test_acc'], abs=1e-6)
+
+
+def test_precision_measures_both_and_checks_autos_pick(capsys):
+    """bench/precision.py on a real (tiny) model: both precisions timed, auto's pick named, exit 0 when it is within
+    the tolerance (here any: a tiny CNN's speeds say nothing about the rule)."""
+    from bench import precision
+    assert precision.main(['--backbone', 'cifar_cnn,resnet18', '--size', '16', '--bs', '4', '--steps', '1',
+                           '--repeats', '1', '--tolerance', '2']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('cpu: ') and 'bf16 in hardware' in lines[0]
+    for name, line in zip(('cifar_cnn', 'resnet18'), lines[1:3]):
+        assert line.startswith(f'{name} at 16 px, batch 4: fp32 ') and ' bf16 ' in line and '0 depthwise convs' in line
+        assert line.endswith('auto picks bf16') or line.endswith('auto picks fp32')
+    assert lines[-1].startswith('auto picks the faster precision')
+
+
+def test_precision_says_when_auto_picks_the_slower_one():
+    from bench import precision
+    assert precision.slower({'fp32': 100.0, 'bf16': 220.0}, 'fp32', 0.1) == pytest.approx(2.2)
+    assert precision.slower({'fp32': 100.0, 'bf16': 220.0}, 'bf16', 0.1) is None
+    assert precision.slower({'fp32': 100.0, 'bf16': 95.0}, 'bf16', 0.1) is None  # within the tolerance
+    assert precision.slower({'fp32': 100.0, 'bf16': 77.0}, 'bf16', 0.1) == pytest.approx(100 / 77)
+
+
+def test_precision_refuses_an_unknown_backbone(capsys):
+    from bench import precision
+    with pytest.raises(SystemExit) as e:
+        cli.main(lambda: precision.main(['--backbone', 'resnet_nonesuch']))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith('error: ') and 'resnet_nonesuch' in err and err.count('\n') == 1
