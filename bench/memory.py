@@ -51,7 +51,9 @@ def saved_bytes_per_image(model, x, autocast):
         if storage.data_ptr() not in seen:
             seen.add(storage.data_ptr())
             total += storage.nbytes()
-        return t
+        # detached: the storage stays alive (and its address unique) until the pass ends, but an output saved by
+        # its own grad_fn does not hold that grad_fn in a cycle through C++ that no garbage collection breaks
+        return t.detach()
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if x.is_cuda else None)
