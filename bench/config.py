@@ -241,7 +241,7 @@ W6 = Experiment(
     cpu=dict(
         size=160, resize=160,               # Lite0 trains 2.8x faster at 160 px than at 224 on a 2-core AVX2 CPU
         subset=800, eval_subset=400,        # ~8 training images per class; 400 validation and 400 test images
-        epochs=2, bs=32,                    # 50 steps: the 24 runs take ~20 min on a 2-core AVX2 CPU
+        epochs=2, bs=32,                    # 50 steps: the 24 runs take ~14 min on a 2-core CPU (Xeon or EPYC)
         memory_limit_mb=1024,               # batches accumulate in smaller passes: peak RSS stays under 2.5 GB
     ),
     strategies=W5.strategies,
