@@ -5,6 +5,8 @@ Strategies differ only in which parameters train when and at what LR (bench/stra
 shared, so a comparison between strategies measures the strategy. Nothing reads a value back from the device
 during an epoch: the smoothed loss stays where it is computed.
 """
+import time
+
 import torch
 from fastai.basics import Callback, CrossEntropyLossFlat, Learner, accuracy
 from fastai.callback.fp16 import MixedPrecision
@@ -21,6 +23,15 @@ from bench.strategies import STRATEGIES, prepare
 def sync(device):
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    """Seconds `fn()` takes, with the device's queued work finished on both sides."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
 
 
 def prepare_for(cfg, spec, train):

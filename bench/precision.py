@@ -12,8 +12,6 @@ more than --tolerance.
 """
 import argparse
 import statistics
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +60,8 @@ def measure(name, size, bs, device, steps, repeats):
         step(bf16)
     for _ in range(repeats):
         for precision in speeds:
-            learner.sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step(precision == 'bf16')
-            learner.sync(device)
-            speeds[precision].append(bs * steps / (time.perf_counter() - start))
+            seconds = learner.timed(lambda: [step(precision == 'bf16') for _ in range(steps)], device)
+            speeds[precision].append(bs * steps / seconds)
     return {k: statistics.median(v) for k, v in speeds.items()}
 
 
@@ -82,11 +76,10 @@ def main(argv=None):
     if min(args.size, args.bs, args.steps, args.repeats) < 1 or args.tolerance < 0:
         raise UsageError('--size, --bs, --steps and --repeats must be at least 1, --tolerance at least 0')
     cases = [(n, args.size, args.bs) for n in split_list(args.backbone)] if args.backbone else list(MEASURED)
-    for name, size, _ in cases:
-        try:
-            backbones.describe(name, size)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    try:
+        specs = {name: backbones.describe(name, size) for name, size, _ in cases}
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     target = record.hardware()
     print(f'{target.name}: bf16 in hardware: {"yes" if target.cpu_bf16 or target.device == "cuda" else "no"}')
     wrong = []
@@ -95,7 +88,7 @@ def main(argv=None):
         pick = auto_precision(name, target.device, target)
         behind = slower(speed, pick, args.tolerance)
         print(f'{name} at {size} px, batch {bs}: fp32 {speed["fp32"]:.1f} img/s, bf16 {speed["bf16"]:.1f} img/s, '
-              f'bf16/fp32 {speed["bf16"] / speed["fp32"]:.2f}x; {backbones.describe(name, size).depthwise} depthwise '
+              f'bf16/fp32 {speed["bf16"] / speed["fp32"]:.2f}x; {specs[name].depthwise} depthwise '
               f'convs; auto picks {pick}{f", which ran {behind:.2f}x slower" if behind else ""}', flush=True)
         if behind:
             wrong.append(name)

@@ -16,7 +16,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from functools import partial
 
 import torch
@@ -49,14 +48,6 @@ def parser():
 
 def parse(argv=None):
     return parser().parse_args(argv)
-
-
-def timed(fn, device):
-    learner.sync(device)
-    t = time.perf_counter()
-    fn()
-    learner.sync(device)
-    return time.perf_counter() - t
 
 
 def plain_loop(model, opt, dl, cfg):
@@ -96,7 +87,7 @@ def optimizer_steps(model, cfg, steps, repeats):
         opt.step()  # state is allocated at the first step
         with OpCount() as count:
             opt.step()
-        seconds = min(timed(lambda: [opt.step() for _ in range(steps)], cfg.device) for _ in range(repeats))
+        seconds = min(learner.timed(lambda: [opt.step() for _ in range(steps)], cfg.device) for _ in range(repeats))
         out[name] = (count.n, seconds / steps)
     return out
 
@@ -109,7 +100,7 @@ def measure(args):
     cli.validate([cfg])
     source = data.resolve_source(args.data)
     images = data.load(source, log=lambda m: print(m, file=sys.stderr))
-    cache_load_s = min(timed(lambda: data.load(source), 'cpu') for _ in range(3))
+    cache_load_s = min(learner.timed(lambda: data.load(source), 'cpu') for _ in range(3))
 
     spec = backbones.describe(cfg.backbone)
     n = args.steps * args.bs
@@ -117,7 +108,7 @@ def measure(args):
     if len(idx) < n:
         raise UsageError(f'--steps x --bs = {n} needs more than the {len(images.train_y)} images in the data')
     dl = data.batches(images, idx, learner.prepare_for(cfg, spec, train=False), cfg.bs, train=True, device=cfg.device)
-    pipeline_ips = n / min(timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
+    pipeline_ips = n / min(learner.timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
 
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'  # as the runs have it
     torch.manual_seed(0)
@@ -145,8 +136,8 @@ def measure(args):
     runner.reset_peak_memory(cfg.device)
     model_s, plain_s, learner_s = [], [], []
     for _ in range(args.repeats):
-        model_s.append(timed(lambda: plain_loop(plain_net, opt, ready, cfg), cfg.device))
-        plain_s.append(timed(lambda: plain_loop(plain_net, opt, dl, cfg), cfg.device))
+        model_s.append(learner.timed(lambda: plain_loop(plain_net, opt, ready, cfg), cfg.device))
+        plain_s.append(learner.timed(lambda: plain_loop(plain_net, opt, dl, cfg), cfg.device))
         learn.fit(1, lr=1e-4)
         learner_s.append(log.epochs[-1]['train_seconds'])
     out = dict(backbone=cfg.backbone, size=args.size, bs=args.bs, steps=args.steps, device=cfg.device,

@@ -27,7 +27,6 @@ def test_the_estimate_grows_with_the_batch_and_what_trains():
     assert all(p.requires_grad for p in net.parameters())  # the probe put every flag back
 
 
-
 def test_the_estimate_leaves_nothing_of_its_forward_pass_alive():
     """Each run measures once: what the probe's forward pass saved must go when it ends. A pack hook that keeps
     the tensor it is given ties an output to its own grad_fn in a cycle the garbage collector cannot see, and every
@@ -45,6 +44,7 @@ def test_the_estimate_leaves_nothing_of_its_forward_pass_alive():
         h.remove()
     gc.collect()
     assert outputs and all(ref() is None for ref in outputs)
+
 
 def test_a_tight_limit_accumulates_and_a_tighter_one_refuses():
     cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16)
