@@ -139,10 +139,45 @@ class Autocast(Callback):
         self.context.__exit__(None, None, None)
 
 
+# A CPU bug (torch 2.14.1, oneDNN, seen on a Xeon with AMX): the bf16 weight gradient of a strided conv whose
+# input is narrower than its stride (3x3, stride 2, on a 1 px wide map) has garbage in the taps that only ever see
+# padding, where fp32 gives exact zeros: 20-40% of calls give a NaN, inf or ~1e-37 there. It shows where an image
+# is small for the model (test_resnet at 16 px: its layer4 runs on 1x1 maps), and the run stops with a NaN loss.
+# Such a conv runs in fp32 instead: it is the cheapest conv of the model, and bf16 stays everywhere else.
+
+def _narrow_input_to_fp32(conv, args):
+    x = args[0]
+    if x.is_cpu and torch.is_autocast_enabled('cpu') and (x.shape[-2] < conv.stride[0] or x.shape[-1] < conv.stride[1]):
+        conv._fp32 = torch.autocast('cpu', enabled=False)
+        conv._fp32.__enter__()
+        return (x.float(), *args[1:])
+
+
+def _back_to_autocast(conv, args, out):
+    fp32 = conv.__dict__.pop('_fp32', None)
+    if fp32 is not None:
+        fp32.__exit__(None, None, None)
+
+
+def fp32_for_narrow_convs(model):
+    """Every strided conv of `model` runs in fp32 on an input narrower than its stride, under CPU autocast (the bug
+    above); idempotent. Returns how many convs are watched."""
+    watched = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and max(m.stride) > 1 and max(m.kernel_size) > 1:
+            if _narrow_input_to_fp32 not in m._forward_pre_hooks.values():
+                m.register_forward_pre_hook(_narrow_input_to_fp32)
+                m.register_forward_hook(_back_to_autocast, always_call=True)
+            watched += 1
+    return watched
+
+
 def apply_precision(learn, cfg):
     """The run's precision, memory format and compilation, exactly as its resolved config says."""
     if cfg.precision == 'bf16':
         learn.add_cb(Autocast(cfg))
+        if torch.device(cfg.device).type == 'cpu':
+            fp32_for_narrow_convs(learn.model)
     elif cfg.precision == 'fp16':
         learn.to_fp16()  # CUDA only (refused elsewhere when the config is resolved); loss scaling syncs each step
     if cfg.channels_last == 'on':
