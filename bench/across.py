@@ -65,7 +65,7 @@ def block(per_dataset, strategies):
     held, flipped, unclear = pair_orders(per_dataset, strategies)
     lines.append(f'- Holds on all {len(names)} datasets, significant on each ({len(held)} of '
                  f'{len(held) + len(flipped) + unclear} pairs): ' + (', '.join(held) or 'none') + '.')
-    lines.append(f'- Flips between datasets, significant both ways: ' + (', '.join(flipped) or 'none') + '.')
+    lines.append('- Flips between datasets, significant both ways: ' + (', '.join(flipped) or 'none') + '.')
     lines.append('- ' + recommendation(per_dataset, strategies, cost))
     return lines
 

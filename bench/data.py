@@ -15,7 +15,6 @@ import json
 import mmap
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
