@@ -125,7 +125,7 @@ def training_batchnorms(model, trains):
     """How many BatchNorm layers train (their weight or bias is among `trains`) and so normalize each pass by
     its own statistics."""
     return sum(1 for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-               and any(f'{name}.{p}'.lstrip('.') in trains for p, _ in m.named_parameters(recurse=False)))
+               and any(n in trains for n, _ in m.named_parameters(prefix=name, recurse=False)))
 
 
 def optimizer_state_mb(opt):
