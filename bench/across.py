@@ -21,7 +21,7 @@ METRIC_SHORT = {'test_acc': 'top-1 %', 'test_class_acc': 'mean per-class %'}
 
 def section(declared, tables):
     """Markdown lines: one cross-dataset block per (hardware, profile, backbone) seen on two datasets or more."""
-    groups = defaultdict(dict)  # (device, profile, backbone) -> dataset -> (table, {strategy: row})
+    groups = defaultdict(dict)  # (fixed LRs, device, profile, backbone) -> dataset -> (table, {strategy: row})
     for table in tables:
         by_backbone = defaultdict(dict)
         for row in table.rows:
@@ -29,15 +29,17 @@ def section(declared, tables):
             if not first.get('variant'):
                 by_backbone[first['backbone']][first['strategy']] = row
         for backbone, rows in by_backbone.items():
-            groups[(table.device, table.profile, backbone)][f'{table.dataset} ({table.experiment})'] = (table, rows)
+            groups[(not table.tuned, table.device, table.profile, backbone)][
+                f'{table.dataset} ({table.experiment})'] = (table, rows)
     out = []
-    for (device, profile, backbone), per_dataset in sorted(groups.items()):
+    for (fixed, device, profile, backbone), per_dataset in sorted(groups.items()):
         if len(per_dataset) < 2:
             continue
         common = sorted(set.intersection(*(set(rows) for _, rows in per_dataset.values())))
         if len(common) < 2:
             continue
-        out += [f'### Across datasets: {backbone} · {device} · profile {profile}', '',
+        out += [f'### Across datasets: {backbone} · {device} · profile {profile} · '
+                f'{"fixed LRs (earlier code)" if fixed else "each strategy at its tuned LR"}', '',
                 *block(per_dataset, common), '']
     if out:
         out = ['Across datasets: each strategy\'s rank on each dataset (1 = best, by the dataset\'s declared metric; '

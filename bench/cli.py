@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 import backbones
-from bench import data
+from bench import data, tune
 from bench.config import CUSTOM, EXPERIMENTS, UsageError, flag_overrides, print_config, validate_numbers
 from bench.executor import Job, make_executor, sweep
 from bench.resolve import fit_size
@@ -127,22 +127,68 @@ def executor(args):
     return make_executor(args.cluster, args.gpus_per_run, args.cpus_per_run)
 
 
+def tuning(args, cfgs):
+    """Whether these runs tune each strategy's LR: --tune lr or off as given; auto where they compare strategies."""
+    return tune.wanted(getattr(args, 'tune', 'off'), len({c.strategy for c in cfgs}) > 1)
+
+
 def execute(args, configs):
     """A script's flow: where runs happen; `configs(args, hardware)` for the hardware they land on, validated;
-    their plans (--dry-run) or the runs; then the leaderboard. The exit code."""
+    their plans (--dry-run) or the runs (each strategy tuned first, where it is); then the leaderboard. The exit
+    code."""
     with executor(args) as where:
         cfgs = validate(configs(args, where.hardware), leave_out=getattr(args, 'strategy', None) == 'all')
+        tuned = tuning(args, cfgs)
         if args.dry_run:
-            return dry_run(args, cfgs)
+            return dry_run(args, cfgs, tuned)
         failed = False
         for source, group in by_data(cfgs):
             images = load_images(source)
             group = stamp(group, images)
             print_config(group[0])
             where.start(images, bar=show_bar(args))
-            failed |= bool(run(args, [Job(cfg) for cfg in group], where).failed)
+            if tuned:
+                failed |= run_tuned(args, group, where)
+            else:
+                failed |= bool(run(args, [Job(cfg) for cfg in group], where).failed)
     render(args)
     return 1 if failed else 0
+
+
+def tuned_job(cfg, role, chosen=None):
+    return Job(cfg, extra=tune.bookkeeping(cfg, role, chosen), identity=tune.IDENTITY)
+
+
+def run_tuned(args, cfgs, where):
+    """Each strategy's grid at the first seed, scored on validation, extended past an edge where the best is there;
+    then every seed at the chosen LR (the grid's run is the first seed's). Strategies that train nothing run as
+    they are. Every run is a record; a rerun resumes. Whether any run failed."""
+    groups = tune.grid_runs(cfgs)
+    scores = {key: {} for key in groups}
+    pending = {key: list(tune.grid_of(first.strategy).exponents) for key, (first, _) in groups.items()}
+    chosen, failed, grid_keys = {}, False, set()
+    while any(pending.values()):
+        jobs = [tuned_job(tune.at(groups[key][0], e), 'grid') for key, points in pending.items() for e in points]
+        grid_keys |= {job.key(where.hardware.name) for job in jobs}
+        outcome = run(args, jobs, where)
+        failed |= bool(outcome.failed)
+        for rec in outcome.records:
+            key, field = tune.group_key(rec['config']), rec['tune']['field']
+            metric = tune.valid_field(rec['config']['dataset'].split(':')[0])
+            scores[key][tune.exponent_of(rec['config'][field])] = None if rec['error'] else rec[metric]
+        for key, (first, _) in groups.items():
+            choice = tune.choose(scores[key], tune.grid_of(first.strategy).exponents)
+            pending[key] = [choice.next] if choice.next is not None else []
+            chosen[key] = choice
+    jobs = []
+    for key, (first, seeds) in groups.items():
+        choice = chosen[key]
+        print(tune.summary(first, scores[key], choice))
+        jobs += [tuned_job(tune.at(cfg, choice.best), 'seed', choice.best) for cfg in seeds
+                 if choice.best is not None]
+    jobs = [job for job in jobs if job.key(where.hardware.name) not in grid_keys]  # seed 0 is the grid's run
+    jobs += [tuned_job(cfg, 'seed') for cfg in cfgs if tune.grid_of(cfg.strategy) is None]
+    return failed | bool(run(args, jobs, where).failed)
 
 
 def run(args, jobs, executor):
@@ -153,9 +199,10 @@ def run(args, jobs, executor):
     return outcome
 
 
-def dry_run(args, cfgs):
+def dry_run(args, cfgs, tuned=False):
     """Each run's phases, from the strategy's own code on a parameter-free model. Needs no data and downloads
-    nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed."""
+    nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed. Tuned: one plan per
+    strategy, at its grid's middle point, with its grid, its runs and the head's rule."""
     from bench.plan import format_plan, plan
     for spec, group in by_data(cfgs):
         source = data.local_source(spec)
@@ -165,9 +212,15 @@ def dry_run(args, cfgs):
         else:
             images = data.load(source, log=lambda m: print(m, file=sys.stderr))
             group, n_classes = stamp(group, images), len(images.classes)
+        if tuned:
+            seeds = {key: len(s) for key, (_, s) in tune.grid_runs(group).items()}
+            group = [tune.at(first, tune.grid_of(first.strategy).exponents[1]) if tune.grid_of(first.strategy)
+                     else first for first in group if first.seed == min(c.seed for c in group)]
         for cfg in group:
             print_config(cfg)
             print(format_plan(cfg, plan(cfg, n_classes)))
+            if tuned:
+                print(tune.describe(cfg, seeds.get(tune.group_key(cfg.to_dict()), args.seeds)))
     return 0
 
 

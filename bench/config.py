@@ -17,13 +17,14 @@ class UsageError(Exception):
     """A mistake in the user's input, found before anything runs; the message is one sentence."""
 
 
-def setting(default, help, choices=None, flag=True, used_by=None, identity=True, added=False):
+def setting(default, help, choices=None, flag=True, identity=True, added=False):
     """A Config field with its help text (meaning and unit) and, if `flag`, a command-line flag of its own.
-    `used_by`: the strategies the setting changes (it is no part of other runs' identity); `identity=False`: a
-    setting that never changes what a run computes (the record holds what it did); `added`: a setting added after
-    runs were recorded, which at its default is no part of identity, so those runs stay the runs they were."""
-    return field(default=default, metadata=dict(help=help, choices=choices, flag=flag, used_by=used_by,
-                                                identity=identity, added=added))
+    `identity=False`: a setting that never changes what a run computes (the record holds what it did); `added`: a
+    setting added after runs were recorded, which at its default is no part of identity, so those runs stay the runs
+    they were. A strategy's hyperparameters (strategies.HYPERPARAMETERS) are part of a run's identity only where its
+    strategy reads them (record.identity)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, flag=flag, identity=identity,
+                                                added=added))
 
 
 AUTO_ON_OFF = ('auto', 'on', 'off')
@@ -46,20 +47,20 @@ class Config:
     head_dropout: float = setting(0.3, 'dropout probability in the mlp head, in [0, 1)')
     strategy: str = setting('full', 'name in bench.strategies.STRATEGIES', flag=False)
     epochs: int = setting(10, 'passes over the training images, all phases together')
-    lr: float = setting(1e-4, 'learning rate of what trains with the body (top of the slice if --lr-mult > 1)')
-    head_lr: float = setting(1e-3, 'learning rate of the head when it trains alone or ahead of the body')
+    lr: float = setting(1e-4, 'learning rate of the body\'s parameters (stages, layers, biases, norms, adapters; the '
+                              'top of the slice if --lr-mult > 1); with --tune lr, chosen on validation')
+    head_lr: float = setting(1e-3, 'learning rate of the new head, in every strategy; with --tune lr, a declared '
+                                   'multiple of the chosen --lr, or itself chosen where only the head trains')
     lr_mult: float = setting(1.0, 'discriminative LRs: the body\'s stages get slice(lr / lr_mult, lr); 1 = one LR')
     unfreeze: int = setting(1, 'partial: how many of the last stages train with the head')
     unfreeze_at: tuple = setting((3, 6), 'progressive: 0-based epochs at which one more stage unfreezes, '
                                          'comma-separated (e.g. 3,6)')
     lp_epochs: int = setting(0, 'lp_ft: linear-probe epochs before the full fine-tune; 0 = half of --epochs')
-    lora_r: int = setting(8, 'lora: rank of each adapter (parameters per adapted layer: r * (inputs + outputs))',
-                          used_by=('lora',))
-    lora_alpha: float = setting(16.0, 'lora: scale of the adapters\' update, applied as alpha / r', used_by=('lora',))
-    lora_dropout: float = setting(0.0, 'lora: dropout probability on the adapters\' input, in [0, 1)',
-                                  used_by=('lora',))
+    lora_r: int = setting(8, 'lora: rank of each adapter (parameters per adapted layer: r * (inputs + outputs))')
+    lora_alpha: float = setting(16.0, 'lora: scale of the adapters\' update, applied as alpha / r')
+    lora_dropout: float = setting(0.0, 'lora: dropout probability on the adapters\' input, in [0, 1)')
     layer_decay: float = setting(0.75, 'llrd: LR factor per layer below the head, in (0, 1]; a layer d layers down '
-                                       'trains at lr * layer_decay ** d', used_by=('llrd',))
+                                       'trains at lr * layer_decay ** d')
     opt: str = setting('adamw', 'adam (L2 weight decay) | adamw (decoupled weight decay) | sgd (momentum 0.9)',
                        choices=('adam', 'adamw', 'sgd'))
     wd: float = setting(0.01, 'weight decay (not applied to BatchNorm and bias parameters)')
@@ -105,21 +106,6 @@ class Config:
 
 
 FIELDS = {f.name: f for f in fields(Config)}
-
-
-def identity(config):
-    """What of a config (a dict, as records hold it) makes a run what it is: every setting but those that never
-    change what is computed, and those of strategies other than the run's. So a setting added for a new strategy
-    leaves the runs of the others, recorded before it existed, the runs they were."""
-    out = {}
-    for name, value in config.items():
-        meta = FIELDS[name].metadata if name in FIELDS else {}
-        used_by = meta.get('used_by')
-        if meta.get('added') and value == FIELDS[name].default:
-            continue
-        if meta.get('identity', True) and (used_by is None or config.get('strategy') in used_by):
-            out[name] = value
-    return out
 
 
 # ---- experiments ------------------------------------------------------------------------------------------
@@ -192,7 +178,8 @@ W3 = Experiment(
         ('cifar_resnet32', 'augment'): dict(augment=True),                      # random crop + flip
         ('vgg16', 'seed'): dict(head='mlp', head_hidden=256, head_dropout=0.5),  # the seed's VGG16: never learns
         ('vgg16_bn', 'bn'): dict(head='mlp', head_hidden=256, head_dropout=0.5),  # BatchNorm makes it learn
-        ('vgg16', 'lr1e-4'): dict(head='mlp', head_hidden=256, head_dropout=0.5, lr=1e-4),  # so does a lower LR
+        # so does a lower LR; from scratch the head trains at the body's LR: one LR for the whole network
+        ('vgg16', 'lr1e-4'): dict(head='mlp', head_hidden=256, head_dropout=0.5, lr=1e-4, head_lr=1e-4),
     },
 )
 
@@ -316,6 +303,10 @@ def add_io_flags(p, presets):
     p.add_argument('--out', default=None, help='leaderboard file (default: leaderboard.md beside --results)')
     p.add_argument('--dry-run', action='store_true', help='print the plan; train, download and write nothing')
     p.add_argument('--force', action='store_true', help='rerun configurations already recorded')
+    p.add_argument('--tune', default='auto', choices=('auto', 'lr', 'off'),
+                   help='lr: each strategy\'s LR chosen on validation from its grid (bench/tune.py), then the seeds '
+                        'at it; off: --lr and --head-lr as given; auto: lr where the runs compare strategies '
+                        '(default: auto)')
     p.add_argument('--no-render', action='store_true', help='do not render the leaderboard at the end')
     p.add_argument('--bar', action=argparse.BooleanOptionalAction, default=None,
                    help='progress bars (default: only when the output is a terminal)')

@@ -6,7 +6,9 @@ Per leaderboard table (one experiment on one hardware and profile), into the `fi
 - `<table>-pareto.png`: test accuracy against training time (log axis), every configuration a point with ±1 std
   bars over seeds, the Pareto front (configurations no other beats on both accuracy and time) joined in red;
 - `<table>-trainable.png`: the same against trainable parameters, where the configurations train different counts;
-- `<table>-params.png`, for a search: validation score against each hyperparameter, one panel row per search kind.
+- `<table>-params.png`, for a search: validation score against each hyperparameter, one panel row per search kind;
+- `<table>-lr.png`, for a tuned table: LR sensitivity, each strategy's validation score against its tuned LR (one
+  line per strategy, the chosen point ringed): how forgiving each strategy is of its LR.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
 from pathlib import Path
@@ -124,6 +126,36 @@ def search_params(records, path, title):
     return _save(fig, path)
 
 
+def lr_sensitivity(rows, path, title, metric='test_acc'):
+    """Validation score against LR, one line per tuned row (its grid at the first seed), the chosen LR ringed."""
+    rows = [row for row in rows if row.tuned is not None and len(row.tuned.points) > 1]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = []
+    for row in rows:
+        points = sorted((lr, v * 100) for lr, v in row.tuned.points.items() if v is not None)
+        if not points:
+            continue
+        lr, score = zip(*points)
+        xs += lr
+        line, = ax.plot(lr, score, marker='o', ms=4, label=f'{row.label} ({"head" if row.tuned.field == "head_lr" else "body"} LR)')
+        if row.tuned.chosen in row.tuned.points and row.tuned.points[row.tuned.chosen] is not None:
+            ax.scatter([row.tuned.chosen], [row.tuned.points[row.tuned.chosen] * 100], s=140, facecolors='none',
+                       edgecolors=line.get_color(), linewidths=2, zorder=3)
+    if not xs:
+        plt.close(fig)
+        return None
+    log_x_axis(ax, min(xs), max(xs))
+    ax.set_xlabel('tuned LR (log scale): the body\'s, the head at its multiple; the head\'s where only it trains')
+    ax.set_ylabel(f'{"validation mean per-class acc" if metric == "test_class_acc" else "validation acc"}, % '
+                  f'(first seed)')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=7, loc='best')
+    ax.set_title(title + '\nLR sensitivity: ringed = chosen', fontsize=10)
+    return _save(fig, path)
+
+
 def log_ticks(lo, hi):
     """Tick positions for a log axis over [lo, hi]: 1-2-5 steps, finer steps when the range is short, and a few
     rounded points spread evenly (in log) when it spans too little for either."""
@@ -170,5 +202,7 @@ def draw(table, folder, name, title):
             ('Accuracy against trainable parameters, ±1 std over seeds, Pareto front in red',
              pareto(rows, folder / f'{name}-trainable.png', title, against='trainable')),
             ('Validation score against each hyperparameter', search_params(searched, folder / f'{name}-params.png',
-                                                                          title))]
+                                                                          title)),
+            ('LR sensitivity: validation score against each strategy\'s tuned LR, the chosen point ringed',
+             lr_sensitivity(rows, folder / f'{name}-lr.png', title, table.metric) if table.tuned else None)]
     return [(caption, path) for caption, path in made if path is not None]

@@ -44,11 +44,12 @@ reach. Peak memory on CPU is the process's peak resident set during the run (res
 decoded images the process holds); on CUDA it is the run's peak allocated memory after warm-up."""
 
 COLUMNS = [('strategy', 'strategy'), ('backbone', 'backbone'), ('variant', 'variant'), ('weights', 'weights'),
-           ('size', 'px'), ('epochs', 'epochs'), ('params', 'trainable / total'), ('n', 'n'),
-           ('train_s', 'train s'), ('ips', 'img/s'), ('mem', 'peak MB'), ('opt_mb', 'optimizer state MB'),
-           ('valid', 'valid acc %'),
-           ('test', 'test acc %'), ('test_class', 'test mean per-class acc %'), ('test_loss', 'test loss'), ('delta', 'Δ test vs best, pp (95% CI)'),
-           ('verdict', 'verdict'), ('time', 'time × best (95% CI)'), ('settings', 'settings')]
+           ('size', 'px'), ('epochs', 'epochs'), ('lr', 'LR: body · head'), ('params', 'trainable / total'),
+           ('n', 'n'), ('train_s', 'train s'), ('tune_s', 'tune s'), ('ips', 'img/s'), ('mem', 'peak MB'),
+           ('opt_mb', 'optimizer state MB'), ('valid', 'valid acc %'), ('test', 'test acc %'),
+           ('test_class', 'test mean per-class acc %'), ('test_loss', 'test loss'),
+           ('delta', 'Δ test vs best, pp (95% CI)'), ('verdict', 'verdict'), ('end', 'at the end'),
+           ('time', 'time × best (95% CI)'), ('settings', 'settings')]
 
 
 def mean_std(values, fmt='{:.2f}', scale=1.0):
@@ -74,6 +75,29 @@ def settings(rec):
                                  f'BN stats update {bn[0]}/{bn[1]}' if bn else None) if x)
 
 
+def lr_cell(row):
+    """The LRs a row trained at, body · head (the peak of each, as its optimizer's groups held them), and whether
+    they were tuned; records of earlier code, which kept no such list, show the LRs as set."""
+    first = row.records[0]
+    lrs = first.get('lrs')
+    if lrs is None:
+        cfg = first['config']
+        return f'{cfg.get("lr", 0):.2g} · {cfg.get("head_lr", 0):.2g} (as set; head rule of earlier code)'
+    body = [x for x in lrs[:-1] if x is not None]
+    text = f'{max(body):.2g}' if body else '-'
+    text += f' · {lrs[-1]:.2g}' if lrs and lrs[-1] is not None else ' · -'
+    if row.tuned is not None:
+        text += ', tuned' + (' (grid edge)' if row.tuned.edge else '')
+    return text
+
+
+def end_cell(row, metric):
+    trend = stats.trend(row, metric)
+    if trend is None:
+        return '-'
+    return f'still improving (+{trend.rise:.1f} pp)' if trend.improving else 'levelled'
+
+
 def short_weights(w):
     return (w or '').split(' sha256:')[0]
 
@@ -90,8 +114,11 @@ def table_row(row, best, metric='test_acc'):
     return dict(
         strategy=first['strategy'], backbone=first['backbone'], variant=first.get('variant') or '',
         weights=short_weights(first.get('weights')), size=first.get('image_size') or cfg.get('size'),
-        epochs=len(first.get('epochs') or []), params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
-        n=row.n, train_s=mean_std(column['train_seconds'], '{:.1f}'), ips=mean_std(column['images_per_second'], '{:.0f}'),
+        epochs=len(first.get('epochs') or []), lr=lr_cell(row),
+        params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
+        n=row.n, train_s=mean_std(column['train_seconds'], '{:.1f}'),
+        tune_s=f'{row.tuned.seconds:.0f}' if row.tuned is not None else '-', end=end_cell(row, metric),
+        ips=mean_std(column['images_per_second'], '{:.0f}'),
         mem=mean_std(column['peak_memory_mb'], '{:.0f}'), opt_mb=mean_std(column['optimizer_state_mb'], '{:.1f}'),
         valid=mean_std(column['valid_acc'], scale=100),
         test=mean_std(column['test_acc'], scale=100), test_class=mean_std(column['test_class_acc'], scale=100),
@@ -103,7 +130,8 @@ def table_row(row, best, metric='test_acc'):
 
 def markdown_table(rows, metric='test_acc'):
     """The table, the dataset's declared metric the first accuracy column."""
-    shown = {'variant': any(r['variant'] for r in rows), 'opt_mb': any(r['opt_mb'] != '-' for r in rows)}
+    shown = {'variant': any(r['variant'] for r in rows), 'opt_mb': any(r['opt_mb'] != '-' for r in rows),
+             'tune_s': any(r['tune_s'] != '-' for r in rows)}
     columns = [c for c in COLUMNS if shown.get(c[0], True)]
     if metric == 'test_class_acc':
         i, j = [k for k, c in enumerate(columns) if c[0] in ('test', 'test_class')]
@@ -124,7 +152,35 @@ def verdict_lines(table):
     if best.n < stats.MIN_SEEDS:
         return lines + [f'- No verdict is possible: the best row has {best.n} seed{"s" * (best.n != 1)}, and a paired '
                         f'comparison needs at least {stats.MIN_SEEDS} (`--seeds {stats.MIN_SEEDS}`).']
-    return lines + [f'- {words}.' for row in table.rows[1:] for _, words in [stats.verdict(row, best, table.metric)]]
+    lines += [f'- {words}.' for row in table.rows[1:] for _, words in [stats.verdict(row, best, table.metric)]]
+    return lines + budget_lines(table) + lr_lines(table)
+
+
+def budget_lines(table):
+    """Rows still improving at the end: their verdicts hold at this budget only."""
+    rising = [(row, t) for row in table.rows for t in [stats.trend(row, table.metric)] if t and t.improving]
+    if not rising:
+        return []
+    named = ', '.join(f'{row.label} (+{t.rise:.1f} pp over its last interval, seed spread {t.spread:.1f} pp)'
+                      for row, t in rising)
+    return [f'- Still improving at the end: {named}. Verdicts involving '
+            f'{"it" if len(rising) == 1 else "them"} hold at this budget only; a longer run may change them.']
+
+
+def lr_lines(table):
+    """Whether the comparison is at tuned LRs, and what tuning cost beside training."""
+    if not table.tuned:
+        return ['- Every row trained at the LRs it was given (fixed, not tuned): a ranking here may measure the LRs '
+                'as much as the strategies.']
+    tuned = [row for row in table.rows if row.tuned is not None]
+    spent = sum(row.tuned.seconds for row in tuned)
+    trained = sum(r.get('train_seconds') or 0 for row in table.rows for r in row.records)
+    edge = [row.label for row in tuned if row.tuned.edge]
+    return [f'- Each strategy trained at its own LR, chosen on validation (`--tune lr`). Times above are training '
+            f'only; tuning\'s other grid points took {spent:.0f} s more ({spent / trained:.1f}x the training time '
+            f'of every row\'s seeds).' if trained else '']+ ([f'- Chosen at the edge of the widest grid allowed, '
+                                                               f'so the best LR may lie beyond it: {", ".join(edge)}.']
+                                                             if edge else [])
 
 
 def error_table(failed):
@@ -146,12 +202,13 @@ def provenance(recs):
 
 
 def heading(table):
-    return f'### {table.dataset + " · " if table.dataset else ""}{table.device} · profile {table.profile}'
+    lrs = 'each strategy at its tuned LR' if table.tuned else 'fixed LRs'
+    return f'### {table.dataset + " · " if table.dataset else ""}{table.device} · profile {table.profile} · {lrs}'
 
 
 def slug(table):
-    """A file-name-safe name for a table's figures."""
-    text = f'{table.experiment}-{table.device}-{table.profile}'.lower().replace('cpu: ', '')
+    """A file-name-safe name for a table's figures (the fixed-LR table's keep the names they had)."""
+    text = f'{table.experiment}-{table.device}-{table.profile}{"-tuned" if table.tuned else ""}'.lower().replace('cpu: ', '')
     return re.sub(r'[^a-z0-9]+', '-', text).strip('-')
 
 

@@ -12,19 +12,59 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Optional
 
-from bench.config import identity
+from bench.config import FIELDS
+from bench.strategies import HYPERPARAMETERS, STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT_FIELDS = ('epochs', 'valid_loss', 'valid_acc', 'valid_class_acc', 'test_loss', 'test_acc', 'test_class_acc', 'train_seconds', 'warmup_seconds',
-                 'eval_seconds', 'images_per_second', 'peak_memory_mb', 'params_total', 'params_trainable',
-                 'stage_names', 'groups', 'optimizer_state_mb', 'batchnorm_updating', 'micro_bs', 'accumulate',
-                 'memory_estimate_mb', 'memory_free_mb', 'image_size', 'train_images', 'valid_images', 'test_images',
-                 'fold_valid_acc', 'data_decode')
+
+
+@dataclass(frozen=True)
+class Results:
+    """What a run measured: the fields every record has beside its config and environment, declared once. A worker
+    builds one (a field left out is an error there, not a silently missing column) and sends `as_dict()`."""
+    weights: str                  # the weights loaded: 'none', or the file or hub tag with its sha256
+    epochs: list                  # per epoch: train_loss, valid_loss, valid_acc, valid_class_acc, seconds, trainable
+    valid_curve: list             # validation points (at least MIN_POINTS per run): epoch (fractional), loss, metrics
+    valid_loss: float
+    valid_acc: float
+    valid_class_acc: float
+    test_loss: Optional[float]    # None where the run was not tested (search trials)
+    test_acc: Optional[float]
+    test_class_acc: Optional[float]
+    train_seconds: float          # the training clock: warm-up and every evaluation excluded
+    warmup_seconds: float
+    eval_seconds: float
+    images_per_second: Optional[float]
+    peak_memory_mb: float
+    params_total: int
+    params_trainable: int         # the largest trainable set over the schedule
+    stage_names: list
+    groups: list
+    optimizer_state_mb: float
+    batchnorm_updating: Optional[list]  # [most layers updating their statistics in an epoch, BatchNorm layers]
+    micro_bs: int
+    accumulate: int
+    memory_estimate_mb: float
+    memory_free_mb: float
+    image_size: int
+    data_decode: Optional[dict]
+    train_images: int
+    valid_images: int
+    test_images: int
+    lrs: list                     # per parameter group [body..., head]: the peak LR of the last phase that trained it
+    fold_valid_acc: Optional[list] = None  # K-fold scoring: each fold's validation accuracy
+
+    def as_dict(self):
+        return asdict(self)
+
+
+RESULT_FIELDS = tuple(f.name for f in fields(Results))
 PACKAGES = ('torch', 'torchvision', 'fastai', 'timm', 'peft', 'numpy')
 
 
@@ -125,9 +165,27 @@ def now():
 
 # ---- identity and the record ------------------------------------------------------------------------------
 
+def identity(config):
+    """What of a config (a dict, as records hold it) makes a run what it is: every setting but those that never
+    change what is computed, and the strategy hyperparameters its strategy does not read (a strategy of earlier
+    code, no longer registered, keeps them all). So a flag a strategy ignores neither splits its rows nor forces a
+    rerun, and a setting added for a new strategy leaves the runs of the others the runs they were."""
+    strategy = STRATEGIES.get(config.get('strategy'))
+    out = {}
+    for name, value in config.items():
+        meta = FIELDS[name].metadata if name in FIELDS else {}
+        if meta.get('added') and value == FIELDS[name].default:
+            continue
+        if name in HYPERPARAMETERS and strategy is not None and name not in strategy.reads:
+            continue
+        if meta.get('identity', True):
+            out[name] = value
+    return out
+
+
 def run_key(config, extra=None, device=None):
-    """Stable identity of a run: sha1 of what of its resolved config makes it what it is (config.identity), search
-    bookkeeping and hardware name."""
+    """Stable identity of a run: sha1 of what of its resolved config makes it what it is (`identity`), search or
+    tuning bookkeeping and hardware name."""
     text = json.dumps({'config': identity(config), 'extra': extra or {}, 'device': device}, sort_keys=True,
                       default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -135,6 +193,10 @@ def run_key(config, extra=None, device=None):
 
 def make(cfg, key, started_at, env, code_version, results=None, error=None, extra=None):
     """A record: who ran (config, environment, code) and what came out (results, or the error)."""
+    if results is not None and set(results) != set(RESULT_FIELDS):
+        raise ValueError(f'a run\'s results must have exactly the fields of record.Results; '
+                         f'missing {sorted(set(RESULT_FIELDS) - set(results))}, '
+                         f'unknown {sorted(set(results) - set(RESULT_FIELDS))}')
     results = results or {}
     rec = dict(key=key, experiment=cfg.experiment, variant=cfg.variant, backbone=cfg.backbone, strategy=cfg.strategy,
                weights=results.get('weights', cfg.weights), profile=cfg.profile, seed=cfg.seed, config=cfg.to_dict(),

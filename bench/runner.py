@@ -7,6 +7,7 @@ recorded apart), synchronizes the GPU, keeps each epoch's training apart from it
 evaluation out of the training clock. Nothing reads a value back from the device during an epoch: losses and
 metrics are summed where they are computed and read once per epoch.
 """
+import contextlib
 import copy
 import gc
 import math
@@ -34,13 +35,21 @@ class NonFiniteLoss(RuntimeError):
 
 # ---- timing -----------------------------------------------------------------------------------------------
 
+MIN_POINTS = 4  # validation points per run at least: with few epochs, more than one per epoch
+
+
 class RunLog(Callback):
     """Per epoch: training loss (mean over the epoch), validation loss and accuracy, seconds spent training and
-    validating (GPU synchronized), and trainable parameters. Raises on a non-finite training loss."""
+    validating (GPU synchronized), trainable parameters and the peak LR of each parameter group that trained.
+    Validation points: at least MIN_POINTS per run (`cfg.epochs` of them, or more evenly spaced within each epoch
+    where epochs are few), so that a run still improving at its end shows it; a point within an epoch is evaluated
+    here, off the training clock. Raises on a non-finite training loss."""
     order = Recorder.order + 1
 
-    def __init__(self, device):
-        self.device, self.epochs, self.trainable_max, self.train_images = device, [], 0, 0
+    def __init__(self, device, cfg=None):
+        self.device, self.cfg, self.epochs, self.curve, self.trainable_max, self.train_images = device, cfg, [], [], 0, 0
+        self.per_epoch = math.ceil(MIN_POINTS / cfg.epochs) if cfg is not None and cfg.epochs else 1
+        self.lr_max = {}  # parameter group -> the highest LR it trained at
         self.batchnorm = None  # (most layers updating their running statistics in an epoch, BatchNorm layers)
 
     def before_batch(self):
@@ -48,17 +57,56 @@ class RunLog(Callback):
             layers = [m for m in self.learn.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
             updating = sum(m.training and m.track_running_stats for m in layers)
             self.batchnorm = (max(updating, self.batchnorm[0] if self.batchnorm else 0), len(layers))
+            self.trains = [any(p.requires_grad for p in g) for g in self.learn.opt.param_lists]
 
     def before_epoch(self):
         sync(self.device)
-        self.t0, self.loss_sum, self.seen, self.trained = time.perf_counter(), 0., 0, False
+        self.t0, self.loss_sum, self.seen, self.trained, self.mid_seconds = time.perf_counter(), 0., 0, False, 0.
         self.trainable = sum(p.numel() for p in self.learn.model.parameters() if p.requires_grad)
+
+    def before_train(self):
+        n = len(self.learn.dls.train)
+        self.marks = {round(n * k / self.per_epoch) - 1 for k in range(1, self.per_epoch)} - {-1, n - 1}
 
     def after_batch(self):
         if self.training:
             bs = find_bs(self.yb)
             self.loss_sum = self.loss_sum + self.learn.loss.detach().float() * bs  # stays on the device: no sync
             self.seen += bs
+            for i, (h, trains) in enumerate(zip(self.learn.opt.hypers, self.trains)):
+                if trains:
+                    self.lr_max[i] = max(self.lr_max.get(i, 0.), float(h['lr']))
+            if self.iter in self.marks:
+                self.mid_epoch_point((self.iter + 1) / len(self.learn.dls.train))
+
+    @torch.no_grad()
+    def mid_epoch_point(self, fraction):
+        """Validation loss and metrics now, every module's train/eval mode kept as it was."""
+        t = time.perf_counter()
+        model = self.learn.model
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        loss, correct, n_classes = 0., [], None
+        preds, ys = [], []
+        for xb, yb in self.learn.dls.valid:
+            with autocast(self.cfg) if self.cfg is not None else contextlib.nullcontext():
+                out = model(xb)
+            out = out.float()
+            loss = loss + torch.nn.functional.cross_entropy(out, yb, reduction='sum')
+            preds.append(out.argmax(-1))
+            ys.append(yb)
+            n_classes = out.shape[-1]
+        for m, mode in modes:
+            m.train(mode)
+        pred, y = torch.cat(preds), torch.cat(ys)
+        total = torch.bincount(y, minlength=n_classes)
+        hits = torch.bincount(y[pred == y], minlength=n_classes)
+        present = total > 0
+        self.curve.append(dict(epoch=len(self.epochs) + fraction, valid_loss=float(loss) / len(y),
+                               valid_acc=float((pred == y).float().mean()),
+                               valid_class_acc=float((hits[present] / total[present]).mean())))
+        sync(self.device)
+        self.mid_seconds += time.perf_counter() - t
 
     def after_train(self):
         self.trained = True
@@ -66,7 +114,7 @@ class RunLog(Callback):
     def before_validate(self):
         sync(self.device)
         self.t1 = time.perf_counter()
-        self.train_s = self.t1 - self.t0
+        self.train_s = self.t1 - self.t0 - self.mid_seconds
 
     def after_epoch(self):
         if not self.trained:  # Learner.validate fires fit and epoch events too
@@ -83,7 +131,14 @@ class RunLog(Callback):
         self.epochs.append(dict(epoch=len(self.epochs) + 1, train_loss=train_loss, valid_loss=float(valid_loss),
                                 valid_acc=float(valid_acc), valid_class_acc=float(valid_class),
                                 train_seconds=self.train_s,
-                                valid_seconds=time.perf_counter() - self.t1, trainable=self.trainable))
+                                valid_seconds=time.perf_counter() - self.t1 + self.mid_seconds,
+                                trainable=self.trainable))
+        self.curve.append(dict(epoch=len(self.epochs), valid_loss=float(valid_loss), valid_acc=float(valid_acc),
+                               valid_class_acc=float(valid_class)))
+
+    def lrs(self, n_groups):
+        """Per parameter group, the highest LR it trained at (None: it never trained)."""
+        return [self.lr_max.get(i) for i in range(n_groups)]
 
 
 def warm_up(model, cfg, train_dl, eval_dls, backward=True):
@@ -133,7 +188,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     phases = plan(cfg, len(images.classes))['phases'] if cfg.cache_features != 'on' else []
     trains = max((set(ph['names']) for ph in phases), key=len, default=set())
     fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n)))), autocast(cfg), trains)
-    cbs = [runlog := RunLog(cfg.device)]
+    cbs = [runlog := RunLog(cfg.device, cfg)]
     if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
         train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec, bs=fits.micro_bs)
         cbs.append(GradientAccumulation(cfg.bs))
@@ -168,16 +223,21 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     sync(cfg.device)
     eval_seconds = time.perf_counter() - t + sum(e['valid_seconds'] for e in runlog.epochs)
     train_seconds = sum(e['train_seconds'] for e in runlog.epochs) + extract_seconds
-    return dict(
-        weights=weights, epochs=runlog.epochs, valid_loss=valid_loss, valid_acc=valid_acc,
-        valid_class_acc=valid_class_acc, test_loss=test_loss, test_acc=test_acc, test_class_acc=test_class_acc, train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
+    n_groups = len(learn.opt.param_lists) if learn.opt else 0
+    return record.Results(
+        weights=weights, epochs=runlog.epochs, valid_curve=runlog.curve, valid_loss=valid_loss, valid_acc=valid_acc,
+        valid_class_acc=valid_class_acc, test_loss=test_loss, test_acc=test_acc, test_class_acc=test_class_acc,
+        train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
         images_per_second=runlog.train_images / train_seconds if train_seconds else None,
         peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
         params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names), groups=group_names(net, cfg),
         optimizer_state_mb=memory.optimizer_state_mb(learn.opt.opt) if learn.opt else 0.,
         batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None,
-        micro_bs=fits.micro_bs, accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb, memory_free_mb=fits.free_mb,
-        image_size=size, data_decode=images.decode, train_images=len(split.train), valid_images=len(split.valid), test_images=len(split.test))
+        micro_bs=fits.micro_bs, accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb,
+        memory_free_mb=fits.free_mb, image_size=size, data_decode=images.decode, train_images=len(split.train),
+        valid_images=len(split.valid), test_images=len(split.test),
+        lrs=runlog.lrs(n_groups) if cfg.cache_features != 'on' else [None] * (len(group_names(net, cfg)) - 1)
+        + runlog.lrs(n_groups)).as_dict()
 
 
 @torch.no_grad()

@@ -128,7 +128,12 @@ def _plain(field, v):
 
 
 def trial_config(base, params):
-    return replace(base, **{ALIASES.get(k, k): v for k, v in params.items()})
+    """`base` with a trial's parameters. W4's networks train from scratch, so a searched `lr` is the whole network's
+    (body and head, as the seed searched it), unless the space searches `head_lr` too."""
+    values = {ALIASES.get(k, k): v for k, v in params.items()}
+    if 'lr' in values and 'head_lr' not in values:
+        values['head_lr'] = values['lr']
+    return replace(base, **values)
 
 
 # ---- the search ---------------------------------------------------------------------------------------------

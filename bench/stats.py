@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from scipy import stats
 
-from bench.config import identity
 from bench.datasets import DATASETS
+from bench import tune
+from bench.record import identity
 
 METRIC_FIELDS = {'top1': 'test_acc', 'class_mean': 'test_class_acc'}
 METRIC_WORDS = {'test_acc': 'test accuracy', 'test_class_acc': 'test mean per-class accuracy'}
@@ -30,9 +31,11 @@ CONFIDENCE = 0.95
 
 @dataclass
 class Row:
-    """One configuration of a table: its records, one per seed (the latest successful one)."""
+    """One configuration of a table: its records, one per seed (the latest successful one), and, in a tuned table,
+    how its LR was chosen (a tune.Result)."""
     label: str
     records: list
+    tuned: object = None
 
     @property
     def n(self):
@@ -54,6 +57,7 @@ class Table:
     rows: list = field(default_factory=list)   # sorted, best first
     dataset: str = ''                          # the dataset's name (cifar10, caltech101, a folder's)
     metric: str = 'test_acc'                   # the record field rows are ranked and compared by
+    tuned: bool = False                        # every strategy at its own LR, chosen on validation (bench/tune.py)
 
     @property
     def best(self):
@@ -122,7 +126,8 @@ def config_key(rec):
     cfg.pop('seed', None)
     search = dict(rec.get('search') or {})
     search.pop('trial', None)
-    return json.dumps({'config': cfg, 'search': search, 'device': rec.get('device')}, sort_keys=True, default=str)
+    return json.dumps({'config': cfg, 'search': search, 'tuned': bool(rec.get('tune')), 'device': rec.get('device')},
+                      sort_keys=True, default=str)
 
 
 def hardware_key(rec):
@@ -161,13 +166,53 @@ def rows(records, label=None, metric='test_acc'):
 
 
 def tables(records, label=None):
-    """One Table per (experiment, hardware, profile, dataset) of successful `records`, in a stable order; rows ranked
-    by the dataset's declared metric."""
+    """One Table per (experiment, hardware, profile, dataset, tuned or not) of successful `records`, in a stable
+    order, tuned tables first; rows ranked by the dataset's declared metric. A tuned table's rows are each
+    strategy's runs at its chosen LR (the other grid points are in each row's `tuned`)."""
     groups = defaultdict(list)
     for rec in records:
-        groups[(rec['experiment'], *hardware_key(rec), dataset_name(rec))].append(rec)
-    return [Table(exp, device, profile, rows(recs, label, metric_of(ds)), ds, metric_of(ds))
-            for (exp, device, profile, ds), recs in sorted(groups.items())]
+        groups[(rec['experiment'], not rec.get('tune'), *hardware_key(rec), dataset_name(rec))].append(rec)
+    out = []
+    for (exp, untuned, device, profile, ds), recs in sorted(groups.items()):
+        found = {}
+        if not untuned:
+            kept, found = tune.chosen_records([r for r in recs if tune.grid_of(r['strategy'])])
+            recs = kept + [r for r in recs if not tune.grid_of(r['strategy'])]
+        table = Table(exp, device, profile, rows(recs, label, metric_of(ds)), ds, metric_of(ds), not untuned)
+        for row in table.rows:
+            row.tuned = found.get(tune.group_key(row.records[0]['config'], row.records[0].get('device')))
+        out.append(table)
+    return out
+
+
+VALID_OF = {'test_acc': 'valid_acc', 'test_class_acc': 'valid_class_acc'}
+
+
+@dataclass(frozen=True)
+class Trend:
+    """How a row's validation metric moved over its last interval (between its last two validation points)."""
+    rise: float       # mean over seeds, percentage points
+    spread: float     # std over seeds of the final validation metric, percentage points (0 with one seed)
+    n: int
+
+    @property
+    def improving(self):
+        """Still rising at the end by more than the seeds disagree about where it ended."""
+        return self.rise > self.spread
+
+
+def trend(row, metric='test_acc'):
+    """The row's Trend in the validation counterpart of `metric`, or None where no run has two points."""
+    name = VALID_OF.get(metric, 'valid_acc')
+    rises, finals = [], []
+    for r in row.records:
+        points = [p[name] for p in (r.get('valid_curve') or r.get('epochs') or []) if p.get(name) is not None]
+        if len(points) >= 2:
+            rises.append(100 * (points[-1] - points[-2]))
+            finals.append(100 * points[-1])
+    if not rises:
+        return None
+    return Trend(statistics.mean(rises), statistics.stdev(finals) if len(finals) > 1 else 0., len(rises))
 
 
 # ---- words ------------------------------------------------------------------------------------------------

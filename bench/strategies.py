@@ -12,12 +12,15 @@ parameters it trains (BitFit's biases) or adds its own (LoRA's adapters), and on
 put in the Learner's groups. fastai's `freeze_to`/`unfreeze` then move within that choice and can never re-enable
 a base weight a strategy froze; the optimizer holds state for nothing else.
 
-LRs: `cfg.lr` is the LR of what trains with the body, spread over the body's stages as fastai's
-`slice(lr / lr_mult, lr)`; `cfg.head_lr` is the head's when it trains alone or ahead of the body, and the LR of
-everything a parameter-efficient strategy trains (adapters, biases, norms: new or few parameters, which the
-literature trains at about ten times a full fine-tune's LR).
+LRs, one rule for every strategy (`lrs`): the freshly initialised head trains at `cfg.head_lr`, whatever trains
+beside it; the body's parameters (its stages, layers, biases, norms or adapters) train at `cfg.lr`, spread over the
+stages as fastai's `slice(lr / lr_mult, lr)` where the strategy reads `lr_mult`, or decayed per layer (llrd).
+Tuning (bench/tune.py) picks one LR per strategy on validation: the body's, with the head's a declared multiple of
+it, or the head's where nothing else trains (`kind`).
 Adding a strategy is one function with `@register`; its name is the leaderboard's key. A strategy carries its
-own rules: `check(cfg, spec)` says why a config cannot run it (or None), `prepare` as above, `groups`,
+own rules: `reads`, the settings it reads (a setting it does not read is no part of its runs' identity),
+`kind` (what it trains: nothing, the head, a few parameters or the body; tuning's grid follows from it),
+`check(cfg, spec)` says why a config cannot run it (or None), `prepare` as above, `groups`,
 `body_frozen` lets the head train on the body's outputs computed once (--cache-features), `refreezes` (the frozen
 set changes mid-run) rules out torch.compile.
 """
@@ -25,13 +28,20 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from fastai.basics import even_mults
+
+# The settings a strategy may read; each declares those it does (`reads`). The rest of Config is shared by all.
+HYPERPARAMETERS = ('lr', 'head_lr', 'lr_mult', 'unfreeze', 'unfreeze_at', 'lp_epochs', 'lora_r', 'lora_alpha',
+                   'lora_dropout', 'layer_decay')
+KINDS = ('none', 'head', 'peft', 'body')  # what trains beside the head: nothing trains, the head alone, few, the body
+BODY = ('lr', 'head_lr', 'lr_mult')       # a body that trains in stages beside the head
 
 
 @dataclass(frozen=True)
 class Strategy:
     name: str
     fit: Callable                       # (learn, cfg) -> None: trains `learn` in place
+    reads: tuple = ()                   # the HYPERPARAMETERS it reads
+    kind: str = 'body'                  # one of KINDS
     check: Optional[Callable] = None    # (cfg, spec) -> why `cfg` cannot run on that backbone, or None
     prepare: Optional[Callable] = None  # (net, cfg) -> None: marks or adds what may train, before the optimizer
     groups: str = 'stages'              # the Learner's parameter groups: stages | layers
@@ -45,12 +55,17 @@ class Strategy:
 STRATEGIES = {}
 
 
-def register(fn=None, *, check=None, prepare=None, groups='stages', body_frozen=False, refreezes=False):
-    """Add `fn` to STRATEGIES under its name; as `@register` or `@register(check=..., ...)`."""
+def register(fn=None, *, reads=BODY, kind='body', check=None, prepare=None, groups='stages', body_frozen=False,
+             refreezes=False):
+    """Add `fn` to STRATEGIES under its name; as `@register` or `@register(reads=..., check=..., ...)`."""
     def add(fn):
         if fn.__name__ in STRATEGIES:
             raise ValueError(f'strategy {fn.__name__!r} is registered twice')
-        STRATEGIES[fn.__name__] = Strategy(fn.__name__, fn, check, prepare, groups, body_frozen, refreezes)
+        unknown = set(reads) - set(HYPERPARAMETERS)
+        if unknown or kind not in KINDS:
+            raise ValueError(f'strategy {fn.__name__!r} reads unknown settings {sorted(unknown)} or has kind {kind!r}')
+        STRATEGIES[fn.__name__] = Strategy(fn.__name__, fn, tuple(reads), kind, check, prepare, groups, body_frozen,
+                                           refreezes)
         return fn
     return add(fn) if fn is not None else add
 
@@ -62,14 +77,21 @@ def fit(learn, epochs, lr, cfg):
         learn.fit(epochs, lr)
 
 
-def body_slice(cfg):
-    return slice(cfg.lr / cfg.lr_mult, cfg.lr)
+def geometric(lo, hi, n):
+    """`n` LRs from `lo` to `hi`, evenly spaced on a log scale (fastai's even_mults)."""
+    if n == 1:
+        return [hi]
+    step = (hi / lo) ** (1 / (n - 1))
+    return [lo * step ** i for i in range(n)]
 
 
-def body_and_head(learn, cfg):
-    """Per-group LRs: the body's stages spread like `body_slice`, the head at `head_lr`."""
+def lrs(learn, cfg, body=None):
+    """The LR rule, per parameter group [body groups..., head]: the head at `head_lr`; the body's groups at `body`
+    (one LR per group), or spread over slice(lr / lr_mult, lr) (fastai's discriminative LRs; one LR where
+    lr_mult is 1)."""
     n_body = len(learn.opt.param_lists) - 1
-    return [*even_mults(cfg.lr / cfg.lr_mult, cfg.lr, n_body), cfg.head_lr]
+    body = geometric(cfg.lr / cfg.lr_mult, cfg.lr, n_body) if body is None else list(body)
+    return [*body, cfg.head_lr]
 
 
 def check_pretrained(cfg, spec):
@@ -77,12 +99,12 @@ def check_pretrained(cfg, spec):
         return f'{cfg.strategy} with --weights none evaluates a random network; it measures nothing'
 
 
-@register(check=check_pretrained)
+@register(reads=(), kind='none', check=check_pretrained)
 def zero_shot(learn, cfg):
     """Pretrained body, fresh head, no training: the chance-level floor."""
 
 
-@register(body_frozen=True)
+@register(reads=('head_lr',), kind='head', body_frozen=True)
 def feature_extract(learn, cfg):
     """The body is a fixed feature extractor; only the head trains."""
     learn.freeze()
@@ -95,11 +117,11 @@ def check_unfreeze(cfg, spec):
         return f'--unfreeze must be between 1 and {n_stages} (the stages of {cfg.backbone}), got {cfg.unfreeze}'
 
 
-@register(check=check_unfreeze)
+@register(reads=(*BODY, 'unfreeze'), check=check_unfreeze)
 def partial(learn, cfg):
     """The last `unfreeze` stages train with the head; earlier stages stay frozen."""
     learn.freeze_to(-(cfg.unfreeze + 1))
-    fit(learn, cfg.epochs, body_slice(cfg), cfg)
+    fit(learn, cfg.epochs, lrs(learn, cfg), cfg)
 
 
 def check_unfreeze_at(cfg, spec):
@@ -112,21 +134,21 @@ def check_unfreeze_at(cfg, spec):
         return f'--unfreeze-at unfreezes {len(at)} stages but {cfg.backbone} has {n_stages}'
 
 
-@register(check=check_unfreeze_at, refreezes=True)
+@register(reads=(*BODY, 'unfreeze_at'), check=check_unfreeze_at, refreezes=True)
 def progressive(learn, cfg):
     """Head alone, then one more stage from each epoch in `unfreeze_at`; the optimizer state resets at each
     unfreeze (freeze_to clears it)."""
     bounds = [0, *cfg.unfreeze_at, cfg.epochs]
     for stages, (start, stop) in enumerate(zip(bounds, bounds[1:])):
         learn.freeze_to(-(stages + 1))
-        fit(learn, stop - start, body_and_head(learn, cfg), cfg)
+        fit(learn, stop - start, lrs(learn, cfg), cfg)
 
 
 @register
 def full(learn, cfg):
     """Everything trains from the first step; `lr_mult` > 1 gives discriminative LRs."""
     learn.unfreeze()
-    fit(learn, cfg.epochs, body_slice(cfg), cfg)
+    fit(learn, cfg.epochs, lrs(learn, cfg), cfg)
 
 
 def check_two_phases(cfg, spec):
@@ -134,11 +156,19 @@ def check_two_phases(cfg, spec):
         return f'{cfg.strategy} needs --epochs of at least 2 (a frozen phase, then the rest), got {cfg.epochs}'
 
 
-@register(check=check_two_phases, refreezes=True)
+FINE_TUNE_LR_MULT = 100  # fastai's fine_tune spreads the body over slice(lr / 100, lr)
+
+
+@register(reads=('lr', 'head_lr'), check=check_two_phases, refreezes=True)
 def fine_tune(learn, cfg):
-    """fastai's own recipe: one frozen one-cycle epoch at head_lr, then everything, one-cycle, at head_lr / 2
-    spread over fastai's default lr_mult of 100."""
-    learn.fine_tune(cfg.epochs - 1, base_lr=cfg.head_lr, freeze_epochs=1)
+    """fastai's recipe (Learner.fine_tune), under the suite's LR rule: one frozen one-cycle epoch of the head at
+    head_lr, then everything, one-cycle, the body spread over slice(lr / 100, lr) and the head at head_lr (fastai
+    halves its one base LR for the second phase and spreads it over the head too)."""
+    learn.freeze()
+    learn.fit_one_cycle(1, cfg.head_lr)
+    learn.unfreeze()
+    n_body = len(learn.opt.param_lists) - 1
+    learn.fit_one_cycle(cfg.epochs - 1, lrs(learn, cfg, geometric(cfg.lr / FINE_TUNE_LR_MULT, cfg.lr, n_body)))
 
 
 def lp_epochs(cfg):
@@ -150,7 +180,7 @@ def check_lp_ft(cfg, spec):
         return check_two_phases(cfg, spec) or f'--lp-epochs must be between 1 and {cfg.epochs - 1}, got {cfg.lp_epochs}'
 
 
-@register(check=check_lp_ft, refreezes=True)
+@register(reads=(*BODY, 'lp_epochs'), check=check_lp_ft, refreezes=True)
 def lp_ft(learn, cfg):
     """Linear probe, then full fine-tune (Kumar et al. 2022): the head is trained before the body moves, so
     early gradients do not distort pretrained features."""
@@ -158,7 +188,7 @@ def lp_ft(learn, cfg):
     learn.freeze()
     fit(learn, probe, cfg.head_lr, cfg)
     learn.unfreeze()
-    fit(learn, cfg.epochs - probe, body_slice(cfg), cfg)
+    fit(learn, cfg.epochs - probe, lrs(learn, cfg), cfg)
 
 
 # ---- parameter-efficient strategies: what trains is marked or added before the optimizer exists -------------
@@ -171,9 +201,10 @@ def train_only(net, names):
 
 
 def train_what_may(learn, cfg):
-    """Everything the strategy let train, at head_lr, from the first step."""
+    """Everything the strategy let train, from the first step: the body's parameters at lr, the head at head_lr."""
     learn.unfreeze()
-    fit(learn, cfg.epochs, cfg.head_lr, cfg)
+    n_body = len(learn.opt.param_lists) - 1
+    fit(learn, cfg.epochs, lrs(learn, cfg, [cfg.lr] * n_body), cfg)
 
 
 def check_biases(cfg, spec):
@@ -181,7 +212,10 @@ def check_biases(cfg, spec):
         return f'{cfg.backbone} has no bias parameters for bitfit to train'
 
 
-@register(check=check_biases, prepare=lambda net, cfg: train_only(net, net.spec.bias_params))
+PEFT = ('lr', 'head_lr')
+
+
+@register(reads=PEFT, kind='peft', check=check_biases, prepare=lambda net, cfg: train_only(net, net.spec.bias_params))
 def bitfit(learn, cfg):
     """Biases and the head train, nothing else (Zaken et al. 2021; TinyTL's bias-only, Cai et al. 2020)."""
     train_what_may(learn, cfg)
@@ -192,7 +226,7 @@ def check_norms(cfg, spec):
         return f'{cfg.backbone} has no normalization layers for norm_only to train'
 
 
-@register(check=check_norms, prepare=lambda net, cfg: train_only(net, net.spec.norm_params))
+@register(reads=PEFT, kind='peft', check=check_norms, prepare=lambda net, cfg: train_only(net, net.spec.norm_params))
 def norm_only(learn, cfg):
     """The affine weights of every normalization layer (BatchNorm, LayerNorm, GroupNorm, RmsNorm) and the head
     (BN-only tuning, Frankle et al. 2021; LN-tuning for transformers). BatchNorm layers that train keep updating
@@ -218,20 +252,22 @@ def add_lora(net, cfg):
         p.requires_grad_('.lora_' in name)
 
 
-@register(check=check_lora, prepare=add_lora)
+@register(reads=(*PEFT, 'lora_r', 'lora_alpha', 'lora_dropout'), kind='peft', check=check_lora, prepare=add_lora)
 def lora(learn, cfg):
     """LoRA (Hu et al. 2021): the body frozen, a trained low-rank update B·A (scaled by alpha / r) beside each
     adapted layer, and the head."""
     train_what_may(learn, cfg)
 
 
-@register(groups='layers')
+@register(reads=('lr', 'head_lr', 'layer_decay'), groups='layers')
 def llrd(learn, cfg):
-    """Everything trains, each layer at lr * layer_decay ** (its depth below the head), the head at lr: layer-wise
-    LR decay as in BEiT and MAE (timm's param_groups_layer_decay, over the model's fine group_matcher)."""
+    """Everything trains, the body's top layer at lr and each layer below at lr * layer_decay ** (its depth below
+    that), the head at head_lr: layer-wise LR decay as in BEiT and MAE (timm's param_groups_layer_decay, over the
+    model's fine group_matcher)."""
     learn.unfreeze()
     n_layers = len(learn.opt.param_lists) - 1
-    fit(learn, cfg.epochs, [cfg.lr * cfg.layer_decay ** (n_layers - i) for i in range(n_layers)] + [cfg.lr], cfg)
+    fit(learn, cfg.epochs, lrs(learn, cfg, [cfg.lr * cfg.layer_decay ** (n_layers - 1 - i) for i in range(n_layers)]),
+        cfg)
 
 
 # ---- the rules every strategy shares ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from fastai.basics import DataLoaders, even_mults
+from fastai.basics import Callback, DataLoaders, even_mults
 
 import backbones
 from bench import data, finetune, learner, plan, record, runner, strategies
@@ -79,10 +79,64 @@ def test_a_strategy_trains_what_its_plan_says(name, settings, images):
 
 def test_discriminative_lrs_follow_fastais_slice(images):
     learn, _, _ = fit(tiny('full', epochs=1, lr_mult=100), images)
-    assert np.allclose([h['lr'] for h in learn.opt.hypers], even_mults(1e-5, 1e-3, 4))
+    assert np.allclose([h['lr'] for h in learn.opt.hypers], [*even_mults(1e-5, 1e-3, 3), 1e-2])
     learn, _, _ = fit(tiny('progressive', lr_mult=10), images)
     assert np.allclose([h['lr'] for h in learn.opt.hypers][:-1], even_mults(1e-4, 1e-3, 3))
     assert learn.opt.hypers[-1]['lr'] == pytest.approx(1e-2)
+
+
+class OptimizerLRs(Callback):
+    """Every training batch: the LR each parameter group of the real optimizer holds, for the groups that train."""
+    def __init__(self):
+        self.seen = []  # per batch: [(group index, lr) for the groups with a trainable parameter]
+
+    def before_step(self):
+        self.seen.append([(i, h['lr']) for i, (h, ps) in enumerate(zip(self.learn.opt.hypers,
+                                                                         self.learn.opt.param_lists))
+                          if any(p.requires_grad for p in ps)])
+
+
+BODY_LR, HEAD_LR = 3e-4, 7e-3  # apart from every default, so a rate taken from the wrong setting shows
+
+
+@pytest.mark.parametrize('name', [n for n in STRATEGIES if n != 'zero_shot'])
+def test_the_head_trains_at_the_heads_lr_and_the_body_at_the_bodys_in_every_strategy(name, images):
+    """The rule of bench/strategies.py, read from the optimizer while the strategy trains: the new head at head_lr
+    in every batch (at its one-cycle peak, for fine_tune's fixed one-cycle recipe), every body group at lr or below
+    it (spread by lr_mult or layer decay), the top one at lr."""
+    cfg = tiny(name, lr=BODY_LR, head_lr=HEAD_LR, lr_mult=10, sched='flat')
+    watch = OptimizerLRs()
+    torch.manual_seed(0)
+    net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
+    train_dl, valid_dl, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
+                                           backbones.describe(cfg.backbone))
+    learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [watch])
+    learner.show_progress(learn, False, lambda line: None)
+    STRATEGIES[name](learn, cfg)
+    assert watch.seen, 'the strategy trained no batch'
+    head = len(learn.opt.param_lists) - 1
+    one_cycle = name == 'fine_tune'
+    assert max(dict(groups)[head] for groups in watch.seen) == pytest.approx(HEAD_LR), name
+    for groups in watch.seen:
+        lrs = dict(groups)
+        assert lrs[head] <= HEAD_LR * (1 + 1e-9) if one_cycle else lrs[head] == pytest.approx(HEAD_LR), (name, lrs)
+        body = [lr for i, lr in groups if i != head]
+        assert all(lr <= BODY_LR * (1 + 1e-9) for lr in body), (name, lrs)
+    trained_body = [lr for groups in watch.seen for i, lr in groups if i != head]
+    if name != 'feature_extract':
+        assert trained_body and max(trained_body) == pytest.approx(BODY_LR), (name, max(trained_body or [0]))
+    else:
+        assert not trained_body
+
+
+def test_the_lrs_a_run_records_are_the_optimizers(images):
+    cfg = tiny('partial', lr=BODY_LR, head_lr=HEAD_LR, epochs=2)
+    split = data.split(images, valid_frac=0.25, subset=32)
+    out = runner.train(cfg, images, split, test=False, log=lambda m: None)
+    assert out['lrs'][-1] == pytest.approx(HEAD_LR) and out['lrs'][-2] == pytest.approx(BODY_LR)
+    assert all(x is None for x in out['lrs'][:-2])  # partial: the earlier stages never trained
+    assert len(out['valid_curve']) >= runner.MIN_POINTS  # two epochs: two points in each
+    assert [p['epoch'] for p in out['valid_curve']] == [0.5, 1, 1.5, 2]
 
 
 def test_progressive_resets_the_optimizer_at_each_unfreeze(images):

@@ -1,0 +1,206 @@
+"""Tuning: every strategy at its own learning rate, chosen on validation from a grid of the same size.
+
+A ranking at one hand-set LR measures the LR, not the strategy: the best LR differs by orders of magnitude between
+methods (VPT's VTAB-1k grids; LP-FT's "linear probing needs a higher learning rate"; Kornblith et al. 2019 tune
+7 LRs x 7 weight decays per dataset), and untuned comparisons are a known artefact (Rothermel et al. 2021;
+Mai et al. 2025: tuned with one shared grid, PEFT methods end up close on VTAB-1k). So, with `--tune lr`:
+
+- Each strategy tunes one LR from the grid of its kind (`GRIDS`): half-decade steps, three points for every kind,
+  centred where that kind trains best in the literature. Where body parameters train beside the head, the head's
+  LR is `HEAD_MULT` times the body's (the rule of bench/strategies.py: the new head always trains at the head's
+  rate); where only the head trains, the head's LR is the one tuned.
+- Every grid point trains at the first seed on the training split and is scored on the validation split, in the
+  dataset's declared metric, at the end of training; the test split is never looked at. Ties go to the smaller LR.
+- A best point at the grid's edge extends the grid one step that way, up to `MAX_EXTEND` steps per side; a chosen
+  LR still at the edge after that says so (`edge`).
+- The seeds then run at the chosen LR; the grid run at the chosen LR is seed 0 (the same run: its record is found
+  and not run again).
+
+Tuning is an expansion of runs (`jobs`), not an execution path of its own: every grid point is a record like any
+other, so a tuning sweep resumes after Ctrl-C, spreads over Ray, and the leaderboard re-derives each choice from
+the records (`results`) with the same function the sweep used (`choose`). Imports no torch.
+"""
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from bench.datasets import DATASETS
+from bench.record import identity
+from bench.strategies import STRATEGIES
+
+MODES = ('auto', 'lr', 'off')
+HEAD_MULT = 10      # head LR / body LR where both train: LP-FT's code and Caffe's fine-tuning example (fastai: 100)
+MAX_EXTEND = 2      # grid steps added past each edge, at most
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A kind's grid: the setting it tunes and its points as half-decade exponents (LR = 10 ** (e / 2))."""
+    field: str              # lr (the body's; the head's follows) | head_lr (only the head trains)
+    exponents: tuple        # three consecutive half-decades
+    head_mult: Optional[float]  # head_lr = head_mult * lr; None where the head's LR is the one tuned
+
+
+GRIDS = {
+    'head': Grid('head_lr', (-6, -5, -4), None),     # 1e-3, 3.2e-3, 1e-2: a linear probe needs a high LR
+    'peft': Grid('lr', (-7, -6, -5), HEAD_MULT),     # 3.2e-4, 1e-3, 3.2e-3: few or new parameters
+    'body': Grid('lr', (-8, -7, -6), HEAD_MULT),     # 1e-4, 3.2e-4, 1e-3: pretrained weights move slowly
+}
+
+
+def lr_at(exponent):
+    """The LR of a half-decade exponent, to two significant digits: -8 -> 1e-4, -7 -> 3.2e-4."""
+    return float(f'{10 ** (exponent / 2):.2g}')
+
+
+def exponent_of(lr):
+    return round(2 * math.log10(lr))
+
+
+def grid_of(strategy):
+    """The strategy's Grid, or None where nothing trains (zero_shot)."""
+    s = STRATEGIES.get(strategy)
+    return GRIDS.get(s.kind) if s else None
+
+
+def at(cfg, exponent):
+    """`cfg` at a grid point: the tuned LR, and the head's where it follows."""
+    grid = grid_of(cfg.strategy)
+    lr = lr_at(exponent)
+    values = {grid.field: lr}
+    if grid.head_mult:
+        values['head_lr'] = float(f'{lr * grid.head_mult:.2g}')
+    return replace(cfg, **values)
+
+
+def wanted(mode, compared):
+    """Whether a script tunes: `lr` or `off` as given; `auto` where strategies are compared (an experiment that
+    compares them, or more than one strategy asked for)."""
+    return mode == 'lr' or (mode == 'auto' and compared)
+
+
+# ---- choosing ---------------------------------------------------------------------------------------------
+
+def valid_field(dataset):
+    """The validation field that chooses: the dataset's declared metric (top-1 where nothing is declared)."""
+    declared = DATASETS[dataset].metric if dataset in DATASETS else 'top1'
+    return 'valid_class_acc' if declared == 'class_mean' else 'valid_acc'
+
+
+@dataclass(frozen=True)
+class Choice:
+    best: Optional[int]     # the chosen exponent (None: every point failed)
+    next: Optional[int]     # the exponent to run next (the grid extends), or None: the choice is made
+    edge: bool              # the chosen LR is at an edge the grid could not extend past
+
+
+def choose(scores, initial):
+    """From {exponent: validation score (None where the run failed)} and the initial grid's exponents: the best
+    point (ties to the smaller LR), and whether the grid must extend past an edge first."""
+    ok = {e: s for e, s in scores.items() if s is not None and math.isfinite(s)}
+    if not ok:
+        return Choice(None, None, False)
+    best = max(ok, key=lambda e: (ok[e], -e))
+    lo, hi = min(scores), max(scores)
+    if best == lo and best - 1 >= min(initial) - MAX_EXTEND:
+        return Choice(best, best - 1, False)
+    if best == hi and best + 1 <= max(initial) + MAX_EXTEND:
+        return Choice(best, best + 1, False)
+    return Choice(best, None, best in (lo, hi))
+
+
+# ---- the expansion ----------------------------------------------------------------------------------------
+
+def group_key(config, device=None):
+    """What makes grid runs one search: the run's identity less its seed and tuned LRs, on one hardware."""
+    cfg = {k: v for k, v in identity(config).items() if k not in ('seed', 'lr', 'head_lr')}
+    return json.dumps({'config': cfg, 'device': device}, sort_keys=True, default=str)
+
+
+IDENTITY = {'tune': 'lr'}  # tuned runs are never the same runs as fixed-LR ones, whatever their LR
+
+
+def bookkeeping(cfg, role, chosen=None):
+    grid = grid_of(cfg.strategy)
+    out = dict(kind=STRATEGIES[cfg.strategy].kind, field=grid.field, head_mult=grid.head_mult,
+               grid=[lr_at(e) for e in grid.exponents], role=role)
+    if chosen is not None:
+        out['chosen'] = lr_at(chosen)
+    return {'tune': out}
+
+
+def grid_runs(cfgs):
+    """{group: (the first seed's config, every seed's config)} for the configs that can be tuned."""
+    groups = defaultdict(list)
+    for cfg in cfgs:
+        if grid_of(cfg.strategy) is not None:
+            groups[group_key(cfg.to_dict())].append(cfg)
+    return {key: (min(seeds, key=lambda c: c.seed), seeds) for key, seeds in groups.items()}
+
+
+def describe(cfg, seeds):
+    """One line for a plan: the grid, the runs it makes, and the head's rule."""
+    grid = grid_of(cfg.strategy)
+    if grid is None:
+        return f'  tuning: none ({cfg.strategy} trains nothing); {seeds} seed run{"s" * (seeds != 1)}'
+    points = ', '.join(f'{lr_at(e):g}' for e in grid.exponents)
+    head = (f'head_lr = {grid.head_mult:g} x lr' if grid.head_mult else 'the head alone trains: its LR is tuned')
+    return (f'  tuning: {grid.field} in {{{points}}} (half-decades; up to {MAX_EXTEND} more per side where the best '
+            f'is at an edge), {len(grid.exponents)} to {len(grid.exponents) + 2 * MAX_EXTEND} grid runs at seed '
+            f'{cfg.seed} scored on validation ({valid_field(cfg.dataset.split(":")[0] or cfg.data)}), then {seeds} seed '
+            f'run{"s" * (seeds != 1)} at the chosen LR (the grid run is seed {cfg.seed}); {head}')
+
+
+def summary(cfg, scores, choice):
+    """One line: the strategy's chosen LR and every grid point's validation score."""
+    grid = grid_of(cfg.strategy)
+    points = ', '.join(f'{lr_at(e):g}: ' + (f'{100 * v:.1f}' if v is not None else 'failed')
+                       for e, v in sorted(scores.items()))
+    if choice.best is None:
+        return f'tuned {cfg.strategy} on {cfg.backbone}: every grid point failed ({points}); no seed runs'
+    return (f'tuned {cfg.strategy} on {cfg.backbone}: {grid.field} {lr_at(choice.best):g}'
+            f'{" (at the grid edge, not extended further)" if choice.edge else ""}; validation % by LR: {points}')
+
+
+# ---- from records -----------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """One strategy's tuning as the records tell it."""
+    field: str
+    points: dict            # {LR: validation score}
+    chosen: Optional[float]
+    edge: bool
+    seconds: float          # training and evaluation of the grid runs at LRs not chosen: what tuning added
+
+
+def results(records):
+    """{group key: Result} over tuned records (any role)."""
+    grids = defaultdict(list)
+    for rec in records:
+        if rec.get('tune') and rec['tune'].get('role') == 'grid':
+            grids[group_key(rec['config'], rec.get('device'))].append(rec)
+    out = {}
+    for key, recs in grids.items():
+        t = recs[0]['tune']
+        metric = valid_field((recs[0]['config'].get('dataset') or '').split(':')[0])
+        scores = {exponent_of(r['config'][t['field']]): r.get(metric) for r in recs}
+        choice = choose(scores, [exponent_of(x) for x in t['grid']])
+        chosen = lr_at(choice.best) if choice.best is not None else None
+        spent = sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in recs
+                    if chosen is None or exponent_of(r['config'][t['field']]) != choice.best)
+        out[key] = Result(t['field'], {lr_at(e): s for e, s in sorted(scores.items())}, chosen, choice.edge, spent)
+    return out
+
+
+def chosen_records(records):
+    """The tuned records at their strategy's chosen LR (the rows a table shows), and {group key: Result}."""
+    found = results(records)
+    kept = []
+    for rec in records:
+        res = found.get(group_key(rec['config'], rec.get('device')))
+        if res and res.chosen is not None and math.isclose(rec['config'][res.field], res.chosen):
+            kept.append(rec)
+    return kept, found
