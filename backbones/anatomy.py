@@ -117,7 +117,8 @@ def describe(name, img_size=None):
         raise ValueError(f'cannot build backbone {name!r}' + (f' at {img_size} px' if img_size else '')
                          + f': {_first_line(e)}') from None
     cfg = model.pretrained_cfg
-    size = img_size if img_size and cfg.get('fixed_input_size') else cfg.get('input_size', (3, 224, 224))[-1]
+    data_cfg = timm.data.resolve_model_data_config(model)  # input size, mean and std, as timm's own scripts read them
+    size = img_size if img_size and cfg.get('fixed_input_size') else data_cfg['input_size'][-1]
     model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:  # what a model uses does not depend on its input size; a small one traces faster (an LSTM: 13 s -> 1 s)
         features, n_features, called, used = _trace(name, model, size if cfg.get('fixed_input_size') else
@@ -138,7 +139,7 @@ def describe(name, img_size=None):
                 layer_of=layer_of, norm_params=_norm_params(model, used),
                 bias_params=tuple(n for n, _ in alive if n.endswith('bias')), lora_targets=targets,
                 lora_skipped=skipped, depthwise=_depthwise(model, used), model_shapes=model_shapes, body_keys=tuple(model.state_dict()),
-                mean=tuple(cfg.get('mean', (0.485, 0.456, 0.406))), std=tuple(cfg.get('std', (0.229, 0.224, 0.225))))
+                mean=tuple(data_cfg['mean']), std=tuple(data_cfg['std']))
 
 
 def _trace(name, model, size):

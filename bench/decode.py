@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff'}
 BACKGROUND = (255, 255, 255)   # what transparent pixels become
@@ -265,20 +266,22 @@ CACHE_VERSION = 2
 
 
 class Progress:
-    """Images decoded so far and their rate: a bar redrawn in place on a terminal, a line every 10 s elsewhere."""
+    """Images decoded so far and their rate: tqdm's bar on a terminal, a line every 10 s elsewhere (a log)."""
     def __init__(self, log):
-        self.log, self.n, self.t0, self.last = log, 0, time.perf_counter(), time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.log, self.n, self.t0 = log, 0, time.perf_counter()
+        self.last = self.t0
+        self.bar = tqdm(desc='decoding', unit=' images', file=sys.stderr) if sys.stderr.isatty() else None
 
     def add(self, n):
         self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
         now = time.perf_counter()
-        if self.tty:
-            print(f'\rdecoding: {self.n:,} images, {self.n / (now - self.t0):,.0f}/s', end='', file=sys.stderr)
-        elif now - self.last > 10:
+        if now - self.last > 10:
             self.log(f'decoding: {self.n:,} images so far, {self.n / (now - self.t0):,.0f}/s')
             self.last = now
 
     def done(self):
-        if self.tty:
-            print(file=sys.stderr)
+        if self.bar is not None:
+            self.bar.close()

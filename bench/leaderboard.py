@@ -33,6 +33,15 @@ on the per-seed differences; with 3 seeds a bootstrap would have only 10 distinc
 interval includes 0 is `tied` with the best: the data cannot tell them apart. `time ×` is the row's training time
 over the best row's, the geometric mean of the per-seed ratios with its 95% interval. With fewer than
 {stats.MIN_SEEDS} paired seeds no verdict is given. The lines under each table say the same in words.
+A table says in its heading whether each strategy trained at its own LR, chosen on validation (`--tune lr`,
+bench/tune.py: a half-decade grid per kind of strategy, scored on the validation split at the first seed, the seeds
+then at the chosen LR), or at fixed LRs as given; tuned tables come first, and the fixed-LR records of earlier code
+stay as they were. `LR: body · head` is the highest LR the optimizer gave the body's and the head's parameter
+groups (the head always trains at the head's LR), with `tuned` where it was chosen, and `grid edge` where the best
+point was still at the edge of the widest grid allowed. `tune s` is what tuning added: the seconds of the grid runs
+at LRs not chosen (the chosen one is the first seed's run). `at the end` says `still improving` where the validation
+metric rose over the run's last interval (each run has at least four validation points) by more than it varies
+over seeds at the end: such a row's verdicts hold at this budget only.
 `train s` is the training clock only (GPU synchronized, warm-up, validation and test excluded); `img/s` is
 training images per second; `epochs` are the epochs that trained (0 for zero_shot); `trainable / total` counts
 parameters (the largest trainable set over the schedule; LoRA's adapters count in both); `optimizer state MB` is
@@ -120,7 +129,7 @@ def table_row(row, best, metric='test_acc'):
         tune_s=f'{row.tuned.seconds:.0f}' if row.tuned is not None else '-', end=end_cell(row, metric),
         ips=mean_std(column['images_per_second'], '{:.0f}'),
         mem=mean_std(column['peak_memory_mb'], '{:.0f}'), opt_mb=mean_std(column['optimizer_state_mb'], '{:.1f}'),
-        valid=mean_std(column['valid_acc'], scale=100),
+        valid=mean_std([r.get(stats.VALID_OF.get(metric, 'valid_acc')) for r in recs], scale=100),
         test=mean_std(column['test_acc'], scale=100), test_class=mean_std(column['test_class_acc'], scale=100),
         test_loss=mean_std(column['test_loss'], '{:.3f}'),
         delta=f'{diff.mean:+.1f} ({diff.lo:+.1f} to {diff.hi:+.1f})' if diff else '-',
@@ -137,7 +146,8 @@ def markdown_table(rows, metric='test_acc'):
         i, j = [k for k, c in enumerate(columns) if c[0] in ('test', 'test_class')]
         columns[i], columns[j] = columns[j], columns[i]
     columns = [(k, f'**{h}**' if (k == 'test_class') == (metric == 'test_class_acc') and k in ('test', 'test_class')
-                else h) for k, h in columns]
+                else 'valid mean per-class acc %' if k == 'valid' and metric == 'test_class_acc' else h)
+               for k, h in columns]
     return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt='github',
                     disable_numparse=True)
 

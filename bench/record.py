@@ -57,7 +57,7 @@ class Results:
     train_images: int
     valid_images: int
     test_images: int
-    lrs: list                     # per parameter group [body..., head]: the peak LR of the last phase that trained it
+    lrs: list                     # per parameter group [body..., head]: the highest LR it trained at (None: never)
     fold_valid_acc: Optional[list] = None  # K-fold scoring: each fold's validation accuracy
 
     def as_dict(self):
@@ -111,11 +111,11 @@ def cpu_has_bf16():
 
 @lru_cache(maxsize=None)
 def cpu_vector_unit():
-    """The widest vector extension the CPU has (AVX-512, AVX2), '' where /proc/cpuinfo does not say. Part of the
-    hardware's name because a virtual machine's model name can hide it: two 'AMD EPYC' machines of this project, one
-    with AVX-512 and one without, trained EfficientNet-Lite0 2.7x apart."""
-    flags = cpu_flags()
-    return 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else ''
+    """The widest vector unit torch's CPU kernels use here (AVX-512, AVX2), as torch reports it; '' for any other.
+    Part of the hardware's name because a virtual machine's model name can hide it: two 'AMD EPYC' machines of this
+    project, one with AVX-512 and one without, trained EfficientNet-Lite0 2.7x apart."""
+    import torch
+    return {'AVX512': 'AVX-512', 'AVX2': 'AVX2'}.get(torch.backends.cpu.get_cpu_capability(), '')
 
 
 @lru_cache(maxsize=None)
