@@ -10,6 +10,7 @@ from dataclasses import replace
 import backbones
 from bench import data, tune
 from bench.config import CUSTOM, EXPERIMENTS, UsageError, flag_overrides, print_config, validate_numbers
+from bench.datasets import METRICS, declared
 from bench.executor import Job, make_executor, sweep
 from bench.resolve import fit_size
 from bench.strategies import STRATEGIES, problem, unknown_strategy_message
@@ -212,6 +213,9 @@ def dry_run(args, cfgs, tuned=False):
         else:
             images = data.load(source, log=lambda m: print(m, file=sys.stderr))
             group, n_classes = stamp(group, images), len(images.classes)
+            metric = METRICS[declared(spec).metric]
+            print(f'{spec}: {n_classes} classes, {len(images.train_y):,} training and {len(images.test_y):,} test '
+                  f'images stored at {images.stored} px; ranked by {metric}')
         if tuned:
             seeds = {key: len(s) for key, (_, s) in tune.grid_runs(group).items()}
             group = [tune.at(first, tune.grid_of(first.strategy).exponents[1]) if tune.grid_of(first.strategy)

@@ -38,7 +38,19 @@ CALTECH101 = Dataset(
     about='Caltech-101: 8,677 photos (80-457 px wide) in 101 classes of 31-800 images; Faces_easy dropped '
           '(crops of the Faces photographs), so 100 classes')
 
-DATASETS = {d.name: d for d in (CIFAR10, CALTECH101)}
+# VTAB-1k-sized sets from domains ImageNet does not cover; their offline copies and splits: ../shared/data/README.md.
+UC_MERCED = Dataset(
+    name='uc_merced', metric='top1', stored=128,   # balanced: 47-48 training images per class
+    about='UC Merced Land Use: aerial orthoimagery at ~0.3 m/px, 21 balanced classes, 1,000 train / 420 test images '
+          'at 128 px (USGS National Map, public domain; Yang & Newsam, ACM SIGSPATIAL GIS 2010)')
+
+PBC_BLOOD_CELLS = Dataset(
+    name='pbc_blood_cells', metric='class_mean', stored=128,   # imbalanced: 71-195 training images per class
+    about='PBC peripheral blood cells: stained microscopy, 8 imbalanced classes, 1,000 train / 2,000 test images at '
+          '128 px, subsampled and resized from the original (CC BY 4.0: Acevedo et al., "A dataset of microscopic '
+          'peripheral blood cell images for development of automatic recognition systems", Data in Brief 30, 2020)')
+
+DATASETS = {d.name: d for d in (CIFAR10, CALTECH101, UC_MERCED, PBC_BLOOD_CELLS)}
 
 
 class DataNotFound(Exception):

@@ -26,7 +26,7 @@ different machines are never pooled, and times are only comparable within a tabl
 `n` is how many seeds ran it, and every number is mean ± std over them. Seeds change initialization, data order
 and augmentation, while the train/validation/test split stays fixed, so runs of two rows with the same seed are
 paired. A table is one dataset: its rows are sorted by the dataset's declared metric, shown in bold (top-1 test
-accuracy; mean per-class test accuracy for Caltech-101, whose classes hold 31 to 800 images), and both metrics are
+accuracy; mean per-class test accuracy for Caltech-101 and PBC blood cells, whose classes are imbalanced), and both metrics are
 in every row. Each row is compared with the table's best row over the seeds both ran, in that metric: `Δ test` is
 the mean paired difference in percentage points with its 95% confidence interval (Student's t
 on the per-seed differences; with 3 seeds a bootstrap would have only 10 distinct resamples). A row whose

@@ -155,3 +155,10 @@ def test_a_lone_last_training_image_is_dropped(images):
     s = data.split(images)
     assert len(data.batches(images, s.train, data.Prepare(), bs=7, train=True)) == 9  # 64 = 9 * 7 + 1
     assert len(data.batches(images, s.valid, data.Prepare(), bs=15)) == 2  # evaluation keeps every image
+
+
+def test_the_aerial_and_medical_sets_are_declared_with_their_metric_size_and_attribution():
+    from bench.datasets import DATASETS
+    uc, pbc = DATASETS['uc_merced'], DATASETS['pbc_blood_cells']
+    assert (uc.metric, uc.stored, pbc.metric, pbc.stored) == ('top1', 128, 'class_mean', 128)
+    assert 'public domain' in uc.about and 'CC BY 4.0' in pbc.about and 'Acevedo' in pbc.about

@@ -2,6 +2,8 @@
 import subprocess
 from dataclasses import replace
 
+import pytest
+
 from bench import record
 from bench.config import Config
 from bench.executor import Job
@@ -70,3 +72,16 @@ def test_a_setting_is_part_of_the_identity_of_the_runs_it_changes_only():
     before = {k: v for k, v in full.items() if k not in ('lora_r', 'lora_alpha', 'lora_dropout', 'layer_decay',
                                                           'memory_limit_mb')}
     assert record.run_key(before) == record.run_key(full)  # records made before these settings existed resume
+
+
+def test_a_record_has_exactly_the_declared_result_fields():
+    fields = {name: None for name in record.RESULT_FIELDS}
+    env = dict(device_name='cpu: test', versions={})
+    rec = record.make(Config(), 'k', 'now', env, 'sha', results=fields)
+    assert set(record.RESULT_FIELDS) <= set(rec)
+    missing = dict(fields)
+    del missing['valid_curve']
+    with pytest.raises(ValueError, match=r"missing \['valid_curve'\]"):
+        record.make(Config(), 'k', 'now', env, 'sha', results=missing)
+    with pytest.raises(ValueError, match=r"unknown \['typo'\]"):
+        record.make(Config(), 'k', 'now', env, 'sha', results={**fields, 'typo': 1})

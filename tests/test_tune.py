@@ -148,3 +148,8 @@ def test_the_dry_run_says_each_strategys_grid_runs_and_head_rule(dataset_dir, ca
     assert 'tuning: head_lr in {0.001, 0.0032, 0.01}' in out and 'the head alone trains: its LR is tuned' in out
     assert out.count('then 3 seed runs at the chosen LR') == 2
     assert json.loads(out.splitlines()[0].removeprefix('config: '))['seed'] == 0
+
+
+def test_tuning_is_on_by_default_where_strategies_are_compared_only():
+    assert tune.wanted('auto', compared=True) and not tune.wanted('auto', compared=False)
+    assert tune.wanted('lr', compared=False) and not tune.wanted('off', compared=True)
