@@ -41,7 +41,9 @@ groups (the head always trains at the head's LR), with `tuned` where it was chos
 point was still at the edge of the widest grid allowed. `tune s` is what tuning added: the seconds of the grid runs
 at LRs not chosen (the chosen one is the first seed's run). `at the end` says `still improving` where the validation
 metric rose over the run's last interval (each run has at least four validation points) by more than it varies
-over seeds at the end: such a row's verdicts hold at this budget only.
+over seeds at the end: such a row's verdicts hold at this budget only. `settings` says `CPU steal up to N%` where the
+hypervisor gave more than 5% of a virtual machine's CPU time to other guests while one of the row's runs trained:
+that run's clock, and the row's `time ×`, are stretched by it.
 `train s` is the training clock only (GPU synchronized, warm-up, validation and test excluded); `img/s` is
 training images per second; `epochs` are the epochs that trained (0 for zero_shot); `trainable / total` counts
 parameters (the largest trainable set over the schedule; LoRA's adapters count in both); `optimizer state MB` is
@@ -82,6 +84,16 @@ def settings(rec):
                                  f'{rec["accumulate"]} passes of {rec["micro_bs"]}' if (rec.get('accumulate') or 1) > 1
                                  else None,
                                  f'BN stats update {bn[0]}/{bn[1]}' if bn else None) if x)
+
+
+STEAL_SHOWN = 0.05  # a run whose machine lost more than this share of its CPU time to other guests says so
+
+
+def stolen(recs):
+    """Where the hypervisor took CPU time from the machine while a row's runs trained (the most of any seed): their
+    clock is stretched, and so is the row's `time ×`."""
+    most = max((r.get('cpu_steal') or 0 for r in recs), default=0)
+    return f'CPU steal up to {most:.0%}' if most > STEAL_SHOWN else None
 
 
 def lr_cell(row):
@@ -134,7 +146,7 @@ def table_row(row, best, metric='test_acc'):
         test_loss=mean_std(column['test_loss'], '{:.3f}'),
         delta=f'{diff.mean:+.1f} ({diff.lo:+.1f} to {diff.hi:+.1f})' if diff else '-',
         verdict=verdict, time=f'{ratio.mean:.2f} ({ratio.lo:.2f} to {ratio.hi:.2f})' if ratio else '-',
-        settings=settings(first))
+        settings=', '.join(x for x in (settings(first), stolen(recs)) if x))
 
 
 def markdown_table(rows, metric='test_acc'):

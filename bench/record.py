@@ -58,6 +58,7 @@ class Results:
     valid_images: int
     test_images: int
     lrs: list                     # per parameter group [body..., head]: the highest LR it trained at (None: never)
+    cpu_steal: Optional[float] = None      # share of the machine's CPU time stolen by the hypervisor while training
     fold_valid_acc: Optional[list] = None  # K-fold scoring: each fold's validation accuracy
 
     def as_dict(self):

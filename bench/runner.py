@@ -211,7 +211,9 @@ def train(cfg, images, split, bar=False, test=True, log=print):
         apply_precision(learn, cfg)
     show_progress(learn, bar, log)
 
+    steal = cpu_times()
     STRATEGIES[cfg.strategy](learn, cfg)
+    steal = stolen_share(steal, cpu_times())
 
     t = time.perf_counter()
     last = runlog.epochs[-1] if runlog.epochs else None
@@ -235,7 +237,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
         batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None,
         micro_bs=fits.micro_bs, accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb,
         memory_free_mb=fits.free_mb, image_size=size, data_decode=images.decode, train_images=len(split.train),
-        valid_images=len(split.valid), test_images=len(split.test),
+        valid_images=len(split.valid), test_images=len(split.test), cpu_steal=steal,
         lrs=runlog.lrs(n_groups) if cfg.cache_features != 'on' else [None] * (len(group_names(net, cfg)) - 1)
         + runlog.lrs(n_groups)).as_dict()
 
@@ -277,6 +279,24 @@ def trim_heap():
         ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def cpu_times():
+    """(stolen, total) CPU time of the machine so far, from /proc/stat (Linux), or None elsewhere."""
+    try:
+        values = [int(x) for x in Path('/proc/stat').read_text().split('\n', 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (values[7] if len(values) > 7 else 0), sum(values[:8])
+
+
+def stolen_share(before, after):
+    """The share of the machine's CPU time the hypervisor gave to others between two cpu_times(): on a shared virtual
+    machine a run's clock can stretch 2-9x while steal is high (seen on this project's 2-core machines), and the
+    record says so."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def peak_memory_mb(device):

@@ -153,3 +153,12 @@ def test_the_dry_run_says_each_strategys_grid_runs_and_head_rule(dataset_dir, ca
 def test_tuning_is_on_by_default_where_strategies_are_compared_only():
     assert tune.wanted('auto', compared=True) and not tune.wanted('auto', compared=False)
     assert tune.wanted('lr', compared=False) and not tune.wanted('off', compared=True)
+
+
+def test_cpu_time_stolen_by_the_hypervisor_is_measured_and_shown():
+    from bench import runner
+    assert runner.stolen_share((100, 1000), (400, 2000)) == 0.3
+    assert runner.stolen_share(None, (1, 2)) is None and runner.stolen_share((5, 10), (5, 10)) is None
+    rows = [dict(rec('full', s, .8), cpu_steal=0.3 if s == 1 else 0.01) for s in range(3)]
+    assert 'CPU steal up to 30%' in leaderboard.render(rows)
+    assert 'CPU steal' not in leaderboard.render([dict(r, cpu_steal=0.02) for r in rows]).split('## ')[-1]
