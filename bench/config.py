@@ -135,7 +135,8 @@ W1 = Experiment(
         backbone='resnet18.tv_in1k',    # the seed's torchvision ImageNet weights
         head='linear',                  # the seed's head: global pool -> Linear
         size=224, resize=256,           # the seed's: CIFAR's 32 px upsampled to 256, centre 224
-    ),                                  # the rest are Config's defaults: AdamW 1e-4 (head alone 1e-3), 10 epochs
+    ),                                  # the rest are Config's defaults: AdamW, 10 epochs; LRs tuned per strategy
+                                        # (bench/tune.py; --tune off: body 1e-4, head 1e-3)
     cpu=dict(                           # ranking checked against twice the training images (README)
         subset=5000, eval_subset=1000,  # 1/8 of the training images; 1,000 validation and test images
         size=32, resize=32,             # native CIFAR size: 49x fewer pixels than 224 px
@@ -208,7 +209,7 @@ W5 = Experiment(
         head='linear',                      # pool -> Linear, as W1
         size=224, resize=256,               # as W1
     ),                                      # the rest are Config's defaults, as W1: AdamW, 224 px, 10 epochs,
-                                            # lr 1e-4 with the body, head_lr 1e-3 for the head and PEFT parameters
+                                            # LRs tuned per strategy (--tune off: body 1e-4, head 1e-3)
     cpu=dict(W1.cpu, subset=4000, epochs=3),  # W1's at 4,000 images and 3 epochs (188 steps at bs 64): under
                                             # 15 min on a 2-core CPU without AVX-512; ranking checked at 2B
     strategies=('feature_extract', 'bitfit', 'norm_only', 'lora', 'partial', 'full', 'lp_ft', 'llrd'),
@@ -223,8 +224,8 @@ W6 = Experiment(
     settings=dict(
         data='caltech101',                  # stored at 224 px, aspect kept; Faces_easy dropped (bench/datasets.py)
         backbone='tf_efficientnet_lite0', head='linear',
-    ),                                      # the rest are Config's defaults: AdamW, lr 1e-4, head_lr 1e-3, 10 epochs,
-                                            # size 224 (Lite0's pretrained size, as stored)
+    ),                                      # the rest are Config's defaults: AdamW, 10 epochs, size 224 (Lite0's
+                                            # pretrained size, as stored); LRs tuned per strategy
     cpu=dict(
         size=160, resize=160,               # Lite0 trains 2.8x faster at 160 px than at 224 on a 2-core AVX2 CPU
         subset=800, eval_subset=400,        # ~8 training images per class; 400 validation and 400 test images

@@ -9,6 +9,8 @@ backbone, each timed, recorded and ranked.
     python bench/finetune.py --preset w5 --seeds 3            # W5: PEFT vs freezing
     python bench/finetune.py --backbone convnext_nano --strategy all --dry-run
 
+Where runs compare strategies, each trains at its own LR, chosen on validation (`--tune lr`, the default there:
+bench/tune.py); `--tune off` keeps --lr (the body's) and --head-lr (the new head's) as given.
 Presets are the experiments of bench/config.py (the seed's settings, and a `cpu` profile for a 2-core CPU);
 flags override them. One JSON line per run is appended to --results (default reports/results.jsonl); runs
 already recorded on this hardware are skipped (--force reruns); the leaderboard (reports/leaderboard.md) is

@@ -147,7 +147,9 @@ def test_the_dry_run_says_each_strategys_grid_runs_and_head_rule(dataset_dir, ca
     assert 'tuning: lr in {0.0001, 0.00032, 0.001}' in out and 'head_lr = 10 x lr' in out
     assert 'tuning: head_lr in {0.001, 0.0032, 0.01}' in out and 'the head alone trains: its LR is tuned' in out
     assert out.count('then 3 seed runs at the chosen LR') == 2
-    assert json.loads(out.splitlines()[0].removeprefix('config: '))['seed'] == 0
+    assert 'tiny: 4 classes, 80 training and 24 test images' in out and 'ranked by top-1 accuracy' in out
+    configs = [json.loads(line.removeprefix('config: ')) for line in out.splitlines() if line.startswith('config: ')]
+    assert [c['seed'] for c in configs] == [0, 0]  # one plan per strategy, at its first seed
 
 
 def test_tuning_is_on_by_default_where_strategies_are_compared_only():
