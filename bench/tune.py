@@ -123,7 +123,11 @@ IDENTITY = {'tune': 'lr'}  # tuned runs are never the same runs as fixed-LR ones
 
 
 def bookkeeping(cfg, role, chosen=None):
+    """What a tuned run's record holds beside its config: its strategy's grid, and its role (grid point or seed).
+    A strategy that trains nothing (zero_shot) has no grid; its runs join the tuned table as they are."""
     grid = grid_of(cfg.strategy)
+    if grid is None:
+        return {'tune': dict(kind=STRATEGIES[cfg.strategy].kind, field=None, role=role)}
     out = dict(kind=STRATEGIES[cfg.strategy].kind, field=grid.field, head_mult=grid.head_mult,
                grid=[lr_at(e) for e in grid.exponents], role=role)
     if chosen is not None:

@@ -164,3 +164,14 @@ def test_cpu_time_stolen_by_the_hypervisor_is_measured_and_shown():
     rows = [dict(rec('full', s, .8), cpu_steal=0.3 if s == 1 else 0.01) for s in range(3)]
     assert 'CPU steal up to 30%' in leaderboard.render(rows)
     assert 'CPU steal' not in leaderboard.render([dict(r, cpu_steal=0.02) for r in rows]).split('## ')[-1]
+
+
+def test_a_strategy_that_trains_nothing_joins_the_tuned_table_as_it_is():
+    assert tune.bookkeeping(Config(strategy='zero_shot'), 'seed') == {'tune': dict(kind='none', field=None,
+                                                                                   role='seed')}
+    floor = [dict(rec('zero_shot', s, .1), tune=dict(kind='none', field=None, role='seed')) for s in range(3)]
+    for r in floor:
+        r['config']['dataset'] = 'tiny:abc'
+    grid = [tuned('full', 0, lr, valid=v, test=v) for lr, v in ((1e-4, .5), (3.2e-4, .7), (1e-3, .6))]
+    table, = stats.tables(floor + grid)
+    assert table.tuned and [row.label for row in table.rows] == ['full', 'zero_shot']
