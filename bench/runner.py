@@ -86,7 +86,7 @@ class RunLog(Callback):
         model = self.learn.model
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
-        loss, correct, n_classes = 0., [], None
+        loss, n_classes = 0., None
         preds, ys = [], []
         for xb, yb in self.learn.dls.valid:
             with autocast(self.cfg) if self.cfg is not None else contextlib.nullcontext():
