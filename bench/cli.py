@@ -174,9 +174,8 @@ def run_tuned(args, cfgs, where):
         outcome = run(args, jobs, where)
         failed |= bool(outcome.failed)
         for rec in outcome.records:
-            key, field = tune.group_key(rec['config']), rec['tune']['field']
-            metric = tune.valid_field(rec['config']['dataset'].split(':')[0])
-            scores[key][tune.exponent_of(rec['config'][field])] = None if rec['error'] else rec[metric]
+            exponent, score = tune.point(rec)
+            scores[tune.group_key(rec['config'])][exponent] = score
         for key, (first, _) in groups.items():
             choice = tune.choose(scores[key], tune.grid_of(first.strategy).exponents)
             pending[key] = [choice.next] if choice.next is not None else []

@@ -83,6 +83,13 @@ def wanted(mode, compared):
 
 # ---- choosing ---------------------------------------------------------------------------------------------
 
+def point(rec):
+    """A grid record's exponent and validation score (None where it failed): what the sweep and the leaderboard
+    choose from."""
+    metric = valid_field((rec['config'].get('dataset') or '').split(':')[0])
+    return exponent_of(rec['config'][rec['tune']['field']]), (None if rec.get('error') else rec.get(metric))
+
+
 def valid_field(dataset):
     """The validation field that chooses: the dataset's declared metric (top-1 where nothing is declared)."""
     declared = DATASETS[dataset].metric if dataset in DATASETS else 'top1'
@@ -189,8 +196,7 @@ def results(records):
     out = {}
     for key, recs in grids.items():
         t = recs[0]['tune']
-        metric = valid_field((recs[0]['config'].get('dataset') or '').split(':')[0])
-        scores = {exponent_of(r['config'][t['field']]): r.get(metric) for r in recs}
+        scores = dict(point(r) for r in recs)
         choice = choose(scores, [exponent_of(x) for x in t['grid']])
         chosen = lr_at(choice.best) if choice.best is not None else None
         spent = sum((r.get('train_seconds') or 0) + (r.get('eval_seconds') or 0) for r in recs
