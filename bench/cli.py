@@ -119,7 +119,7 @@ def by_data(cfgs):
 def stamp(cfgs, images):
     """Name the dataset in every config, and check its split and subsets against the data before anything runs."""
     for cfg in cfgs:
-        data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class)
+        data.split_for(images, cfg)
     return [replace(fit_size(cfg, images.stored), dataset=images.key) for cfg in cfgs]
 
 

@@ -80,6 +80,9 @@ class Config:
                                     'or this fraction (< 1); 0 = all')
     per_class: int = setting(0, 'training images kept per class, at most (Kornblith et al.\'s Caltech-101 '
                                 'protocol: 30); 0 = all', added=True)
+    pool: float = setting(0, 'images of the train folder kept before the train/valid split, stratified: at most this '
+                             'many (>= 1), or this fraction (< 1); 0 = all (VTAB-1k: 1,000, split 800 / 200)',
+                       added=True)
     valid_frac: float = setting(0.2, 'share of the train folder held out for validation (50k -> 40k/10k)',
                                 flag=False)
     split_seed: int = setting(0, 'seed of the train/valid split and subsets: the same for every run, so runs '
@@ -122,6 +125,7 @@ class Experiment:
     strategies: tuple = ('full',)      # run when --strategy is not given
     backbones: tuple = ()              # run when --backbone is not given (default: settings['backbone'])
     full_backbones: tuple = ()         # added in the full profile, where their pretrained weights can be had
+    datasets: tuple = ()               # run on each of these (bench/datasets.py names) when --data is not given
     compare: tuple = ()                # experiments asking the same question of another dataset (cross-dataset verdicts)
     variants: dict = field(default_factory=dict)   # rows by (backbone, variant): settings on top of the rest
     bench: tuple = ((),)               # `make bench`: the script's arguments, one tuple per invocation
@@ -236,7 +240,29 @@ W6 = Experiment(
     compare=('w5',),
 )
 
-EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5, W6)}
+W7 = Experiment(
+    name='w7', script='finetune',
+    title='W7: the W5 strategies across four domains, VTAB-1k style (1,000 training images each)',
+    question='Does a ranking of strategies hold from everyday photos (CIFAR-10, Caltech-101) to aerial (UC Merced) '
+             'and medical images (PBC blood cells)? Each strategy tuned on 200 validation images, scored on test.',
+    settings=dict(
+        backbone='tf_efficientnet_lite0', head='linear',
+        pool=1000,                          # VTAB-1k: 1,000 images of each train folder, stratified: 800 train,
+                                            # 200 choose the LR; the test folder scores
+        size=224, resize=224,               # every dataset at Lite0's pretrained size (CIFAR-10 upsampled)
+    ),                                      # the rest are Config's defaults: AdamW, 10 epochs; LRs tuned per strategy
+    cpu=dict(
+        size=96, resize=96,                 # 96 px: 18% of 224's pixels; Lite0 trains ~85 img/s here (2-core AVX2)
+        eval_subset=2000,                   # caps CIFAR-10's test split at a stratified 2,000 (the others are
+                                            # whole: Caltech-101 1,649, UC Merced 420, PBC 2,000)
+        epochs=2, bs=32,                    # 50 steps, as W6
+        memory_limit_mb=1024,
+    ),
+    strategies=W5.strategies,
+    datasets=('cifar10', 'caltech101', 'uc_merced', 'pbc_blood_cells'),
+)
+
+EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5, W6, W7)}
 # finetune.py without --preset: Config's defaults (the backbone's pretrained size, at most the data's), and a CPU
 # budget that fits any dataset: at most 1,000 training images and 500 validation and test images each, 2 epochs,
 # 1 GB for training (Caltech-101 at 224 px: ~3.5 min per fine-tuning run on a 2-core AVX2 CPU, under 2.5 GB).
@@ -253,7 +279,7 @@ def experiment(name):
 
 # ---- flags ------------------------------------------------------------------------------------------------
 
-COUNTS = ('subset', 'eval_subset')  # a count (an int, as the profiles write it) or a fraction
+COUNTS = ('subset', 'eval_subset', 'pool')  # a count (an int, as the profiles write it) or a fraction
 
 
 def _count_or_fraction(text):
@@ -345,7 +371,7 @@ def validate_numbers(cfg):
     for name in ('epochs', 'bs', 'lr', 'head_lr', 'lr_mult', 'head_hidden', 'lora_r', 'lora_alpha'):
         if getattr(cfg, name) <= 0:
             raise UsageError(f'{_flag(name)} must be positive, got {getattr(cfg, name)}')
-    for name in ('subset', 'eval_subset', 'per_class', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs',
+    for name in ('subset', 'eval_subset', 'pool', 'per_class', 'size', 'resize', 'wd', 'unfreeze', 'lp_epochs',
                  'memory_limit_mb'):
         if getattr(cfg, name) < 0:
             raise UsageError(f'{_flag(name)} must not be negative, got {getattr(cfg, name)}')

@@ -184,19 +184,22 @@ def per_class_subset(idx, labels, k, seed):
     return np.sort(np.concatenate(kept))
 
 
-def split(images, valid_frac=0.2, seed=0, subset=0, eval_subset=0, per_class=0):
-    """Stratified train/valid split of the train folder; the test folder is the test set. `subset` and
-    `eval_subset` are caps or fractions (`count`), so a budget never asks for more than exists; `per_class` keeps
-    at most that many training images of each class (Kornblith et al.'s Caltech-101 protocol: 30)."""
+def split(images, valid_frac=0.2, seed=0, subset=0, eval_subset=0, per_class=0, pool=0):
+    """Stratified train/valid split of the train folder; the test folder is the test set. `pool` first keeps that
+    many of the train folder's images, stratified (VTAB-1k: 1,000, which `valid_frac` 0.2 splits 800 / 200).
+    `subset` and `eval_subset` are caps or fractions (`count`), so a budget never asks for more than exists;
+    `per_class` keeps at most that many training images of each class (Kornblith et al.'s Caltech-101 protocol: 30)."""
     y, ty = np.asarray(images.train_y), np.asarray(images.test_y)
     n_classes = len(images.classes)
-    smallest = np.bincount(y, minlength=n_classes)
+    kept = stratified_subset(np.arange(len(y)), y, count(pool, len(y)), seed)
+    smallest = np.bincount(y[kept], minlength=n_classes)
     if smallest.min() < 2:
         name = images.classes[int(smallest.argmin())]
-        raise DataError(f'class {name!r} has {smallest.min()} training image(s); every class needs at least 2 '
+        where = f'of the {len(kept):,} kept (--pool)' if len(kept) < len(y) else 'training'
+        raise DataError(f'class {name!r} has {smallest.min()} {where} image(s); every class needs at least 2 '
                         f'(one to train on, one to validate on)')
-    n_valid = min(max(round(len(y) * valid_frac), n_classes), len(y) - n_classes)
-    train, valid = train_test_split(np.arange(len(y)), test_size=n_valid, stratify=y, random_state=seed)
+    n_valid = min(max(round(len(kept) * valid_frac), n_classes), len(kept) - n_classes)
+    train, valid = train_test_split(kept, test_size=n_valid, stratify=y[kept], random_state=seed)
     if per_class:
         train = per_class_subset(train, y, per_class, seed)
     n_train = count(subset, len(train))
@@ -204,6 +207,14 @@ def split(images, valid_frac=0.2, seed=0, subset=0, eval_subset=0, per_class=0):
     return Split(train=stratified_subset(train, y, n_train, seed),
                  valid=stratified_subset(valid, y, count(eval_subset, len(valid)), seed),
                  test=stratified_subset(np.arange(len(ty)), ty, count(eval_subset, len(ty)), seed))
+
+
+SPLIT_SETTINGS = ('valid_frac', 'split_seed', 'subset', 'eval_subset', 'per_class', 'pool')
+
+
+def split_for(images, cfg):
+    """The split a run's config asks for."""
+    return split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class, cfg.pool)
 
 
 def check_subset(n, n_classes, what):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 DATA_ENV = 'FTBENCH_DATA'
 METRICS = {'top1': 'top-1 accuracy', 'class_mean': 'mean per-class accuracy'}
+# VTAB's groups: everyday photos as ImageNet has them, and images from instruments (satellite, microscope)
+DOMAINS = {'natural': 'natural (everyday photos)', 'specialized': 'specialized (aerial, medical)'}
 
 
 @dataclass(frozen=True)
@@ -23,15 +25,16 @@ class Dataset:
     url: str = ''             # attribute of fastai's URLs that downloads it, where a network exists
     drop: tuple = ()          # class folders left out (curation), said in the README
     about: str = ''           # one line for the leaderboard: where it comes from, what was curated
+    domain: str = ''          # key of DOMAINS: the group a cross-dataset verdict ranks it in
     notes: dict = field(default_factory=dict)
 
 
 CIFAR10 = Dataset(
-    name='cifar10', metric='top1', stored=32, url='CIFAR',
+    name='cifar10', metric='top1', stored=32, url='CIFAR', domain='natural',
     about='CIFAR-10: 50,000 train / 10,000 test images of 32 px in 10 balanced classes')
 
 CALTECH101 = Dataset(
-    name='caltech101', metric='class_mean', stored=224,
+    name='caltech101', metric='class_mean', stored=224, domain='natural',
     # Faces_easy holds tight crops of the same photographs as Faces (all 435); in the shipped split 144 of them
     # sit across the train/test line under the other label, so a model is tested on photographs it trained on.
     drop=('Faces_easy',),
@@ -40,12 +43,12 @@ CALTECH101 = Dataset(
 
 # VTAB-1k-sized sets from domains ImageNet does not cover; their offline copies and splits: ../shared/data/README.md.
 UC_MERCED = Dataset(
-    name='uc_merced', metric='top1', stored=128,   # balanced: 47-48 training images per class
+    name='uc_merced', metric='top1', stored=128, domain='specialized',   # balanced: 47-48 training images per class
     about='UC Merced Land Use: aerial orthoimagery at ~0.3 m/px, 21 balanced classes, 1,000 train / 420 test images '
           'at 128 px (USGS National Map, public domain; Yang & Newsam, ACM SIGSPATIAL GIS 2010)')
 
 PBC_BLOOD_CELLS = Dataset(
-    name='pbc_blood_cells', metric='class_mean', stored=128,   # imbalanced: 71-195 training images per class
+    name='pbc_blood_cells', metric='class_mean', stored=128, domain='specialized',   # imbalanced: 71-195 training images per class
     about='PBC peripheral blood cells: stained microscopy, 8 imbalanced classes, 1,000 train / 2,000 test images at '
           '128 px, subsampled and resized from the original (CC BY 4.0: Acevedo et al., "A dataset of microscopic '
           'peripheral blood cell images for development of automatic recognition systems", Data in Brief 30, 2020)')

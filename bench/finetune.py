@@ -44,7 +44,9 @@ def configs(args, target):
     exp = cli.experiment_of(args)
     strategies = cli.expand_strategies(args.strategy, exp.strategies)
     names = split_list(args.backbone) or [*exp.backbones, *cli.full_profile_backbones(exp, args, target)] or [None]
-    return cli.runs(exp, args, target, [dict(backbone=b, strategy=s) for b in names for s in strategies])
+    datasets = [] if args.data else [dict(data=d) for d in exp.datasets]
+    return cli.runs(exp, args, target, [dict(backbone=b, strategy=s, **d) for d in datasets or [{}]
+                                        for b in names for s in strategies])
 
 
 def main(argv=None):

@@ -316,9 +316,9 @@ _splits = {}  # one Split per images and split settings, computed once per proce
 
 
 def split_of(cfg, images):
-    key = (images.key, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class)
+    key = (images.key, *(getattr(cfg, name) for name in data.SPLIT_SETTINGS))
     if key not in _splits:
-        _splits[key] = data.split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class)
+        _splits[key] = data.split_for(images, cfg)
     return _splits[key]
 
 

@@ -189,8 +189,7 @@ def run_search(args, executor):
     images = cli.load_images(base.data)
     base = cli.stamp([base], images)[0]
     if args.cv:
-        data.folds(data.split(images, base.valid_frac, base.split_seed, base.subset, base.eval_subset,
-                              base.per_class), images, args.cv)
+        data.folds(data.split_for(images, base), images, args.cv)
     executor.start(images, bar=cli.show_bar(args))
     searched = cli.run(args, trial_jobs(base, trials, about, args.cv), executor)
     best = best_trial(searched.records)
