@@ -1,27 +1,78 @@
-"""Verdicts across datasets: does a ranking of strategies found on one dataset hold on another?
+"""Verdicts across datasets: does a ranking of strategies found on one dataset hold on others, and which strategy
+should a practitioner use?
 
-An experiment that `compare`s itself with others (W6 on Caltech-101 with W5 on CIFAR-10) gets a section per backbone
-and hardware: each strategy's rank on each dataset (by that dataset's declared metric), its mean rank, a Friedman
-test over the datasets with Kendall's W, every pair of strategies whose order holds (or flips) with a paired
-difference significant on each dataset, and one recommendation: the cheapest strategy not significantly worse than
-the best on any dataset. Reads tables (bench/stats.py); imports no torch.
+An experiment that runs on several datasets (W7) or `compare`s itself with others (W6 with W5) gets a block per
+backbone, hardware and profile: each strategy's rank on each dataset (by that dataset's declared metric), its mean
+rank overall and per domain group (natural, specialized), and:
+- Friedman's test over the datasets with Kendall's W (scipy), and, from 3 datasets on, the Nemenyi post-hoc test
+  and a critical-difference diagram (Demšar 2006; scikit-posthocs);
+- from 3 datasets on, per pair of strategies, the probability that one is practically better than the other
+  (more than ROPE, 1 pp, on a dataset's metric), from the Bayesian signed-rank test over the datasets' mean
+  metrics (Benavoli et al., ICML 2014; baycomp), which says more than a p-value with few datasets;
+- the pairs whose order holds (or flips) on every dataset, each significant over seeds (our paired t, which the
+  libraries do not do: they see one number per dataset);
+- one recommendation (`recommend`), overall and per domain group where it differs.
+Reads tables (bench/stats.py); imports no torch.
 """
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from itertools import combinations
 
 from scipy import stats as sps
 from tabulate import tabulate
 
 from bench import stats
+from bench.datasets import DATASETS, DOMAINS
 
 METRIC_SHORT = {'test_acc': 'top-1 %', 'test_class_acc': 'mean per-class %'}
+ROPE = 1.0            # pp: a difference smaller than this is practically none (region of practical equivalence)
+DECISIVE = 0.95       # a posterior probability at least this decides a Bayesian comparison
+ALPHA = 0.05          # Friedman's and Nemenyi's level
+MIN_DATASETS = 3      # fewer datasets give the rank tests and the pairwise posteriors nothing to stand on
+SAMPLES = 10_000      # draws of baycomp's posterior (fixed seed: the same records render the same bytes)
 
 
-def section(declared, tables):
-    """Markdown lines: one cross-dataset block per (hardware, profile, backbone) seen on two datasets or more."""
-    groups = defaultdict(dict)  # (fixed LRs, device, profile, backbone) -> dataset -> (table, {strategy: row})
+@dataclass
+class Block:
+    """One backbone's strategies on several datasets, on one hardware and profile, tuned or at fixed LRs."""
+    fixed: bool
+    device: str
+    profile: str
+    backbone: str
+    per_dataset: dict     # 'dataset (experiment)' -> (stats.Table, {strategy: stats.Row})
+    strategies: list      # the strategies every dataset has, sorted by name
+
+    @property
+    def names(self):
+        return list(self.per_dataset)
+
+    def domain(self, name):
+        table = self.per_dataset[name][0]
+        return DATASETS[table.dataset].domain if table.dataset in DATASETS else ''
+
+    def means(self, names=None):
+        """{dataset: {strategy: mean test metric over seeds, in %}} over `names` (default: every dataset)."""
+        return {d: {s: 100 * self.per_dataset[d][1][s].mean(self.per_dataset[d][0].metric) for s in self.strategies}
+                for d in (names or self.names)}
+
+    def groups(self):
+        """{domain: [datasets]} where the datasets span more than one declared domain, else {}."""
+        out = defaultdict(list)
+        for d in self.names:
+            out[self.domain(d)].append(d)
+        return dict(out) if len(out) > 1 and '' not in out else {}
+
+    def slug(self):
+        text = f'across-{self.backbone}-{self.device}-{self.profile}{"" if self.fixed else "-tuned"}'
+        return ''.join(c if c.isalnum() else '-' for c in text.lower().replace('cpu: ', '')).strip('-')
+
+
+def blocks(tables):
+    """One Block per (tuned or not, hardware, profile, backbone) seen on two datasets or more with two strategies
+    or more in common."""
+    groups = defaultdict(dict)
     for table in tables:
         by_backbone = defaultdict(dict)
         for row in table.rows:
@@ -33,78 +84,227 @@ def section(declared, tables):
                 f'{table.dataset} ({table.experiment})'] = (table, rows)
     out = []
     for (fixed, device, profile, backbone), per_dataset in sorted(groups.items()):
-        if len(per_dataset) < 2:
-            continue
         common = sorted(set.intersection(*(set(rows) for _, rows in per_dataset.values())))
-        if len(common) < 2:
-            continue
-        out += [f'### Across datasets: {backbone} · {device} · profile {profile} · '
-                f'{"fixed LRs (earlier code)" if fixed else "each strategy at its tuned LR"}', '',
-                *block(per_dataset, common), '']
-    if out:
-        out = ['Across datasets: each strategy\'s rank on each dataset (1 = best, by the dataset\'s declared metric; '
-               'ties share a mean rank), and whether the order holds. A pair "holds" when one strategy beats the other '
-               'on every dataset, each difference significant (paired 95% t interval over seeds excluding 0); it '
-               '"flips" when each wins significantly somewhere. The recommendation is the cheapest strategy '
-               '(training time relative to the fastest strategy on each dataset, geometric mean) that is not '
-               'significantly worse than the best on any dataset.', '', *out]
+        if len(per_dataset) >= 2 and len(common) >= 2:
+            out.append(Block(fixed, device, profile, backbone, per_dataset, common))
     return out
 
 
-def block(per_dataset, strategies):
-    names = list(per_dataset)
-    means = {d: {s: per_dataset[d][1][s].mean(per_dataset[d][0].metric) for s in strategies} for d in names}
-    ranks = {d: dict(zip(strategies, sps.rankdata([-means[d][s] for s in strategies]))) for d in names}
-    mean_rank = {s: statistics.mean(ranks[d][s] for d in names) for s in strategies}
-    cost = relative_cost(per_dataset, strategies)
-    order = sorted(strategies, key=lambda s: (mean_rank[s], s))
-    headers = ['strategy'] + [f'{d}: {METRIC_SHORT[per_dataset[d][0].metric]} (rank)' for d in names] + \
-        ['mean rank', 'time × fastest']
-    rows = [[s] + [f'{100 * means[d][s]:.1f} ({ranks[d][s]:g})' for d in names] +
-            [f'{mean_rank[s]:.2f}', f'{cost[s]:.2f}'] for s in order]
-    lines = [tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True), '']
-    lines.append('- ' + friedman_words(means, strategies, names))
-    held, flipped, unclear = pair_orders(per_dataset, strategies)
-    lines.append(f'- Holds on all {len(names)} datasets, significant on each ({len(held)} of '
-                 f'{len(held) + len(flipped) + unclear} pairs): ' + (', '.join(held) or 'none') + '.')
-    lines.append('- Flips between datasets, significant both ways: ' + (', '.join(flipped) or 'none') + '.')
-    lines.append('- ' + recommendation(per_dataset, strategies, cost))
-    return lines
+# ---- statistics -------------------------------------------------------------------------------------------
+
+def ranks(means):
+    """{dataset: {strategy: rank}}, 1 = best, ties sharing their mean rank."""
+    return {d: dict(zip(m, sps.rankdata([-v for v in m.values()]))) for d, m in means.items()}
 
 
-def relative_cost(per_dataset, strategies):
+def mean_ranks(means, strategies):
+    r = ranks(means)
+    return {s: statistics.mean(r[d][s] for d in means) for s in strategies}
+
+
+def friedman(means, strategies):
+    """(χ², p, Kendall's W) of the strategies (treatments) over the datasets (blocks)."""
+    chi2, p = sps.friedmanchisquare(*[[means[d][s] for d in means] for s in strategies])
+    return float(chi2), float(p), float(chi2 / (len(means) * (len(strategies) - 1)))
+
+
+def nemenyi(means, strategies):
+    """Nemenyi's post-hoc p-values after Friedman's test (scikit-posthocs), a pandas DataFrame by strategy."""
+    import numpy as np
+    import scikit_posthocs as sp
+    p = sp.posthoc_nemenyi_friedman(np.array([[means[d][s] for s in strategies] for d in means]))
+    p.index = p.columns = strategies
+    return p
+
+
+def practically(a, b):
+    """(P(a better by more than ROPE), P(within ROPE), P(b better by more than ROPE)): baycomp's Bayesian
+    signed-rank test over paired per-dataset values in pp (a Dirichlet process prior of weight 0.5 at 0)."""
+    import baycomp
+    import numpy as np
+    if len(a) < 2:
+        raise ValueError('the Bayesian signed-rank test needs two datasets or more')
+    left, rope, right = baycomp.SignedRankTest.probs(np.asarray(a, float), np.asarray(b, float), rope=ROPE,
+                                                     nsamples=SAMPLES, random_state=0)
+    return float(left), float(rope), float(right)
+
+
+def relative_cost(block, names=None):
     """Each strategy's training time over the fastest strategy's on each dataset, geometric mean over datasets."""
     out = {}
-    for s in strategies:
+    for s in block.strategies:
         logs = []
-        for table, rows in per_dataset.values():
-            secs = {t: rows[t].mean('train_seconds') for t in strategies}
+        for d in names or block.names:
+            rows = block.per_dataset[d][1]
+            secs = {t: rows[t].mean('train_seconds') for t in block.strategies}
             fastest = min(v for v in secs.values() if v > 0)
             logs.append(math.log(max(secs[s], 1e-9) / fastest))
         out[s] = math.exp(statistics.mean(logs))
     return out
 
 
-def friedman_words(means, strategies, names):
-    """Friedman's test of the strategies (treatments) over the datasets (blocks), with Kendall's W."""
+def losses(block, s, best, names):
+    """{dataset: Δ pp} where `s` is practically worse than `best` on that dataset: their paired 95% t interval over
+    seeds lies below -ROPE."""
+    out = {}
+    for d in names:
+        table, rows = block.per_dataset[d]
+        iv, _ = stats.paired_difference(rows[s], rows[best], table.metric)
+        if iv is not None and iv.hi < -ROPE:
+            out[d] = iv.mean
+    return out
+
+
+@dataclass
+class Recommendation:
+    pick: str
+    best: str
+    p_worse: float              # P(best practically better than pick), over the datasets
+    cost: float                 # pick's time over the fastest strategy's
+    remain: list                # every candidate, cheapest first
+    out_bayes: dict             # strategy -> P(best practically better) >= DECISIVE
+    out_loss: dict              # strategy -> {dataset: Δ pp}: practically worse than the best there, over seeds
+    n: int                      # datasets
+
+
+def recommend(block, names=None):
+    """The cheapest strategy not practically worse than the best, over `names` (default: every dataset).
+    The best is the strategy with the lowest mean rank (then the highest mean metric). Another is out where the
+    Bayesian signed-rank test over the datasets gives P(the best is better by more than ROPE) >= DECISIVE, or where
+    its seeds show it practically worse than the best on one dataset (`losses`)."""
+    names = names or block.names
+    means = block.means(names)
+    mr = mean_ranks(means, block.strategies)
+    average = {s: statistics.mean(means[d][s] for d in names) for s in block.strategies}
+    best = min(block.strategies, key=lambda s: (mr[s], -average[s], s))
+    cost = relative_cost(block, names)
+    p = {s: practically([means[d][best] for d in names], [means[d][s] for d in names])[0] if s != best else 0.
+         for s in block.strategies}
+    out_bayes = {s: p[s] for s in block.strategies if p[s] >= DECISIVE}
+    out_loss = {s: lost for s in block.strategies if s != best and s not in out_bayes
+                for lost in [losses(block, s, best, names)] if lost}
+    remain = sorted((s for s in block.strategies if s not in out_bayes and s not in out_loss),
+                    key=lambda s: (cost[s], s))
+    return Recommendation(remain[0], best, p[remain[0]], cost[remain[0]], remain, out_bayes, out_loss, len(names))
+
+
+# ---- words ------------------------------------------------------------------------------------------------
+
+def section(blocks_, figures=None):
+    """Markdown lines for every Block; `figures`: {block slug: [(caption, path)]}."""
+    if not blocks_:
+        return []
+    out = ['Across datasets: each strategy\'s rank on each dataset (1 = best, by the dataset\'s declared metric; ties '
+           f'share a mean rank), its mean rank overall and per domain group, and whether the order holds. From '
+           f'{MIN_DATASETS} datasets on, Nemenyi\'s post-hoc test after Friedman\'s draws the critical-difference '
+           f'diagram (strategies joined by a bar are not told apart at {ALPHA}), and the Bayesian signed-rank test '
+           f'over the datasets gives, per pair, the probability that one is practically better (by more than '
+           f'{ROPE:g} pp); {DECISIVE} decides. A pair "holds" when one strategy beats the other on every dataset, '
+           'each difference significant over seeds (paired 95% t interval excluding 0); it "flips" when each wins '
+           'significantly somewhere. The recommendation is the cheapest strategy (training time over the fastest '
+           'strategy\'s on each dataset, geometric mean) that is not practically worse than the best (the lowest '
+           f'mean rank): neither by the Bayesian test (P >= {DECISIVE}) nor on any one dataset over seeds (the paired '
+           f'interval of its difference from the best below -{ROPE:g} pp).', '']
+    figures = figures or {}
+    for block in blocks_:
+        lrs = 'fixed LRs (earlier code)' if block.fixed else 'each strategy at its tuned LR'
+        out += [f'### Across datasets: {block.backbone} · {block.device} · profile {block.profile} · {lrs}', '',
+                *block_lines(block), '']
+        out += [line for caption, path in figures.get(block.slug(), []) for line in (f'![{caption}]({path})', '')]
+    return out
+
+
+def block_lines(block):
+    names, strategies = block.names, block.strategies
+    means = block.means()
+    r = ranks(means)
+    groups = block.groups()
+    mr = mean_ranks(means, strategies)
+    group_mr = {g: mean_ranks(block.means(ds), strategies) for g, ds in groups.items()}
+    cost = relative_cost(block)
+    order = sorted(strategies, key=lambda s: (mr[s], s))
+    metric = {d: block.per_dataset[d][0].metric for d in names}
+    headers = (['strategy'] + [f'{d}: {METRIC_SHORT[metric[d]]} (rank)' for d in names] +
+               [f'mean rank, {g}' for g in groups] + ['mean rank', 'time × fastest'])
+    rows = [[s] + [f'{means[d][s]:.1f} ({r[d][s]:g})' for d in names] + [f'{group_mr[g][s]:.2f}' for g in groups] +
+            [f'{mr[s]:.2f}', f'{cost[s]:.2f}'] for s in order]
+    lines = [tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True), '']
+    lines.append('- ' + friedman_words(means, strategies))
+    if len(names) >= MIN_DATASETS and len(strategies) >= 3:
+        lines.append('- ' + nemenyi_words(means, order))
+        lines += ['', *bayes_table(means, order), '']
+    held, flipped, unclear = pair_orders(block)
+    lines.append(f'- Holds on all {len(names)} datasets, significant on each ({len(held)} of '
+                 f'{len(held) + len(flipped) + unclear} pairs): ' + (', '.join(held) or 'none') + '.')
+    lines.append('- Flips between datasets, significant both ways: ' + (', '.join(flipped) or 'none') + '.')
+    overall = recommend(block)
+    lines.append(f'- **Recommendation for {block.backbone}**: ' + recommendation_words(overall))
+    for g, ds in groups.items():
+        within = recommend(block, ds)
+        scope = f'{DOMAINS.get(g, g)}: {", ".join(d.split(" (")[0] for d in ds)}'
+        lines.append(f'- {scope[0].upper() + scope[1:]}: ' + (
+            recommendation_words(within) if within.pick != overall.pick else
+            f'the same pick, **{within.pick}** (evidence as above, on these {within.n} datasets: P(the best, '
+            f'{within.best}, practically better) = {within.p_worse:.2f}).'))
+    return lines
+
+
+def friedman_words(means, strategies):
     if len(strategies) < 3:
         return 'Friedman test: needs 3 strategies or more.'
-    chi2, p = sps.friedmanchisquare(*[[means[d][s] for d in names] for s in strategies])
-    w = chi2 / (len(names) * (len(strategies) - 1))
-    agree = 'the datasets rank the strategies alike' if p < 0.05 else \
+    chi2, p, w = friedman(means, strategies)
+    agree = 'the datasets rank the strategies alike' if p < ALPHA else \
         'the datasets\' rankings do not agree beyond chance'
-    return (f'Friedman test over {len(names)} datasets and {len(strategies)} strategies: χ² = {chi2:.2f}, '
+    return (f'Friedman test over {len(means)} datasets and {len(strategies)} strategies: χ² = {chi2:.2f}, '
             f'p = {p:.3f}; Kendall\'s W = {w:.2f} (1: the same order on every dataset, 0: no agreement): {agree}'
-            + (' (with 2 datasets the test has little power: read W and the pairs below)' if len(names) < 3 else '')
+            + (' (with 2 datasets the test has little power: read W and the pairs below)' if len(means) < 3 else '')
             + '.')
 
 
-def pair_orders(per_dataset, strategies):
+def nemenyi_words(means, order):
+    p = nemenyi(means, order)
+    apart = [f'{a} > {b} (p = {p.loc[a, b]:.3f})' for i, a in enumerate(order) for b in order[i + 1:]
+             if p.loc[a, b] < ALPHA]
+    return (f'Nemenyi post-hoc over {len(means)} datasets (scikit-posthocs): pairs told apart at {ALPHA}: '
+            + (', '.join(apart) if apart else
+               f'none (with {len(means)} datasets and {len(order)} strategies, two mean ranks must differ by about '
+               f'{critical_difference(len(order), len(means)):.1f} to be told apart)') + '.')
+
+
+def critical_difference(k, n):
+    """Demšar's critical difference of mean ranks at ALPHA: q_α sqrt(k (k + 1) / (6 n)), q_α the studentized
+    range quantile over sqrt 2."""
+    q = sps.studentized_range.ppf(1 - ALPHA, k, math.inf) / math.sqrt(2)
+    return float(q * math.sqrt(k * (k + 1) / (6 * n)))
+
+
+def bayes_table(means, order):
+    """A matrix: P(row practically better than column), from the Bayesian signed-rank test over the datasets; and
+    the pairs it decides, in words."""
+    names = list(means)
+    better, decided, equal = {}, [], []
+    for a, b in combinations(order, 2):
+        pa, rope, pb = practically([means[d][a] for d in names], [means[d][b] for d in names])
+        better[a, b], better[b, a] = pa, pb
+        if pa >= DECISIVE or pb >= DECISIVE:
+            decided.append(f'{a} > {b} ({pa:.2f})' if pa >= DECISIVE else f'{b} > {a} ({pb:.2f})')
+        elif rope >= DECISIVE:
+            equal.append(f'{a} ≈ {b} ({rope:.2f})')
+    rows = [[a] + ['·' if a == b else f'{better[a, b]:.2f}' for b in order] for a in order]
+    return [f'P(row practically better than column: by more than {ROPE:g} pp), Bayesian signed-rank test over '
+            f'the {len(names)} datasets (baycomp):', '',
+            tabulate(rows, headers=['P(row > column)'] + order, tablefmt='github', disable_numparse=True), '',
+            f'- Practically better with P >= {DECISIVE}: ' + (', '.join(decided) or 'no pair') +
+            f'. Practically equivalent (within {ROPE:g} pp) with P >= {DECISIVE}: ' + (', '.join(equal) or 'no pair') +
+            '. Every other pair is undecided on these datasets.']
+
+
+def pair_orders(block):
     """(pairs holding on every dataset, pairs flipping, how many neither): 'a > b' words."""
     held, flipped, unclear = [], [], 0
-    for a, b in combinations(strategies, 2):
+    for a, b in combinations(block.strategies, 2):
         signs = set()
-        for table, rows in per_dataset.values():
+        for table, rows in block.per_dataset.values():
             iv, _ = stats.paired_difference(rows[a], rows[b], table.metric)
             signs.add(0 if iv is None or iv.includes_zero else (1 if iv.mean > 0 else -1))
         if signs == {1} or signs == {-1}:
@@ -116,23 +316,23 @@ def pair_orders(per_dataset, strategies):
     return held, flipped, unclear
 
 
-def recommendation(per_dataset, strategies, cost):
-    """The cheapest strategy tied with (or being) the best on every dataset."""
-    safe = []
-    for s in strategies:
-        ok = True
-        for table, rows in per_dataset.values():
-            best = max(strategies, key=lambda t: rows[t].mean(table.metric))
-            if s != best:
-                kind, _ = stats.verdict(rows[s], rows[best], table.metric)
-                ok &= kind == 'tied'
-        if ok:
-            safe.append(s)
-    if not safe:
-        return ('Recommendation: none; no strategy is within noise of the best on every dataset (the best differs '
-                'between datasets, each significantly).')
-    pick = min(safe, key=lambda s: (cost[s], s))
-    others = [s for s in safe if s != pick]
-    return (f'Recommendation: **{pick}**, the cheapest strategy ({cost[pick]:.2f}x the fastest\'s time) not '
-            f'significantly worse than the best on any dataset'
-            + (f'; also within noise everywhere: {", ".join(sorted(others, key=cost.get))}' if others else '') + '.')
+def recommendation_words(rec):
+    short = lambda d: d.split(' (')[0]  # noqa: E731
+    words = f'**{rec.pick}** ({rec.cost:.2f}x the fastest strategy\'s training time)'
+    if rec.pick == rec.best:
+        words += f', the best (lowest mean rank over {rec.n} datasets)'
+    else:
+        words += (f', not practically worse than the best, {rec.best}: P({rec.best} better by more than {ROPE:g} '
+                  f'pp) = {rec.p_worse:.2f} over {rec.n} datasets')
+    others = [s for s in rec.remain if s != rec.pick]
+    if others:
+        words += (f'. The evidence does not single it out: {", ".join(others)} {"is" if len(others) == 1 else "are"} '
+                  f'not practically worse than the best either (by neither test); {rec.pick} is the cheapest')
+    if rec.out_bayes:
+        words += '. Out, practically worse over the datasets: ' + ', '.join(
+            f'{s} (P = {p:.2f})' for s, p in sorted(rec.out_bayes.items(), key=lambda kv: -kv[1]))
+    if rec.out_loss:
+        words += f'. Out, practically worse than {rec.best} on a dataset over seeds: ' + ', '.join(
+            f'{s} ({", ".join(f"{short(d)} {v:+.1f} pp" for d, v in lost.items())})'
+            for s, lost in sorted(rec.out_loss.items()))
+    return words + '.'

@@ -9,6 +9,8 @@ Per leaderboard table (one experiment on one hardware and profile), into the `fi
 - `<table>-params.png`, for a search: validation score against each hyperparameter, one panel row per search kind;
 - `<table>-lr.png`, for a tuned table: LR sensitivity, each strategy's validation score against its tuned LR (one
   line per strategy, the chosen point ringed): how forgiving each strategy is of its LR.
+Per across-datasets block (bench/across.py), `<experiment>-across-<backbone>-...-cd.png`: the critical-difference
+diagram of the strategies' mean ranks (scikit-posthocs, from Nemenyi's p-values), from 3 datasets on.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
 from pathlib import Path
@@ -20,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from bench import stats  # noqa: E402
+from bench import across, stats  # noqa: E402
 
 
 def pareto_front(points):
@@ -206,3 +208,22 @@ def draw(table, folder, name, title):
             ('LR sensitivity: validation score against each strategy\'s tuned LR, the chosen point ringed',
              lr_sensitivity(rows, folder / f'{name}-lr.png', title, table.metric) if table.tuned else None)]
     return [(caption, path) for caption, path in made if path is not None]
+
+
+def critical_difference(block, path):
+    """The block's critical-difference diagram (Demšar 2006) drawn by scikit-posthocs: each strategy at its mean
+    rank over the datasets, a bar over those Nemenyi's test does not tell apart; None below 3 datasets."""
+    if len(block.names) < across.MIN_DATASETS or len(block.strategies) < 3:
+        return None
+    import scikit_posthocs as sp
+    means = block.means()
+    ranks = across.mean_ranks(means, block.strategies)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(ranks) + 1.2))
+    sp.critical_difference_diagram(ranks, across.nemenyi(means, block.strategies), ax=ax, alpha=across.ALPHA)
+    ax.set_title(f'{block.backbone}: mean rank over {len(means)} datasets (1 = best), {block.device}, '
+                 f'profile {block.profile}', fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={'Software': None})
+    plt.close(fig)
+    return path

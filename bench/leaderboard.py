@@ -314,10 +314,18 @@ def render(records, figures=None):
                 out += [f'![{caption}]({path})', '']
         if failed:
             out += ['Failed runs (latest error per configuration; rerun to retry):', '', error_table(failed), '']
-        if declared and declared.compare:
-            out += across.section(declared, stats.tables(stats.latest_per_run(
-                [r for r in records if r['experiment'] in (exp, *declared.compare)])[0]))
+        out += across.section(cross_blocks(records, exp), figures)
     return '\n'.join(out).rstrip() + '\n'
+
+
+def cross_blocks(records, exp):
+    """The across-datasets blocks of experiment `exp`: over its own datasets and those of the experiments it
+    compares itself with."""
+    declared = EXPERIMENTS.get(exp)
+    if declared is None or not (declared.compare or len(declared.datasets) > 1):
+        return []
+    mine = [r for r in records if r['experiment'] in (exp, *declared.compare)]
+    return across.blocks(stats.tables(stats.latest_per_run(mine)[0]))
 
 
 def render_file(results, out=None):
@@ -332,6 +340,13 @@ def render_file(results, out=None):
         title = f'{declared.title if declared else table.experiment}\n{table.device}, profile {table.profile}'
         made = figures.draw(table, out.parent / 'figures', slug(table), title)
         links[slug(table)] = [(caption, path.relative_to(out.parent).as_posix()) for caption, path in made]
+    for exp in sorted({r['experiment'] for r in records}):
+        for block in cross_blocks(records, exp):
+            made = figures.critical_difference(block, out.parent / 'figures' / f'{exp}-{block.slug()}-cd.png')
+            if made is not None:
+                links[block.slug()] = [('Critical-difference diagram: mean ranks over the datasets; strategies joined '
+                                        'by a bar are not told apart by Nemenyi\'s test', made.relative_to(
+                                            out.parent).as_posix())]
     text = render(records, links)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + '.tmp')

@@ -263,6 +263,20 @@ def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capfd):
     assert all(c['size'] == 160 and c['precision'] == 'fp32' for c in configs)
 
 
+def test_w7_plans_every_strategy_on_its_four_datasets_and_data_narrows_it_to_one(capfd):
+    from bench import finetune
+    assert run_script(finetune, ['--preset', 'w7', '--seeds', '3', '--dry-run']) == 0
+    out = capfd.readouterr().out
+    configs = [json.loads(line[len('config: '):]) for line in out.splitlines() if line.startswith('config: ')]
+    assert {c['data'] for c in configs} == {'cifar10', 'caltech101', 'uc_merced', 'pbc_blood_cells'}
+    assert len(configs) == 4 * 8  # tuned: one plan per strategy and dataset, at its grid's middle point
+    assert all(c['pool'] == 1000 and c['valid_frac'] == 0.2 and c['size'] == 96 for c in configs)
+    assert run_script(finetune, ['--preset', 'w7', '--data', 'uc_merced', '--dry-run']) == 0
+    out = capfd.readouterr().out
+    assert {json.loads(line[len('config: '):])['data'] for line in out.splitlines()
+            if line.startswith('config: ')} == {'uc_merced'}
+
+
 def suite_args(dataset_dir, results, seeds=1, epochs=1):
     """The suite's flags for W2 then W3 on the tiny data, TINY's run for every script."""
     return ['--only', 'w2,w3', '--data', str(dataset_dir), '--seeds', str(seeds), '--results', str(results), '--',

@@ -115,6 +115,17 @@ def test_a_subset_is_a_cap_or_a_fraction_and_never_more_than_exists(images):
         data.split(images, subset=3)
 
 
+def test_a_pool_is_drawn_before_the_split_and_leaves_the_test_set_whole(images):
+    # VTAB-1k's protocol at this scale: 40 of the 80 training images, stratified (10 a class), split 30 / 10
+    s = data.split(images, valid_frac=0.25, pool=40)
+    y = np.asarray(images.train_y)
+    assert (len(s.train), len(s.valid)) == (30, 10) and not set(s.train) & set(s.valid)
+    assert np.bincount(y[np.concatenate([s.train, s.valid])]).tolist() == [10, 10, 10, 10]
+    assert len(s.test) == len(images.test_y)  # the test set stays whole
+    with pytest.raises(data.DataError, match='of the 4 kept'):
+        data.split(images, pool=4)  # one image of each class cannot be split into train and validation
+
+
 def test_per_class_keeps_at_most_k_training_images_of_each_class(images):
     s = data.split(images, per_class=3, seed=1)
     assert np.bincount(np.asarray(images.train_y)[s.train]).tolist() == [3, 3, 3, 3]
@@ -161,4 +172,6 @@ def test_the_aerial_and_medical_sets_are_declared_with_their_metric_size_and_att
     from bench.datasets import DATASETS
     uc, pbc = DATASETS['uc_merced'], DATASETS['pbc_blood_cells']
     assert (uc.metric, uc.stored, pbc.metric, pbc.stored) == ('top1', 128, 'class_mean', 128)
+    assert (uc.domain, pbc.domain, DATASETS['cifar10'].domain, DATASETS['caltech101'].domain) == (
+        'specialized', 'specialized', 'natural', 'natural')
     assert 'public domain' in uc.about and 'CC BY 4.0' in pbc.about and 'Acevedo' in pbc.about

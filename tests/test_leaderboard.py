@@ -248,4 +248,4 @@ def test_cross_dataset_section_ranks_tests_and_recommends():
     assert 'full > partial' in across  # significant on both datasets
     assert 'Flips between datasets, significant both ways: feature_extract vs partial' in across
     # feature_extract ties the best on Caltech but loses significantly on CIFAR: the recommendation is full
-    assert 'Recommendation: **full**' in across
+    assert '**Recommendation for lite0**: **full**' in across
