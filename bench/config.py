@@ -129,6 +129,7 @@ class Experiment:
     compare: tuple = ()                # experiments asking the same question of another dataset (cross-dataset verdicts)
     variants: dict = field(default_factory=dict)   # rows by (backbone, variant): settings on top of the rest
     bench: tuple = ((),)               # `make bench`: the script's arguments, one tuple per invocation
+    in_make_bench: bool = True         # False: run by name only (suite.py --only, the script's --preset)
 
 
 W1 = Experiment(
@@ -219,6 +220,7 @@ W5 = Experiment(
     strategies=('feature_extract', 'bitfit', 'norm_only', 'lora', 'partial', 'full', 'lp_ft', 'llrd'),
     full_backbones=('tf_efficientnet_lite1', 'mobilenetv2_100.deepsort_in1k_features',
                     'vit_small_patch16_224.augreg_in21k_ft_in1k', 'convnext_tiny.in12k_ft_in1k'),
+    in_make_bench=False,                    # W7 asks its question on CIFAR-10 at VTAB-1k size, with its backbones
 )
 
 W6 = Experiment(
@@ -238,6 +240,7 @@ W6 = Experiment(
     ),
     strategies=W5.strategies,
     compare=('w5',),
+    in_make_bench=False,                    # W7 asks its question on Caltech-101 and three more datasets
 )
 
 W7 = Experiment(
@@ -259,6 +262,7 @@ W7 = Experiment(
         memory_limit_mb=1024,
     ),
     strategies=W5.strategies,
+    full_backbones=W5.full_backbones,
     datasets=('cifar10', 'caltech101', 'uc_merced', 'pbc_blood_cells'),
 )
 

@@ -1,4 +1,5 @@
-"""Every experiment of bench/config.py, one after another, then the leaderboard: what `make bench` runs.
+"""Every experiment of bench/config.py that `make bench` runs (W5 and W6, whose questions W7 asks, run by name
+with --only), one after another, then the leaderboard.
 
     python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2] [-- FLAGS]
 
@@ -18,11 +19,13 @@ from bench import cli, leaderboard
 from bench.config import EXPERIMENTS, PROFILES, UsageError, add_cluster_flags, split_list
 
 INTERRUPTED = 130
+BENCH = [name for name, e in EXPERIMENTS.items() if e.in_make_bench]  # what `make bench` runs
 
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--only', help=f'comma list of experiments to run (default: all of {", ".join(EXPERIMENTS)})')
+    p.add_argument('--only', help=f'comma list of experiments to run, of {", ".join(EXPERIMENTS)} (default: '
+                                  f'{", ".join(BENCH)})')
     p.add_argument('--profile', default='auto', choices=['auto', *PROFILES],
                    help='full, cpu, or auto: full where the runs have CUDA, else cpu (default: auto)')
     p.add_argument('--seeds', type=int, default=3, help='seeds per configuration (default: 3)')
@@ -36,7 +39,7 @@ def parser():
 
 def commands(args, extra=()):
     """(experiment, script name, argv) for every script run of every chosen experiment; `extra` goes to each."""
-    chosen = split_list(args.only) or list(EXPERIMENTS)
+    chosen = split_list(args.only) or BENCH
     for name in chosen:
         if name not in EXPERIMENTS:
             raise UsageError(f'unknown experiment {name!r}; choose from {", ".join(EXPERIMENTS)}')

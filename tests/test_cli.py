@@ -277,6 +277,13 @@ def test_w7_plans_every_strategy_on_its_four_datasets_and_data_narrows_it_to_one
             if line.startswith('config: ')} == {'uc_merced'}
 
 
+def test_make_bench_runs_w7_in_place_of_w5_and_w6_which_run_by_name():
+    from bench import suite
+    planned = [name for name, _, _ in suite.commands(suite.parser().parse_args([]))]
+    assert 'w7' in planned and 'w5' not in planned and 'w6' not in planned and 'w1' in planned
+    assert [name for name, _, _ in suite.commands(suite.parser().parse_args(['--only', 'w5,w6']))] == ['w5', 'w6']
+
+
 def suite_args(dataset_dir, results, seeds=1, epochs=1):
     """The suite's flags for W2 then W3 on the tiny data, TINY's run for every script."""
     return ['--only', 'w2,w3', '--data', str(dataset_dir), '--seeds', str(seeds), '--results', str(results), '--',
