@@ -2,7 +2,7 @@
 
 Scripts a user runs (each `python bench/<name>.py --help`): finetune, scratch, search (the experiments), suite (what
 `make bench` runs), leaderboard, stability, families, speed, precision, regress.
-Modules the scripts import, in the order data flows: config and datasets (declarations), resolve, cli (flags ->
+Modules the scripts import, in the order data flows: config, experiments and datasets (declarations), resolve, cli (flags ->
 runs; tune expands a comparison into grid and seed runs), executor and cluster (where runs happen), data and decode,
 learner, strategies, optim, memory, plan, runner (one run), record (the results file), stats, across, figures.
 """

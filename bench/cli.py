@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import backbones
 from bench import data, tune
-from bench.config import CUSTOM, EXPERIMENTS, UsageError, flag_overrides, print_config, validate_numbers
+from bench.config import UsageError, flag_overrides, print_config, validate_numbers
+from bench.experiments import CUSTOM, EXPERIMENTS
 from bench.datasets import METRICS, declared
 from bench.executor import Job, make_executor, sweep
 from bench.resolve import fit_size

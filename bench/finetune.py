@@ -11,7 +11,7 @@ backbone, each timed, recorded and ranked.
 
 Where runs compare strategies, each trains at its own LR, chosen on validation (`--tune lr`, the default there:
 bench/tune.py); `--tune off` keeps --lr (the body's) and --head-lr (the new head's) as given.
-Presets are the experiments of bench/config.py (the seed's settings, and a `cpu` profile for a 2-core CPU);
+Presets are the experiments of bench/experiments.py (the seed's settings, and a `cpu` profile for a 2-core CPU);
 flags override them. One JSON line per run is appended to --results (default reports/results.jsonl); runs
 already recorded on this hardware are skipped (--force reruns); the leaderboard (reports/leaderboard.md) is
 rendered at the end.
@@ -21,7 +21,8 @@ W2 feature_extract 64.50% / 125 s, partial 77.96% / 170 s.
 import argparse
 
 from bench import cli
-from bench.config import EXPERIMENTS, add_io_flags, add_run_flags, split_list
+from bench.config import add_io_flags, add_run_flags, split_list
+from bench.experiments import EXPERIMENTS
 
 PRESETS = [name for name, e in EXPERIMENTS.items() if e.script == 'finetune']
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench import across, record, stats
-from bench.config import EXPERIMENTS
+from bench.experiments import EXPERIMENTS
 from bench.datasets import DATASETS
 
 GUIDE = f"""How to read this: each section is one experiment, with one table per hardware and profile: runs from

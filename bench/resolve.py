@@ -3,7 +3,8 @@ hardware the run lands on. The resolved config is printed at start and stored wh
 from dataclasses import replace
 
 from bench import record
-from bench.config import CUSTOM, EXPERIMENTS, FIELDS, Config, UsageError
+from bench.config import FIELDS, Config, UsageError
+from bench.experiments import CUSTOM, EXPERIMENTS
 from bench.strategies import can_cache_features
 
 

@@ -28,7 +28,8 @@ from scipy import stats
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from bench import cli, data
-from bench.config import FIELDS, W4, UsageError, add_io_flags, add_run_flags
+from bench.config import FIELDS, UsageError, add_io_flags, add_run_flags
+from bench.experiments import W4
 from bench.executor import Job
 from bench.stats import seconds_spent
 

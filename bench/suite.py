@@ -1,9 +1,9 @@
-"""Every experiment of bench/config.py that `make bench` runs (W5 and W6, whose questions W7 asks, run by name
+"""Every experiment of bench/experiments.py that `make bench` runs (W5 and W6, whose questions W7 asks, run by name
 with --only), one after another, then the leaderboard.
 
     python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2] [-- FLAGS]
 
-Each experiment runs through its own script (its `bench` argument lists in bench/config.py) with the shared
+Each experiment runs through its own script (its `bench` argument lists in bench/experiments.py) with the shared
 flags given here, in a process of its own: what a run records (its peak memory above all) is never what an earlier
 experiment left in the process (its images, splits and heap). FLAGS after `--` go to every script (e.g.
 `-- --precision fp32`). A failed run is an error row; the leaderboard is rendered anyway and the exit code is 1 if
@@ -16,7 +16,8 @@ import subprocess
 import sys
 
 from bench import cli, leaderboard
-from bench.config import EXPERIMENTS, PROFILES, UsageError, add_cluster_flags, split_list
+from bench.config import PROFILES, UsageError, add_cluster_flags, split_list
+from bench.experiments import EXPERIMENTS
 
 INTERRUPTED = 130
 BENCH = [name for name, e in EXPERIMENTS.items() if e.in_make_bench]  # what `make bench` runs
