@@ -223,6 +223,15 @@ def provenance(recs):
     return f'Weights: {", ".join(weights)}. Code: {", ".join(shas)}. Versions: {" | ".join(versions)}.'
 
 
+def split_words(recs):
+    """How many images each run trained, chose on and was tested on, where the records say (they all agree)."""
+    counts = {(r.get('train_images'), r.get('valid_images'), r.get('test_images')) for r in recs}
+    if len(counts) != 1 or None in next(iter(counts)):
+        return ''
+    train, valid, test = counts.pop()
+    return f'Each run: {train:,} training, {valid:,} validation and {test:,} test images. '
+
+
 def heading(table):
     lrs = 'each strategy at its tuned LR' if table.tuned else 'fixed LRs'
     return f'### {table.dataset + " · " if table.dataset else ""}{table.device} · profile {table.profile} · {lrs}'
@@ -306,7 +315,8 @@ def render(records, figures=None):
                 out += search_section(searched)
             else:
                 if table.dataset in DATASETS:
-                    out += [f'Data: {DATASETS[table.dataset].about}. Ranked by {stats.METRIC_WORDS[table.metric]}.', '']
+                    out += [f'Data: {DATASETS[table.dataset].about}. {split_words(recs)}Ranked by '
+                            f'{stats.METRIC_WORDS[table.metric]}.', '']
                 out += [markdown_table([table_row(row, table.best, table.metric) for row in table.rows],
                                        table.metric), '',
                         *verdict_lines(table), '']

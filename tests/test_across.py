@@ -52,8 +52,9 @@ def four_domains(experiment='w7'):
         for strategy, delta in (('A', 0.), ('B', -0.003), ('C', -0.08 if specialized else -0.001), ('D', -0.05)):
             for seed in range(3):
                 acc = base + delta + (0.002, -0.002, 0.)[seed] * (strategy != 'A')
-                out.append(rec(strategy, seed, acc, experiment=experiment, backbone='lite0', secs=SECS[strategy],
-                               dataset=f'{name}:{i}', class_acc=acc))
+                r = rec(strategy, seed, acc, experiment=experiment, backbone='lite0', secs=SECS[strategy],
+                        dataset=f'{name}:{i}', class_acc=acc)
+                out.append(dict(r, train_images=800, valid_images=200, test_images=420 if name == 'uc_merced' else 2000))
     return out
 
 
@@ -85,6 +86,7 @@ def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_
         record.append(tmp_path / 'results.jsonl', r)
     out = leaderboard.render_file(tmp_path / 'results.jsonl')
     text = out.read_text()
+    assert 'Each run: 800 training, 200 validation and 420 test images. Ranked by test accuracy.' in text
     section = text[text.index('### Across datasets: lite0'):]
     header = next(line for line in section.splitlines() if line.startswith('| strategy'))
     assert 'mean rank, natural' in header and 'mean rank, specialized' in header and 'uc_merced (w7)' in header
