@@ -4,9 +4,9 @@ should a practitioner use?
 An experiment that runs on several datasets (W7) or `compare`s itself with others (W6 with W5) gets a block per
 backbone, hardware and profile: each strategy's rank on each dataset (by that dataset's declared metric), its mean
 rank overall and per domain group (natural, specialized), and:
-- Friedman's test over the datasets with Kendall's W (scipy), and, from 3 datasets on, the Nemenyi post-hoc test
+- Friedman's test over the datasets with Kendall's W (scipy), and, from 4 datasets on, the Nemenyi post-hoc test
   and a critical-difference diagram (Demšar 2006; scikit-posthocs);
-- from 3 datasets on, per pair of strategies, the probability that one is practically better than the other
+- from 4 datasets on, per pair of strategies, the probability that one is practically better than the other
   (more than ROPE, 1 pp, on a dataset's metric), from the Bayesian signed-rank test over the datasets' mean
   metrics (Benavoli et al., ICML 2014; baycomp), which says more than a p-value with few datasets;
 - the pairs whose order holds (or flips) on every dataset, each significant over seeds (our paired t, which the
@@ -30,7 +30,9 @@ METRIC_SHORT = {'test_acc': 'top-1 %', 'test_class_acc': 'mean per-class %'}
 ROPE = 1.0            # pp: a difference smaller than this is practically none (region of practical equivalence)
 DECISIVE = 0.95       # a posterior probability at least this decides a Bayesian comparison
 ALPHA = 0.05          # Friedman's and Nemenyi's level
-MIN_DATASETS = 3      # fewer datasets give the rank tests and the pairwise posteriors nothing to stand on
+MIN_DATASETS = 4      # fewer datasets give the rank tests and the pairwise posteriors too little to stand on: the
+                      # signed-rank test takes each dataset's mean as exact, so with 2 datasets any difference beyond
+                      # the ROPE with the same sign on both gets P = 0.97, whatever the seeds say
 SAMPLES = 10_000      # draws of baycomp's posterior (fixed seed: the same records render the same bytes)
 
 
@@ -159,7 +161,7 @@ def losses(block, s, best, names):
 class Recommendation:
     pick: str
     best: str
-    p_worse: float              # P(best practically better than pick), over the datasets
+    p_worse: object             # P(best practically better than pick) over the datasets; None below MIN_DATASETS
     cost: float                 # pick's time over the fastest strategy's
     remain: list                # every candidate, cheapest first
     out_bayes: dict             # strategy -> P(best practically better) >= DECISIVE
@@ -170,17 +172,18 @@ class Recommendation:
 def recommend(block, names=None):
     """The cheapest strategy not practically worse than the best, over `names` (default: every dataset).
     The best is the strategy with the lowest mean rank (then the highest mean metric). Another is out where the
-    Bayesian signed-rank test over the datasets gives P(the best is better by more than ROPE) >= DECISIVE, or where
-    its seeds show it practically worse than the best on one dataset (`losses`)."""
+    Bayesian signed-rank test over the datasets (from MIN_DATASETS on) gives P(the best is better by more than ROPE)
+    >= DECISIVE, or where its seeds show it practically worse than the best on one dataset (`losses`)."""
     names = names or block.names
     means = block.means(names)
     mr = mean_ranks(means, block.strategies)
     average = {s: statistics.mean(means[d][s] for d in names) for s in block.strategies}
     best = min(block.strategies, key=lambda s: (mr[s], -average[s], s))
     cost = relative_cost(block, names)
-    p = {s: practically([means[d][best] for d in names], [means[d][s] for d in names])[0] if s != best else 0.
-         for s in block.strategies}
-    out_bayes = {s: p[s] for s in block.strategies if p[s] >= DECISIVE}
+    bayes = len(names) >= MIN_DATASETS
+    p = {s: practically([means[d][best] for d in names], [means[d][s] for d in names])[0]
+         if bayes and s != best else None for s in block.strategies}
+    out_bayes = {s: p[s] for s in block.strategies if p[s] is not None and p[s] >= DECISIVE}
     out_loss = {s: lost for s in block.strategies if s != best and s not in out_bayes
                 for lost in [losses(block, s, best, names)] if lost}
     remain = sorted((s for s in block.strategies if s not in out_bayes and s not in out_loss),
@@ -199,12 +202,13 @@ def section(blocks_, figures=None):
            f'{MIN_DATASETS} datasets on, Nemenyi\'s post-hoc test after Friedman\'s draws the critical-difference '
            f'diagram (strategies joined by a bar are not told apart at {ALPHA}), and the Bayesian signed-rank test '
            f'over the datasets gives, per pair, the probability that one is practically better (by more than '
-           f'{ROPE:g} pp); {DECISIVE} decides. A pair "holds" when one strategy beats the other on every dataset, '
+           f'{ROPE:g} pp); {DECISIVE} decides. That test takes each dataset\'s mean as exact (it sees no seeds): it '
+           'weighs how consistently a difference recurs across datasets, not how noisy it is on each. A pair "holds" when one strategy beats the other on every dataset, '
            'each difference significant over seeds (paired 95% t interval excluding 0); it "flips" when each wins '
            'significantly somewhere. The recommendation is the cheapest strategy (training time over the fastest '
            'strategy\'s on each dataset, geometric mean) that is not practically worse than the best (the lowest '
-           f'mean rank): neither by the Bayesian test (P >= {DECISIVE}) nor on any one dataset over seeds (the paired '
-           f'interval of its difference from the best below -{ROPE:g} pp).', '']
+           f'mean rank): neither by the Bayesian test (P >= {DECISIVE}, from {MIN_DATASETS} datasets on) nor on any '
+           f'one dataset over seeds (the paired interval of its difference from the best below -{ROPE:g} pp).', '']
     figures = figures or {}
     for block in blocks_:
         lrs = 'fixed LRs (earlier code)' if block.fixed else 'each strategy at its tuned LR'
@@ -244,8 +248,7 @@ def block_lines(block):
         scope = f'{DOMAINS.get(g, g)}: {", ".join(d.split(" (")[0] for d in ds)}'
         lines.append(f'- {scope[0].upper() + scope[1:]}: ' + (
             recommendation_words(within) if within.pick != overall.pick else
-            f'the same pick, **{within.pick}** (evidence as above, on these {within.n} datasets: P(the best, '
-            f'{within.best}, practically better) = {within.p_worse:.2f}).'))
+            f'the same pick, **{within.pick}**.'))
     return lines
 
 
@@ -321,6 +324,9 @@ def recommendation_words(rec):
     words = f'**{rec.pick}** ({rec.cost:.2f}x the fastest strategy\'s training time)'
     if rec.pick == rec.best:
         words += f', the best (lowest mean rank over {rec.n} datasets)'
+    elif rec.p_worse is None:
+        words += (f', not practically worse than the best, {rec.best}, on any of the {rec.n} datasets over seeds (too '
+                  f'few datasets for the Bayesian test)')
     else:
         words += (f', not practically worse than the best, {rec.best}: P({rec.best} better by more than {ROPE:g} '
                   f'pp) = {rec.p_worse:.2f} over {rec.n} datasets')

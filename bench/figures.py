@@ -10,7 +10,7 @@ Per leaderboard table (one experiment on one hardware and profile), into the `fi
 - `<table>-lr.png`, for a tuned table: LR sensitivity, each strategy's validation score against its tuned LR (one
   line per strategy, the chosen point ringed): how forgiving each strategy is of its LR.
 Per across-datasets block (bench/across.py), `<experiment>-across-<backbone>-...-cd.png`: the critical-difference
-diagram of the strategies' mean ranks (scikit-posthocs, from Nemenyi's p-values), from 3 datasets on.
+diagram of the strategies' mean ranks (scikit-posthocs, from Nemenyi's p-values), from 4 datasets on.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
 from pathlib import Path
@@ -212,7 +212,7 @@ def draw(table, folder, name, title):
 
 def critical_difference(block, path):
     """The block's critical-difference diagram (Demšar 2006) drawn by scikit-posthocs: each strategy at its mean
-    rank over the datasets, a bar over those Nemenyi's test does not tell apart; None below 3 datasets."""
+    rank over the datasets, a bar over those Nemenyi's test does not tell apart; None below 4 datasets."""
     if len(block.names) < across.MIN_DATASETS or len(block.strategies) < 3:
         return None
     import scikit_posthocs as sp
