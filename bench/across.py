@@ -33,6 +33,7 @@ ALPHA = 0.05          # Friedman's and Nemenyi's level
 MIN_DATASETS = 4      # fewer datasets give the rank tests and the pairwise posteriors too little to stand on: the
                       # signed-rank test takes each dataset's mean as exact, so with 2 datasets any difference beyond
                       # the ROPE with the same sign on both gets P = 0.97, whatever the seeds say
+INTERVALS = {1: 'the interval does not lie', 2: 'neither interval lies', 3: 'no interval lies'}
 SAMPLES = 10_000      # draws of baycomp's posterior (fixed seed: the same records render the same bytes)
 
 
@@ -145,16 +146,21 @@ def relative_cost(block, names=None):
     return out
 
 
-def losses(block, s, best, names):
-    """{dataset: Δ pp} where `s` is practically worse than `best` on that dataset: their paired 95% t interval over
-    seeds lies below -ROPE."""
+def behind(block, s, best, names):
+    """{dataset: paired Interval (pp)} where `s` trails `best` by more than ROPE on average over seeds."""
     out = {}
     for d in names:
         table, rows = block.per_dataset[d]
         iv, _ = stats.paired_difference(rows[s], rows[best], table.metric)
-        if iv is not None and iv.hi < -ROPE:
-            out[d] = iv.mean
+        if iv is not None and iv.mean < -ROPE:
+            out[d] = iv
     return out
+
+
+def losses(block, s, best, names):
+    """{dataset: Δ pp} where `s` is practically worse than `best` on that dataset: their paired 95% t interval over
+    seeds lies below -ROPE."""
+    return {d: iv.mean for d, iv in behind(block, s, best, names).items() if iv.hi < -ROPE}
 
 
 @dataclass
@@ -167,6 +173,8 @@ class Recommendation:
     out_bayes: dict             # strategy -> P(best practically better) >= DECISIVE
     out_loss: dict              # strategy -> {dataset: Δ pp}: practically worse than the best there, over seeds
     n: int                      # datasets
+    trails: dict                # dataset -> paired Interval: where the pick trails the best by more than ROPE on
+                                # average, within the seeds' noise
 
 
 def recommend(block, names=None):
@@ -188,7 +196,9 @@ def recommend(block, names=None):
                 for lost in [losses(block, s, best, names)] if lost}
     remain = sorted((s for s in block.strategies if s not in out_bayes and s not in out_loss),
                     key=lambda s: (cost[s], s))
-    return Recommendation(remain[0], best, p[remain[0]], cost[remain[0]], remain, out_bayes, out_loss, len(names))
+    pick = remain[0]
+    trails = behind(block, pick, best, names) if pick != best else {}
+    return Recommendation(pick, best, p[pick], cost[pick], remain, out_bayes, out_loss, len(names), trails)
 
 
 # ---- words ------------------------------------------------------------------------------------------------
@@ -330,6 +340,11 @@ def recommendation_words(rec):
     else:
         words += (f', not practically worse than the best, {rec.best}: P({rec.best} better by more than {ROPE:g} '
                   f'pp) = {rec.p_worse:.2f} over {rec.n} datasets')
+    if rec.trails:
+        words += (f'; on average it trails {rec.best} by more than {ROPE:g} pp on ' + ', '.join(
+            f'{short(d)} ({iv.mean:+.1f} pp, 95% CI {iv.lo:+.1f} to {iv.hi:+.1f})' for d, iv in rec.trails.items()) +
+            f' ({INTERVALS[min(len(rec.trails), 3)]} wholly below -{ROPE:g} pp, so {min(iv.n for iv in rec.trails.values())} seeds cannot call it practically '
+            'worse)')
     others = [s for s in rec.remain if s != rec.pick]
     if others:
         words += (f'. The evidence does not single it out: {", ".join(others)} {"is" if len(others) == 1 else "are"} '

@@ -38,7 +38,7 @@ def test_bayesian_signed_rank_probabilities():
 
 
 # Four datasets, two natural and two specialized, 3 seeds; A is best everywhere and the slowest; B (cheaper) is
-# within 0.3 pp of A everywhere; C (cheapest) ties A on the natural datasets and loses 8 pp on the specialized ones;
+# within 0.3 pp of A everywhere but on PBC, where it trails by 2 pp with seeds 6 pp apart; C (cheapest) ties A on the natural datasets and loses 8 pp on the specialized ones;
 # D loses 5 pp everywhere.
 DATASETS = {'cifar10': 'top1', 'caltech101': 'class_mean', 'uc_merced': 'top1', 'pbc_blood_cells': 'class_mean'}
 SECS = {'A': 40., 'B': 20., 'C': 5., 'D': 10.}
@@ -49,9 +49,12 @@ def four_domains(experiment='w7'):
     for i, name in enumerate(DATASETS):
         specialized = name in ('uc_merced', 'pbc_blood_cells')
         base = 0.70 + 0.05 * i
-        for strategy, delta in (('A', 0.), ('B', -0.003), ('C', -0.08 if specialized else -0.001), ('D', -0.05)):
+        noisy = name == 'pbc_blood_cells'
+        for strategy, delta in (('A', 0.), ('B', -0.02 if noisy else -0.003), ('C', -0.08 if specialized else -0.001),
+                                ('D', -0.05)):
             for seed in range(3):
-                acc = base + delta + (0.002, -0.002, 0.)[seed] * (strategy != 'A')
+                jitter = (0.03, -0.03, 0.) if noisy and strategy == 'B' else (0.002, -0.002, 0.)
+                acc = base + delta + jitter[seed] * (strategy != 'A')
                 r = rec(strategy, seed, acc, experiment=experiment, backbone='lite0', secs=SECS[strategy],
                         dataset=f'{name}:{i}', class_acc=acc)
                 out.append(dict(r, train_images=800, valid_images=200, test_images=420 if name == 'uc_merced' else 2000))
@@ -70,6 +73,8 @@ def test_the_recommendation_is_the_cheapest_strategy_not_practically_worse_than_
     assert set(overall.out_loss) == {'C'}               # 8 pp behind on two datasets, over seeds
     assert set(overall.out_loss['C']) == {'uc_merced (w7)', 'pbc_blood_cells (w7)'}
     assert overall.remain == ['B', 'A']                 # cheapest first
+    assert list(overall.trails) == ['pbc_blood_cells (w7)'] and overall.trails['pbc_blood_cells (w7)'].mean == \
+        pytest.approx(-2.0)                             # said beside the pick: behind, within the seeds' noise
 
 
 def test_each_domain_group_gets_its_own_recommendation_where_it_differs():
@@ -94,6 +99,8 @@ def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_
     assert 'Nemenyi post-hoc over 4 datasets' in section
     assert 'P(row practically better than column' in section and 'A > D' in section
     assert '**Recommendation for lite0**: **B**' in section
+    assert 'on average it trails A by more than 1 pp on pbc_blood_cells (-2.0 pp, 95% CI' in section
+    assert 'the interval does not lie wholly below -1 pp, so 3 seeds cannot call it practically worse' in section
     assert 'Natural (everyday photos): caltech101, cifar10: **C**' in section
     assert 'on any of the 2 datasets over seeds (too few datasets for the Bayesian test)' in section
     assert 'Specialized (aerial, medical): pbc_blood_cells, uc_merced: the same pick, **B**' in section
