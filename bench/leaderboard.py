@@ -18,6 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench import across, record, stats
+from bench.config import FIELDS
 from bench.experiments import EXPERIMENTS
 from bench.datasets import DATASETS
 
@@ -238,9 +239,14 @@ def heading(table):
 
 
 def slug(table):
-    """A file-name-safe name for a table's figures (the fixed-LR table's keep the names they had)."""
-    text = f'{table.experiment}-{table.device}-{table.profile}{"-tuned" if table.tuned else ""}'.lower().replace('cpu: ', '')
-    return re.sub(r'[^a-z0-9]+', '-', text).strip('-')
+    """A file-name-safe name for a table's figures, naming the dataset where the experiment has tables on several
+    (W7; a preset run with --data): the fixed-LR tables keep the names they had."""
+    declared = EXPERIMENTS.get(table.experiment)
+    own = (declared.settings.get('data') if declared else None) or FIELDS['data'].default
+    several = declared is not None and len(declared.datasets) > 1
+    dataset = f'-{table.dataset}' if table.dataset and (several or table.dataset != own) else ''
+    text = f'{table.experiment}{dataset}-{table.device}-{table.profile}{"-tuned" if table.tuned else ""}'
+    return re.sub(r'[^a-z0-9]+', '-', text.lower().replace('cpu: ', '')).strip('-')
 
 
 # ---- searches ---------------------------------------------------------------------------------------------

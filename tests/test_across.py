@@ -92,6 +92,8 @@ def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_
     out = leaderboard.render_file(tmp_path / 'results.jsonl')
     text = out.read_text()
     assert 'Each run: 800 training, 200 validation and 420 test images. Ranked by test accuracy.' in text
+    curves = [line for line in text.splitlines() if line.startswith('![Learning curves]')]
+    assert len(curves) == 4 and len(set(curves)) == 4 and '-uc-merced-' in ' '.join(curves)  # a figure per dataset
     section = text[text.index('### Across datasets: lite0'):]
     header = next(line for line in section.splitlines() if line.startswith('| strategy'))
     assert 'mean rank, natural' in header and 'mean rank, specialized' in header and 'uc_merced (w7)' in header
