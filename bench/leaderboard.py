@@ -353,7 +353,8 @@ def render_file(results, out=None):
     links = {}
     for table in stats.tables(stats.latest_per_run(records)[0]):
         declared = EXPERIMENTS.get(table.experiment)
-        title = f'{declared.title if declared else table.experiment}\n{table.device}, profile {table.profile}'
+        title = (f'{declared.title if declared else table.experiment}\n'
+                 f'{table.dataset + ", " if table.dataset else ""}{table.device}, profile {table.profile}')
         made = figures.draw(table, out.parent / 'figures', slug(table), title)
         links[slug(table)] = [(caption, path.relative_to(out.parent).as_posix()) for caption, path in made]
     for exp in sorted({r['experiment'] for r in records}):
