@@ -330,7 +330,8 @@ def render(records, figures=None):
                 out += [f'![{caption}]({path})', '']
         if failed:
             out += ['Failed runs (latest error per configuration; rerun to retry):', '', error_table(failed), '']
-        out += across.section(cross_blocks(records, exp), figures)
+        blocks = cross_blocks(records, exp)
+        out += across.section(blocks, {b.slug(): figures.get(f'{exp}-{b.slug()}', []) for b in blocks})
     return '\n'.join(out).rstrip() + '\n'
 
 
@@ -360,8 +361,8 @@ def render_file(results, out=None):
     for exp in sorted({r['experiment'] for r in records}):
         for block in cross_blocks(records, exp):
             made = figures.critical_difference(block, out.parent / 'figures' / f'{exp}-{block.slug()}-cd.png')
-            if made is not None:
-                links[block.slug()] = [('Critical-difference diagram: mean ranks over the datasets; strategies joined '
+            if made is not None:  # W6's block and W7's can share a backbone, a machine and a profile
+                links[f'{exp}-{block.slug()}'] = [('Critical-difference diagram: mean ranks over the datasets; strategies joined '
                                         'by a bar are not told apart by Nemenyi\'s test', made.relative_to(
                                             out.parent).as_posix())]
     text = render(records, links)

@@ -87,14 +87,16 @@ def test_each_domain_group_gets_its_own_recommendation_where_it_differs():
 
 
 def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_and_the_recommendation(tmp_path):
-    for r in four_domains():
+    from tests.test_leaderboard import two_datasets  # W5 and W6 on the same backbone and machine: their own block
+    for r in four_domains() + two_datasets():
         record.append(tmp_path / 'results.jsonl', r)
     out = leaderboard.render_file(tmp_path / 'results.jsonl')
     text = out.read_text()
     assert 'Each run: 800 training, 200 validation and 420 test images. Ranked by test accuracy.' in text
-    curves = [line for line in text.splitlines() if line.startswith('![Learning curves]')]
+    curves = [line for line in text.splitlines() if line.startswith('![Learning curves](figures/w7')]
     assert len(curves) == 4 and len(set(curves)) == 4 and '-uc-merced-' in ' '.join(curves)  # a figure per dataset
-    section = text[text.index('### Across datasets: lite0'):]
+    w7 = text[text.index('## W7'):]
+    section = w7[w7.index('### Across datasets: lite0'):]
     header = next(line for line in section.splitlines() if line.startswith('| strategy'))
     assert 'mean rank, natural' in header and 'mean rank, specialized' in header and 'uc_merced (w7)' in header
     assert 'Friedman test over 4 datasets and 4 strategies' in section
@@ -106,5 +108,6 @@ def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_
     assert 'Natural (everyday photos): caltech101, cifar10: **C**' in section
     assert 'on any of the 2 datasets over seeds (too few datasets for the Bayesian test)' in section
     assert 'Specialized (aerial, medical): pbc_blood_cells, uc_merced: the same pick, **B**' in section
+    assert text.count('![Critical-difference') == 1  # W7's; W6's two datasets draw none, nor borrow W7's
     cd = [line for line in section.splitlines() if line.startswith('![Critical-difference')]
     assert len(cd) == 1 and (out.parent / cd[0].split('](')[1].rstrip(')')).stat().st_size > 1000
