@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	touch $@
 
-# Every experiment declared in bench/config.py, SEEDS seeds each, then the leaderboard. A failed run is an error
+# Every experiment of bench/experiments.py that make bench runs (W1-W4, W7), SEEDS seeds each, then the leaderboard. A failed run is an error
 # row; the leaderboard is rendered anyway and the target fails at the end if any run failed. ARGS go to every
 # script (e.g. ARGS="--cluster ray", or ARGS="-- --precision fp32").
 bench: setup
