@@ -256,9 +256,9 @@ def test_the_gpu_check_runs_the_scripts_as_modules():
     assert len(calls) >= 3 and all(' -m bench.' in line for line in calls), calls
 
 
-def test_suite_plans_w6_on_caltech101_by_name_and_each_dataset_apart(capfd):
-    from bench import suite
-    assert run_script(suite, ['--only', 'w6', '--seeds', '1', '--dry-run']) == 0
+def test_w6_plans_on_caltech101_by_name(capfd):
+    from bench import finetune  # in this process: the suite's passing of presets is test_make_bench_runs_w7_...'s
+    assert run_script(finetune, ['--preset', 'w6', '--seeds', '1', '--dry-run']) == 0
     out = capfd.readouterr().out
     assert 'no local copy of caltech101' in out
     configs = [json.loads(line[len('config: '):]) for line in out.splitlines() if line.startswith('config: ')]
@@ -287,7 +287,10 @@ def test_make_bench_runs_w7_in_place_of_w5_and_w6_which_run_by_name():
     from bench import suite
     planned = [name for name, _, _ in suite.commands(suite.parser().parse_args([]))]
     assert 'w7' in planned and 'w5' not in planned and 'w6' not in planned and 'w1' in planned
-    assert [name for name, _, _ in suite.commands(suite.parser().parse_args(['--only', 'w5,w6']))] == ['w5', 'w6']
+    by_name = suite.commands(suite.parser().parse_args(['--only', 'w5,w6', '--seeds', '1', '--dry-run']))
+    assert [(name, script, argv[:2]) for name, script, argv in by_name] == [
+        ('w5', 'finetune', ['--preset', 'w5']), ('w6', 'finetune', ['--preset', 'w6'])]
+    assert all('--dry-run' in argv and argv[argv.index('--seeds') + 1] == '1' for _, _, argv in by_name)
 
 
 def suite_args(dataset_dir, results, seeds=1, epochs=1):
