@@ -7,6 +7,7 @@ backbone, each timed, recorded and ranked.
     python bench/finetune.py --preset w1 --seeds 3            # the seed's W1: ResNet18 at 224 px
     python bench/finetune.py --preset w2                      # the seed's W2: VGG16 at 32 px
     python bench/finetune.py --preset w5 --seeds 3            # W5: PEFT vs freezing
+    python bench/finetune.py --preset w7 --seeds 3            # W7: the same on four domains, VTAB-1k style
     python bench/finetune.py --backbone convnext_nano --strategy all --dry-run
 
 Where runs compare strategies, each trains at its own LR, chosen on validation (`--tune lr`, the default there:
