@@ -195,8 +195,8 @@ def split(images, valid_frac=0.2, seed=0, subset=0, eval_subset=0, per_class=0, 
     smallest = np.bincount(y[kept], minlength=n_classes)
     if smallest.min() < 2:
         name = images.classes[int(smallest.argmin())]
-        where = f'of the {len(kept):,} kept (--pool)' if len(kept) < len(y) else 'training'
-        raise DataError(f'class {name!r} has {smallest.min()} {where} image(s); every class needs at least 2 '
+        where = f' among the {len(kept):,} that --pool keeps' if len(kept) < len(y) else ''
+        raise DataError(f'class {name!r} has {smallest.min()} training image(s){where}; every class needs at least 2 '
                         f'(one to train on, one to validate on)')
     n_valid = min(max(round(len(kept) * valid_frac), n_classes), len(kept) - n_classes)
     train, valid = train_test_split(kept, test_size=n_valid, stratify=y[kept], random_state=seed)

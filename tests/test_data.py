@@ -122,7 +122,7 @@ def test_a_pool_is_drawn_before_the_split_and_leaves_the_test_set_whole(images):
     assert (len(s.train), len(s.valid)) == (30, 10) and not set(s.train) & set(s.valid)
     assert np.bincount(y[np.concatenate([s.train, s.valid])]).tolist() == [10, 10, 10, 10]
     assert len(s.test) == len(images.test_y)  # the test set stays whole
-    with pytest.raises(data.DataError, match='of the 4 kept'):
+    with pytest.raises(data.DataError, match='1 training image\\(s\\) among the 4 that --pool keeps'):
         data.split(images, pool=4)  # one image of each class cannot be split into train and validation
 
 
