@@ -67,9 +67,10 @@ class Block:
             out[self.domain(d)].append(d)
         return dict(out) if len(out) > 1 and '' not in out else {}
 
-    def slug(self):
-        text = f'across-{self.backbone}-{self.device}-{self.profile}{"" if self.fixed else "-tuned"}'
-        return ''.join(c if c.isalnum() else '-' for c in text.lower().replace('cpu: ', '')).strip('-')
+    @property
+    def rank_tests(self):
+        """Whether the rank post-hoc and the pairwise posteriors have enough datasets and strategies to speak."""
+        return len(self.names) >= MIN_DATASETS and len(self.strategies) >= 3
 
 
 def blocks(tables):
@@ -204,7 +205,7 @@ def recommend(block, names=None):
 # ---- words ------------------------------------------------------------------------------------------------
 
 def section(blocks_, figures=None):
-    """Markdown lines for every Block; `figures`: {block slug: [(caption, path)]}."""
+    """Markdown lines for every Block; `figures`: per block, in the same order, its [(caption, path)]."""
     if not blocks_:
         return []
     out = ['Across datasets: each strategy\'s rank on each dataset (1 = best, by the dataset\'s declared metric; ties '
@@ -213,18 +214,17 @@ def section(blocks_, figures=None):
            f'diagram (strategies joined by a bar are not told apart at {ALPHA}), and the Bayesian signed-rank test '
            f'over the datasets gives, per pair, the probability that one is practically better (by more than '
            f'{ROPE:g} pp); {DECISIVE} decides. That test takes each dataset\'s mean as exact (it sees no seeds): it '
-           'weighs how consistently a difference recurs across datasets, not how noisy it is on each. A pair "holds" when one strategy beats the other on every dataset, '
-           'each difference significant over seeds (paired 95% t interval excluding 0); it "flips" when each wins '
-           'significantly somewhere. The recommendation is the cheapest strategy (training time over the fastest '
+           'weighs how consistently a difference recurs across datasets, not how noisy it is on each. A pair "holds" '
+           'when one strategy beats the other on every dataset, each difference significant over seeds (paired 95% t '
+           'interval excluding 0); it "flips" when each wins significantly somewhere. The recommendation is the cheapest strategy (training time over the fastest '
            'strategy\'s on each dataset, geometric mean) that is not practically worse than the best (the lowest '
            f'mean rank): neither by the Bayesian test (P >= {DECISIVE}, from {MIN_DATASETS} datasets on) nor on any '
            f'one dataset over seeds (the paired interval of its difference from the best below -{ROPE:g} pp).', '']
-    figures = figures or {}
-    for block in blocks_:
+    for block, made in zip(blocks_, figures or [[]] * len(blocks_)):
         lrs = 'fixed LRs (earlier code)' if block.fixed else 'each strategy at its tuned LR'
         out += [f'### Across datasets: {block.backbone} · {block.device} · profile {block.profile} · {lrs}', '',
                 *block_lines(block), '']
-        out += [line for caption, path in figures.get(block.slug(), []) for line in (f'![{caption}]({path})', '')]
+        out += [line for caption, path in made for line in (f'![{caption}]({path})', '')]
     return out
 
 
@@ -244,7 +244,7 @@ def block_lines(block):
             [f'{mr[s]:.2f}', f'{cost[s]:.2f}'] for s in order]
     lines = [tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True), '']
     lines.append('- ' + friedman_words(means, strategies))
-    if len(names) >= MIN_DATASETS and len(strategies) >= 3:
+    if block.rank_tests:
         lines.append('- ' + nemenyi_words(means, order))
         lines += ['', *bayes_table(means, order), '']
     held, flipped, unclear = pair_orders(block)
@@ -343,8 +343,8 @@ def recommendation_words(rec):
     if rec.trails:
         words += (f'; on average it trails {rec.best} by more than {ROPE:g} pp on ' + ', '.join(
             f'{short(d)} ({iv.mean:+.1f} pp, 95% CI {iv.lo:+.1f} to {iv.hi:+.1f})' for d, iv in rec.trails.items()) +
-            f' ({INTERVALS[min(len(rec.trails), 3)]} wholly below -{ROPE:g} pp, so {min(iv.n for iv in rec.trails.values())} seeds cannot call it practically '
-            'worse)')
+            f' ({INTERVALS[min(len(rec.trails), 3)]} wholly below -{ROPE:g} pp, so '
+            f'{min(iv.n for iv in rec.trails.values())} seeds cannot call it practically worse)')
     others = [s for s in rec.remain if s != rec.pick]
     if others:
         words += (f'. The evidence does not single it out: {", ".join(others)} {"is" if len(others) == 1 else "are"} '

@@ -209,12 +209,12 @@ def split(images, valid_frac=0.2, seed=0, subset=0, eval_subset=0, per_class=0, 
                  test=stratified_subset(np.arange(len(ty)), ty, count(eval_subset, len(ty)), seed))
 
 
-SPLIT_SETTINGS = ('valid_frac', 'split_seed', 'subset', 'eval_subset', 'per_class', 'pool')
+SPLIT_SETTINGS = ('valid_frac', 'split_seed', 'subset', 'eval_subset', 'per_class', 'pool')  # split's, in order
 
 
 def split_for(images, cfg):
     """The split a run's config asks for."""
-    return split(images, cfg.valid_frac, cfg.split_seed, cfg.subset, cfg.eval_subset, cfg.per_class, cfg.pool)
+    return split(images, *(getattr(cfg, name) for name in SPLIT_SETTINGS))
 
 
 def check_subset(n, n_classes, what):

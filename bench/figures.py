@@ -213,7 +213,7 @@ def draw(table, folder, name, title):
 def critical_difference(block, path):
     """The block's critical-difference diagram (Demšar 2006) drawn by scikit-posthocs: each strategy at its mean
     rank over the datasets, a bar over those Nemenyi's test does not tell apart; None below 4 datasets."""
-    if len(block.names) < across.MIN_DATASETS or len(block.strategies) < 3:
+    if not block.rank_tests:
         return None
     import scikit_posthocs as sp
     means = block.means()

@@ -245,7 +245,16 @@ def slug(table):
     own = (declared.settings.get('data') if declared else None) or FIELDS['data'].default
     several = declared is not None and len(declared.datasets) > 1
     dataset = f'-{table.dataset}' if table.dataset and (several or table.dataset != own) else ''
-    text = f'{table.experiment}{dataset}-{table.device}-{table.profile}{"-tuned" if table.tuned else ""}'
+    return file_stem(f'{table.experiment}{dataset}-{table.device}-{table.profile}{"-tuned" if table.tuned else ""}')
+
+
+def cross_slug(exp, block):
+    """The same for an across-datasets block of experiment `exp` (W6's and W7's can share backbone, machine and
+    profile)."""
+    return file_stem(f'{exp}-across-{block.backbone}-{block.device}-{block.profile}{"" if block.fixed else "-tuned"}')
+
+
+def file_stem(text):
     return re.sub(r'[^a-z0-9]+', '-', text.lower().replace('cpu: ', '')).strip('-')
 
 
@@ -331,7 +340,7 @@ def render(records, figures=None):
         if failed:
             out += ['Failed runs (latest error per configuration; rerun to retry):', '', error_table(failed), '']
         blocks = cross_blocks(records, exp)
-        out += across.section(blocks, {b.slug(): figures.get(f'{exp}-{b.slug()}', []) for b in blocks})
+        out += across.section(blocks, [figures.get(cross_slug(exp, b), []) for b in blocks])
     return '\n'.join(out).rstrip() + '\n'
 
 
@@ -360,11 +369,11 @@ def render_file(results, out=None):
         links[slug(table)] = [(caption, path.relative_to(out.parent).as_posix()) for caption, path in made]
     for exp in sorted({r['experiment'] for r in records}):
         for block in cross_blocks(records, exp):
-            made = figures.critical_difference(block, out.parent / 'figures' / f'{exp}-{block.slug()}-cd.png')
-            if made is not None:  # W6's block and W7's can share a backbone, a machine and a profile
-                links[f'{exp}-{block.slug()}'] = [('Critical-difference diagram: mean ranks over the datasets; strategies joined '
-                                        'by a bar are not told apart by Nemenyi\'s test', made.relative_to(
-                                            out.parent).as_posix())]
+            made = figures.critical_difference(block, out.parent / 'figures' / f'{cross_slug(exp, block)}-cd.png')
+            if made is not None:
+                links[cross_slug(exp, block)] = [('Critical-difference diagram: mean ranks over the datasets; '
+                                                  'strategies joined by a bar are not told apart by Nemenyi\'s test',
+                                                  made.relative_to(out.parent).as_posix())]
     text = render(records, links)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + '.tmp')
