@@ -83,6 +83,10 @@ class Config:
     pool: float = setting(0, 'images of the train folder kept before the train/valid split, stratified: at most this '
                              'many (>= 1), or this fraction (< 1); 0 = all (VTAB-1k: 1,000, split 800 / 200)',
                        added=True)
+    stop_at: float = setting(1.0, 'share of the run\'s training steps after which it stops and is scored on '
+                                  'validation (successive halving\'s early rungs: bench/advise.py); the steps before '
+                                  'it are the whole run\'s, the same batches at the same LRs; 1 = the whole run',
+                             flag=False, added=True)
     valid_frac: float = setting(0.2, 'share of the train folder held out for validation (50k -> 40k/10k)',
                                 flag=False)
     split_seed: int = setting(0, 'seed of the train/valid split and subsets: the same for every run, so runs '
@@ -221,6 +225,8 @@ def validate_numbers(cfg):
             raise UsageError(f'{_flag(name)} must be in [0, 1), got {getattr(cfg, name)}')
     if not 0 < cfg.layer_decay <= 1:
         raise UsageError(f'--layer-decay must be in (0, 1], got {cfg.layer_decay}')
+    if not 0 < cfg.stop_at <= 1:
+        raise UsageError(f'a run\'s share of its steps must be in (0, 1], got {cfg.stop_at}')
     if not 0 < cfg.valid_frac < 1:
         raise UsageError(f'the validation share must be in (0, 1), got {cfg.valid_frac}')
 

@@ -44,8 +44,9 @@ class Outcome:
     records: list = field(default_factory=list)   # every job's record, the earlier one for a skipped job
 
 
-def sweep(jobs, executor, results_path, force=False, log=print):
-    """Run every job not already recorded on the executor's hardware, appending a record as each finishes."""
+def sweep(jobs, executor, results_path, force=False, log=print, after=None):
+    """Run every job not already recorded on the executor's hardware, appending a record as each finishes;
+    `after(job, record)` then, if given (a progress bar)."""
     done, outcome, todo = record.done(results_path), Outcome(), []
     code_version = record.git_sha()
     for job in jobs:
@@ -69,6 +70,8 @@ def sweep(jobs, executor, results_path, force=False, log=print):
             log(f'[{i}/{len(todo)}] {job.describe()}: error: {rec["error"]}')
         else:
             log(f'[{i}/{len(todo)}] {job.describe()}: ' + summary(rec))
+        if after is not None:
+            after(job, rec)
     return outcome
 
 

@@ -158,7 +158,21 @@ W7 = Experiment(
     datasets=('cifar10', 'caltech101', 'uc_merced', 'pbc_blood_cells'),
 )
 
-EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5, W6, W7)}
+ADVISE = Experiment(
+    name='advise', script='advise',
+    title='Advice: which strategy for this data, within a time budget (bench/advise.py)',
+    question='W5\'s strategies raced on the user\'s data: each at each LR of its grid, scored on validation, the '
+             'worse half dropped at each rung (successive halving); the finalists confirmed over 3 seeds on test, and '
+             'the cheapest strategy not practically worse than the best recommended.',
+    settings=dict(head='linear', pool=1000),  # W7's protocol (VTAB-1k: 800 train / 200 choose), so that the answer
+                                              # sits beside W7's four datasets; size: the backbone's pretrained one
+    cpu=W7.cpu,                               # W7's 2-core budget: 96 px, 2 epochs of 32 (a budget buys longer runs)
+    strategies=W5.strategies,
+    bench=(),                                 # runs on the user's data and backbone, never in the suite
+    in_make_bench=False,
+)
+
+EXPERIMENTS = {e.name: e for e in (W1, W2, W3, W4, W5, W6, W7, ADVISE)}
 # finetune.py without --preset: Config's defaults (the backbone's pretrained size, at most the data's), and a CPU
 # budget that fits any dataset: at most 1,000 training images and 500 validation and test images each, 2 epochs,
 # 1 GB for training (Caltech-101 at 224 px: ~3.5 min per fine-tuning run on a 2-core AVX2 CPU, under 2.5 GB).

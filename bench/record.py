@@ -60,6 +60,7 @@ class Results:
     lrs: list                     # per parameter group [body..., head]: the highest LR it trained at (None: never)
     cpu_steal: Optional[float] = None      # share of the machine's CPU time stolen by the hypervisor while training
     fold_valid_acc: Optional[list] = None  # K-fold scoring: each fold's validation accuracy
+    wall_seconds: Optional[float] = None   # the whole run here: building, warm-up, training and evaluation
 
     def as_dict(self):
         return asdict(self)

@@ -33,6 +33,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class StopRun(Exception):
+    """Raised by RunLog where a run stops early (`cfg.stop_at`): out of every phase the strategy still has."""
+
+
 # ---- timing -----------------------------------------------------------------------------------------------
 
 MIN_POINTS = 4  # validation points per run at least: with few epochs, more than one per epoch
@@ -43,7 +47,9 @@ class RunLog(Callback):
     validating (GPU synchronized), trainable parameters and the peak LR of each parameter group that trained.
     Validation points: at least MIN_POINTS per run (`cfg.epochs` of them, or more evenly spaced within each epoch
     where epochs are few), so that a run still improving at its end shows it; a point within an epoch is evaluated
-    here, off the training clock. Raises on a non-finite training loss."""
+    here, off the training clock. Raises on a non-finite training loss. Where `cfg.stop_at` < 1, stops the run
+    (StopRun, whatever phase it is in) after that share of its steps, with a validation point there: the steps
+    before it are the whole run's."""
     order = Recorder.order + 1
 
     def __init__(self, device, cfg=None):
@@ -51,6 +57,7 @@ class RunLog(Callback):
         self.per_epoch = math.ceil(MIN_POINTS / cfg.epochs) if cfg is not None and cfg.epochs else 1
         self.lr_max = {}  # parameter group -> the highest LR it trained at
         self.batchnorm = None  # (most layers updating their running statistics in an epoch, BatchNorm layers)
+        self.accumulate, self.steps, self.stop, self.stopping = 1, 0, None, False  # loader batches per step
 
     def before_batch(self):
         if self.training and self.iter == 0:  # the first batch of each epoch: phases can freeze and unfreeze
@@ -66,6 +73,9 @@ class RunLog(Callback):
 
     def before_train(self):
         n = len(self.learn.dls.train)
+        if self.stop is None and self.cfg is not None and self.cfg.stop_at < 1:  # counted over every phase
+            steps = self.cfg.epochs * n // self.accumulate
+            self.stop = max(1, math.floor(self.cfg.stop_at * steps)) * self.accumulate
         self.marks = {round(n * k / self.per_epoch) - 1 for k in range(1, self.per_epoch)} - {-1, n - 1}
 
     def after_batch(self):
@@ -78,6 +88,23 @@ class RunLog(Callback):
                     self.lr_max[i] = max(self.lr_max.get(i, 0.), float(h['lr']))
             if self.iter in self.marks:
                 self.mid_epoch_point((self.iter + 1) / len(self.learn.dls.train))
+            self.steps += 1
+            if self.stop is not None and self.steps >= self.stop:
+                if self.iter == len(self.learn.dls.train) - 1:
+                    self.stopping = True  # the epoch ends here: its own validation, then the stop
+                else:
+                    self.stop_within_epoch()
+
+    def stop_within_epoch(self):
+        """The epoch so far as an epoch of its own, scored at this point on validation; then StopRun."""
+        fraction = (self.iter + 1) / len(self.learn.dls.train)
+        if not self.curve or self.curve[-1]['epoch'] != len(self.epochs) + fraction:
+            self.mid_epoch_point(fraction)
+        sync(self.device)
+        point = self.curve[-1]
+        self.close_epoch(time.perf_counter() - self.t0 - self.mid_seconds, self.mid_seconds,
+                         {k: point[k] for k in ('epoch', 'valid_loss', 'valid_acc', 'valid_class_acc')})
+        raise StopRun(f'stopped after {self.steps} steps')
 
     @torch.no_grad()
     def mid_epoch_point(self, fraction):
@@ -120,21 +147,25 @@ class RunLog(Callback):
         if not self.trained:  # Learner.validate fires fit and epoch events too
             return
         sync(self.device)
+        logged = dict(zip(list(self.recorder.metric_names)[1:], list(self.learn.final_record)))
+        point = dict(epoch=len(self.epochs) + 1, valid_loss=float(logged['valid_loss']),
+                     valid_acc=float(logged['accuracy']), valid_class_acc=float(logged['class_mean_accuracy']))
+        self.close_epoch(self.train_s, time.perf_counter() - self.t1 + self.mid_seconds, point)
+        self.curve.append(dict(point))
+        if self.stopping:
+            self.stopping = False
+            raise StopRun(f'stopped after {self.steps} steps')
+
+    def close_epoch(self, train_seconds, valid_seconds, point):
+        """Append the epoch's entry (`point`: its epoch number and validation scores)."""
         train_loss = float(self.loss_sum / max(self.seen, 1))
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f'the training loss became {train_loss} in epoch {len(self.epochs) + 1}; '
                                 f'lower the LR or use fp32')
-        logged = dict(zip(list(self.recorder.metric_names)[1:], list(self.learn.final_record)))
-        valid_loss, valid_acc, valid_class = logged['valid_loss'], logged['accuracy'], logged['class_mean_accuracy']
         self.train_images += self.seen
         self.trainable_max = max(self.trainable_max, self.trainable)
-        self.epochs.append(dict(epoch=len(self.epochs) + 1, train_loss=train_loss, valid_loss=float(valid_loss),
-                                valid_acc=float(valid_acc), valid_class_acc=float(valid_class),
-                                train_seconds=self.train_s,
-                                valid_seconds=time.perf_counter() - self.t1 + self.mid_seconds,
+        self.epochs.append(dict(point, train_loss=train_loss, train_seconds=train_seconds, valid_seconds=valid_seconds,
                                 trainable=self.trainable))
-        self.curve.append(dict(epoch=len(self.epochs), valid_loss=float(valid_loss), valid_acc=float(valid_acc),
-                               valid_class_acc=float(valid_class)))
 
     def lrs(self, n_groups):
         """Per parameter group, the highest LR it trained at (None: it never trained)."""
@@ -189,6 +220,7 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     trains = max((set(ph['names']) for ph in phases), key=len, default=set())
     fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n)))), autocast(cfg), trains)
     cbs = [runlog := RunLog(cfg.device, cfg)]
+    runlog.accumulate = fits.accumulate
     if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
         train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec, bs=fits.micro_bs)
         cbs.append(GradientAccumulation(cfg.bs))
@@ -212,7 +244,10 @@ def train(cfg, images, split, bar=False, test=True, log=print):
     show_progress(learn, bar, log)
 
     steal = cpu_times()
-    STRATEGIES[cfg.strategy](learn, cfg)
+    try:
+        STRATEGIES[cfg.strategy](learn, cfg)
+    except StopRun:
+        pass  # stopped early (cfg.stop_at): its last epoch entry is the point it stopped at
     steal = stolen_share(steal, cpu_times())
 
     t = time.perf_counter()
@@ -340,6 +375,7 @@ def work(job, images, bar=False, log=print):
     only, so that the driver can record it wherever it ran. Never raises, except on Ctrl-C."""
     cfg = job.cfg
     out = dict(started_at=record.now(), env=record.environment(cfg.device))
+    t = time.perf_counter()
     try:
         split = split_of(cfg, images)
         if job.folds:
@@ -354,6 +390,8 @@ def work(job, images, bar=False, log=print):
             traceback.print_exc(file=sys.stderr)
         if cfg.device == 'cuda':
             torch.cuda.empty_cache()
+    if 'results' in out:  # everything the run took here: what a budget is spent on
+        out['results']['wall_seconds'] = time.perf_counter() - t
     return out
 
 

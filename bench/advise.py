@@ -1,0 +1,240 @@
+"""Which fine-tuning strategy for my data? Races the strategies within a time budget and recommends one, with its
+evidence.
+
+    python bench/advise.py --data caltech101 --backbone tf_efficientnet_lite0 --budget 30m
+    python bench/advise.py --data ~/photos --backbone tf_efficientnet_lite0 --budget 15m   # <class>/* or train/, test/
+    python bench/advise.py --data uc_merced --backbone tf_efficientnet_lite0 --budget 15m --plan-only
+
+1. Probe: a few steps of each strategy on this machine measure its step time, setup and memory (a strategy that does
+   not fit --memory-limit-mb is left out, as the memory planner refuses it).
+2. Plan: the richest level the budget affords (bench/race.py): every strategy at one LR, or at every LR of its grid,
+   then longer runs; a budget too small for an answer is refused with the smallest that would do.
+3. Race: successive halving over (strategy, LR) on the validation split; the finalists run 3 seeds on test.
+4. Answer: the cheapest finalist not practically worse than the best, with its LR, expected accuracy and interval,
+   time and memory; the contenders, the Pareto figure and W7's view of the backbone, in the leaderboard.
+
+Settings are W7's (VTAB-1k: 1,000 images of the train folder, 800 train / 200 validation; the test folder scores,
+or every 5th image of a folder of class folders), with its `cpu` profile on a CPU; flags override them. Every run
+is a record in --results: Ctrl-C keeps them, and a rerun resumes the race where it stopped.
+"""
+import argparse
+import math
+import re
+import time
+from dataclasses import replace
+
+from bench import advice, cli, data, race, record, tune
+from bench.config import UsageError, add_cluster_flags, add_run_flags
+from bench.executor import Job, sweep
+from bench.experiments import ADVISE
+
+PROBE_STEPS = 3   # training steps a probe times (after the warm-up, which every run has off the clock)
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--backbone', required=True, help='timm model name, optionally with a pretrained tag')
+    p.add_argument('--budget', default='30m', help='wall-clock time for the whole answer, probes included: 90s, '
+                                                   '15m, 1h, 1h30m (a bare number is minutes; default: 30m)')
+    p.add_argument('--strategy', help=f'a comma list of strategies to race (default: {", ".join(ADVISE.strategies)})')
+    p.add_argument('--profile', default='auto', choices=['auto', 'full', 'cpu'],
+                   help='full: 224 px-class settings; cpu: W7\'s 2-core budget (96 px, 2 epochs); auto: full where '
+                        'the runs have CUDA, else cpu (default: auto)')
+    p.add_argument('--plan-only', action='store_true', help='probe and print the plan; race nothing, write nothing')
+    p.add_argument('--results', default='reports/results.jsonl', help='JSON-lines file of records (default: %(default)s)')
+    p.add_argument('--out', default=None, help='leaderboard file (default: leaderboard.md beside --results)')
+    p.add_argument('--no-render', action='store_true', help='do not render the leaderboard at the end')
+    p.add_argument('--bar', action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS)
+    add_cluster_flags(p)
+    add_run_flags(p)
+    return p
+
+
+def parse(argv=None):
+    args = parser().parse_args(argv)
+    args.preset, args.seed, args.seeds, args.force, args.dry_run = 'advise', 0, 1, False, False
+    return args
+
+
+def budget_seconds(text):
+    """'90s', '15m', '1h', '1h30m', '20' (minutes) -> seconds; a UsageError otherwise."""
+    text = text.strip().lower()
+    parts = re.fullmatch(r'((?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?)', text)
+    if not parts:
+        raise UsageError(f'--budget {text!r} is not a duration; write it as 90s, 15m, 1h or 1h30m')
+    if text[-1].isdigit():
+        seconds = float(text) * 60
+    else:
+        seconds = sum(float(n) * {'h': 3600, 'm': 60, 's': 1}[u] for n, u in re.findall(r'(\d+(?:\.\d+)?)([hms])', text))
+    if seconds <= 0:
+        raise UsageError(f'--budget must be positive, got {text!r}')
+    return seconds
+
+
+def clock(seconds):
+    seconds = max(0, round(seconds))
+    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}' if seconds >= 3600 else \
+        f'{seconds // 60}:{seconds % 60:02d}'
+
+
+# ---- probe and plan ---------------------------------------------------------------------------------------
+
+def probe(cfgs, where, steps_per_epoch, n_valid, n_test):
+    """Each strategy's race.Probe: a run stopped after PROBE_STEPS steps, at its grid's middle LR, recorded nowhere."""
+    total = cfgs[0].epochs * steps_per_epoch
+    jobs = [Job(replace(tune.at(c, tune.grid_of(c.strategy).exponents[1]), stop_at=min(1., PROBE_STEPS / total)),
+                test=False) for c in cfgs]
+    out = []
+    for job, result in where.run(jobs):
+        res = result.get('results')
+        if res is None:
+            out.append(race.Probe(job.cfg.strategy, 0, 0, 0, 0, 0, result['error']))
+            continue
+        steps = max(1, math.floor(job.cfg.stop_at * total))
+        trained = sum(e['train_seconds'] for e in res['epochs'])
+        valid_s = res['eval_seconds']
+        out.append(race.Probe(job.cfg.strategy, max(0., res['wall_seconds'] - trained - valid_s), trained / steps,
+                              valid_s, valid_s * n_test / max(n_valid, 1), res['peak_memory_mb']))
+    return out
+
+
+def plan_lines(plan, probes, base, budget_s, spent_s, steps_per_epoch):
+    ok = [p for p in probes if p.error is None]
+    lines = [f'probed {len(probes)} strategies in {clock(spent_s)} (setup s, ms per step, peak MB): ' + ', '.join(
+        f'{p.strategy} {p.setup_s:.1f}/{1000 * p.step_s:.0f}/{p.peak_mb:,.0f}' for p in ok)]
+    lines += [f'left out {p.strategy}: {p.error}' for p in probes if p.error is not None]
+    if plan.level is not None:
+        level = plan.level
+        n = len(race.candidates([p.strategy for p in ok], level.lr_points))
+        shares = race.rungs(level.epochs)
+        lines.append(f'plan: {len(ok)} strategies, {level.words(base.epochs)} ({level.epochs * steps_per_epoch} steps '
+                     f'of {base.bs}); {" → ".join(map(str, race.sizes(n, level.epochs)))} candidates at '
+                     f'{", ".join(f"{s:g}" for s in shares)} of a run, then up to {race.MAX_FINALISTS} finalists x '
+                     f'{race.SEEDS} seeds on test; about {clock(plan.seconds)} if the costliest candidates survive, '
+                     f'{clock(budget_s - spent_s)} of the budget left')
+        richer = [lv for lv in race.levels(base.epochs) if (lv.lr_points, lv.epochs) > (level.lr_points, level.epochs)]
+        if richer:
+            lines.append(f'skipped for the budget: {richer[0].words(base.epochs)} and beyond')
+    return lines
+
+
+# ---- the race ---------------------------------------------------------------------------------------------
+
+def race_job(cfg, cand, share, budget_s, seed=0):
+    return Job(replace(tune.at(cfg, cand.exponent), stop_at=share, seed=seed), test=share == 1,
+               extra={'advise': dict(budget_s=round(budget_s))}, identity=race.IDENTITY)
+
+
+class Progress:
+    """A bar over the whole answer: its share done (by the plan's estimates of the runs finished and to come, scaled
+    by how long the finished runs really took), the time spent against the budget, and the time left."""
+    def __init__(self, budget_s, start, probes, steps, out=print):
+        self.budget_s, self.start, self.steps, self.out = budget_s, start, steps, out
+        self.cost = {p.strategy: p for p in probes if p.error is None}
+        self.done_est, self.todo_est, self.stage = 0., 0., ''
+
+    def estimate(self, job):
+        return self.cost[job.cfg.strategy].run_s(self.steps, job.cfg.stop_at, job.test)
+
+    def begin(self, stage, jobs, later_s=0.):
+        self.stage, self.stage_n, self.stage_done = stage, len(jobs), 0
+        self.todo_est = sum(self.estimate(j) for j in jobs) + later_s
+
+    def after(self, job, rec):
+        e = self.estimate(job)
+        self.done_est, self.todo_est, self.stage_done = self.done_est + e, max(0., self.todo_est - e), \
+            self.stage_done + 1
+        self.show()
+
+    def show(self):
+        spent = time.monotonic() - self.start
+        share = self.done_est / (self.done_est + self.todo_est) if self.done_est + self.todo_est else 1.
+        left = spent / share * (1 - share) if share else self.todo_est
+        bar = '█' * round(24 * share) + '░' * (24 - round(24 * share))
+        self.out(f'advise {bar} {share:4.0%} · {clock(spent)} of a {clock(self.budget_s)} budget · about '
+                 f'{clock(left)} left · {self.stage}: {self.stage_done}/{self.stage_n} runs')
+
+
+def later_s(progress, alive, shares, rung):
+    """The plan's estimate of the rungs after `rung` and the finals, as if the costliest candidates survive."""
+    costs = lambda share, test: sorted((progress.cost[c.strategy].run_s(progress.steps, share, test)  # noqa: E731
+                                        for c in alive), reverse=True)
+    n, total = len(alive), 0.
+    for share in shares[rung + 1:]:
+        n = race.kept(n)
+        total += sum(costs(share, share == 1)[:n])
+    return total + (race.SEEDS - 1) * sum(costs(1., True)[:race.MAX_FINALISTS])
+
+
+def run_race(args, base, level, where, progress, budget_s, valid_field):
+    """The rungs, then the finalists' seeds; every run a record. Whether any run failed."""
+    shares = race.rungs(level.epochs)
+    alive = race.candidates(list(base), level.lr_points)
+    failed = False
+    for rung, share in enumerate(shares):
+        jobs = [race_job(base[c.strategy], c, share, budget_s) for c in alive]
+        progress.begin(f'rung {rung + 1} of {len(shares)} ({share:g} of a run)', jobs,
+                       later_s(progress, alive, shares, rung))
+        outcome = sweep(jobs, where, args.results, after=progress.after)
+        failed |= bool(outcome.failed)
+        scores = {c: (None if rec.get('error') else rec.get(valid_field)) for c, rec in zip(alive, outcome.records)}
+        last = share == 1
+        alive = race.finalists(scores, outcome.records[0].get('valid_images') or 0) if last else race.survivors(scores)
+        print(f'rung {rung + 1}, validation %: ' + ', '.join(f'{c} {100 * scores[c]:.1f}' for c in race.ranked(scores)))
+        if not alive:
+            return True
+    print('finalists: ' + ', '.join(str(c) for c in alive))
+    jobs = [race_job(base[c.strategy], c, 1., budget_s, seed) for c in alive for seed in range(1, race.SEEDS)]
+    progress.begin(f'finals ({len(alive)} x {race.SEEDS} seeds)', jobs)
+    return failed | bool(sweep(jobs, where, args.results, after=progress.after).failed)
+
+
+def main(argv=None):
+    args = parse(argv)
+    budget_s = budget_seconds(args.budget)
+    start = time.monotonic()
+    with cli.executor(args) as where:
+        strategies = [s for s in cli.expand_strategies(args.strategy, ADVISE.strategies) if tune.grid_of(s)]
+        if not strategies:
+            raise UsageError('no strategy to race: each of those given trains nothing (zero_shot)')
+        rows = [dict(backbone=args.backbone, strategy=s) for s in strategies]
+        cfgs = cli.validate(cli.runs(ADVISE, args, where.hardware, rows, seeds=False), leave_out=True)
+        images = cli.load_images(cfgs[0].data)
+        if len(images.classes) < 2:
+            raise data.DataError(f'{cfgs[0].data} has one class ({images.classes[0]!r}); choosing a strategy needs '
+                                 f'two classes or more')
+        cfgs = cli.stamp(cfgs, images)
+        split = data.split_for(images, cfgs[0])
+        steps_per_epoch = math.ceil(len(split.train) / cfgs[0].bs)
+        where.start(images, bar=False, log=lambda line: None)
+        probes = probe(cfgs, where, steps_per_epoch, len(split.valid), len(split.test))
+        fits = [p for p in probes if p.error is None]
+        if not fits:
+            raise UsageError(f'{args.backbone} cannot train here with any strategy: {probes[0].error}')
+        spent = time.monotonic() - start
+        plan = race.plan(probes, steps_per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None)
+        print(f'{images.key.split(":")[0]}: {len(images.classes)} classes; {len(split.train):,} training, '
+              f'{len(split.valid):,} validation and {len(split.test):,} test images at {cfgs[0].size or "stored"} px')
+        print('\n'.join(plan_lines(plan, probes, cfgs[0], budget_s, spent, steps_per_epoch)))
+        if plan.level is None:
+            raise UsageError(f'a budget of {clock(budget_s)} is too small for an answer here: the smallest (every '
+                             f'strategy at one LR, {race.SEEDS} seeds for the finalists) needs about '
+                             f'{clock(plan.smallest_s)}; pass --budget {math.ceil(plan.smallest_s / 60)}m or more')
+        if args.plan_only:
+            return 0
+        base = {c.strategy: replace(c, epochs=plan.level.epochs) for c in cfgs
+                if c.strategy in {p.strategy for p in fits}}
+        progress = Progress(budget_s, start, probes, plan.level.epochs * steps_per_epoch)
+        failed = run_race(args, base, plan.level, where, progress, budget_s, tune.valid_field(images.key.split(':')[0]))
+    print(f'done in {clock(time.monotonic() - start)} of a {clock(budget_s)} budget')
+    found = [a for a in advice.advices(record.read(args.results))
+             if (a.dataset, a.backbone, a.epochs) == (images.key.split(':')[0], cfgs[0].backbone, plan.level.epochs)
+             and a.device == where.hardware.name]
+    for adv in found:
+        print('\n'.join(advice.answer(adv)))
+    cli.render(args)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    cli.main(main)
