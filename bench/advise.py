@@ -18,6 +18,7 @@ or every 5th image of a folder of class folders), with its `cpu` profile on a CP
 is a record in --results: Ctrl-C keeps them, and a rerun resumes the race where it stopped.
 """
 import argparse
+import functools
 import math
 import re
 import time
@@ -25,7 +26,7 @@ from dataclasses import replace
 
 from bench import advice, cli, data, race, record, tune
 from bench.config import UsageError, add_cluster_flags, add_run_flags
-from bench.executor import Job, sweep
+from bench.executor import Job
 from bench.experiments import ADVISE
 
 PROBE_STEPS = 3   # training steps a probe times (after the warm-up, which every run has off the clock)
@@ -128,8 +129,9 @@ def race_job(cfg, cand, share, budget_s, seed=0):
 class Progress:
     """A bar over the whole answer: its share done (by the plan's estimates of the runs finished and to come, scaled
     by how long the finished runs really took), the time spent against the budget, and the time left."""
-    def __init__(self, budget_s, start, probes, steps, out=print):
+    def __init__(self, budget_s, start, probes, steps, out=functools.partial(print, flush=True)):
         self.budget_s, self.start, self.steps, self.out = budget_s, start, steps, out
+        self.began = time.monotonic()  # the race's own clock: what the estimates are scaled by
         self.cost = {p.strategy: p for p in probes if p.error is None}
         self.done_est, self.todo_est, self.stage = 0., 0., ''
 
@@ -147,9 +149,10 @@ class Progress:
         self.show()
 
     def show(self):
-        spent = time.monotonic() - self.start
+        now = time.monotonic()
         share = self.done_est / (self.done_est + self.todo_est) if self.done_est + self.todo_est else 1.
-        left = spent / share * (1 - share) if share else self.todo_est
+        left = self.todo_est * (now - self.began) / self.done_est if self.done_est else self.todo_est
+        spent = now - self.start
         bar = '█' * round(24 * share) + '░' * (24 - round(24 * share))
         self.out(f'advise {bar} {share:4.0%} · {clock(spent)} of a {clock(self.budget_s)} budget · about '
                  f'{clock(left)} left · {self.stage}: {self.stage_done}/{self.stage_n} runs')
@@ -175,9 +178,11 @@ def run_race(args, base, level, where, progress, budget_s, valid_field):
         jobs = [race_job(base[c.strategy], c, share, budget_s) for c in alive]
         progress.begin(f'rung {rung + 1} of {len(shares)} ({share:g} of a run)', jobs,
                        later_s(progress, alive, shares, rung))
-        outcome = sweep(jobs, where, args.results, after=progress.after)
+        outcome = cli.run(args, jobs, where, after=progress.after)
         failed |= bool(outcome.failed)
-        scores = {c: (None if rec.get('error') else rec.get(valid_field)) for c, rec in zip(alive, outcome.records)}
+        # records come in the order runs finish (and the skipped ones first): each names its candidate
+        scores = {advice.candidate_of(rec): None if rec.get('error') else rec.get(valid_field)
+                  for rec in outcome.records}
         last = share == 1
         alive = race.finalists(scores, outcome.records[0].get('valid_images') or 0) if last else race.survivors(scores)
         print(f'rung {rung + 1}, validation %: ' + ', '.join(f'{c} {100 * scores[c]:.1f}' for c in race.ranked(scores)))
@@ -186,7 +191,12 @@ def run_race(args, base, level, where, progress, budget_s, valid_field):
     print('finalists: ' + ', '.join(str(c) for c in alive))
     jobs = [race_job(base[c.strategy], c, 1., budget_s, seed) for c in alive for seed in range(1, race.SEEDS)]
     progress.begin(f'finals ({len(alive)} x {race.SEEDS} seeds)', jobs)
-    return failed | bool(sweep(jobs, where, args.results, after=progress.after).failed)
+    return failed | bool(cli.run(args, jobs, where, after=progress.after).failed)
+
+
+def w7_blocks(results):
+    from bench import leaderboard
+    return leaderboard.cross_blocks(record.read(results), 'w7')
 
 
 def main(argv=None):
@@ -206,13 +216,14 @@ def main(argv=None):
         cfgs = cli.stamp(cfgs, images)
         split = data.split_for(images, cfgs[0])
         steps_per_epoch = math.ceil(len(split.train) / cfgs[0].bs)
-        where.start(images, bar=False, log=lambda line: None)
+        where.start(images, bar=False)
         probes = probe(cfgs, where, steps_per_epoch, len(split.valid), len(split.test))
         fits = [p for p in probes if p.error is None]
         if not fits:
             raise UsageError(f'{args.backbone} cannot train here with any strategy: {probes[0].error}')
         spent = time.monotonic() - start
-        plan = race.plan(probes, steps_per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None)
+        plan = race.plan(probes, steps_per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None,
+                         parallel=getattr(where, 'slots', 1))
         print(f'{images.key.split(":")[0]}: {len(images.classes)} classes; {len(split.train):,} training, '
               f'{len(split.valid):,} validation and {len(split.test):,} test images at {cfgs[0].size or "stored"} px')
         print('\n'.join(plan_lines(plan, probes, cfgs[0], budget_s, spent, steps_per_epoch)))
@@ -231,7 +242,8 @@ def main(argv=None):
              if (a.dataset, a.backbone, a.epochs) == (images.key.split(':')[0], cfgs[0].backbone, plan.level.epochs)
              and a.device == where.hardware.name]
     for adv in found:
-        print('\n'.join(advice.answer(adv)))
+        print('\n'.join(['', f'advice for {adv.name}:', *advice.answer(adv), '', advice.contenders_table(adv), '',
+                         *advice.context_lines(adv, w7_blocks(args.results))]))
     cli.render(args)
     return 1 if failed else 0
 

@@ -192,9 +192,10 @@ def run_tuned(args, cfgs, where):
     return failed | bool(run(args, jobs, where).failed)
 
 
-def run(args, jobs, executor):
-    """Sweep `jobs` on a started `executor` and say what happened; returns the sweep's Outcome."""
-    outcome = sweep(jobs, executor, args.results, force=args.force)
+def run(args, jobs, executor, after=None):
+    """Sweep `jobs` on a started `executor` and say what happened; returns the sweep's Outcome. `after(job, record)`
+    follows each new record (a progress bar)."""
+    outcome = sweep(jobs, executor, args.results, force=args.force, after=after)
     print(f'{outcome.ran} ran, {outcome.skipped} already recorded, {len(outcome.failed)} failed; '
           f'records in {args.results}')
     return outcome

@@ -27,7 +27,10 @@ GUIDE = f"""How to read this: each section is one experiment, with one table per
 different machines are never pooled, and times are only comparable within a table. A row is one configuration;
 `n` is how many seeds ran it, and every number is mean ± std over them. Seeds change initialization, data order
 and augmentation, while the train/validation/test split stays fixed, so runs of two rows with the same seed are
-paired. A table is one dataset: its rows are sorted by the dataset's declared metric, shown in bold (top-1 test
+paired. Each table shows the columns a decision needs (the declared metric, the difference from the best with its
+interval, the verdict, time, peak memory, trainable share and LR); the others (backbone, weights, size, epochs,
+parameter counts, seconds, img/s, optimizer state, validation, the other metric, test loss, trend and settings) are
+folded under the table, one row per row above. A table is one dataset: its rows are sorted by the dataset's declared metric, shown in bold (top-1 test
 accuracy; mean per-class test accuracy for Caltech-101 and PBC blood cells, whose classes are imbalanced), and both metrics are
 in every row. Each row is compared with the table's best row over the seeds both ran, in that metric: `Δ test` is
 the mean paired difference in percentage points with its 95% confidence interval (Student's t

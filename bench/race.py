@@ -5,7 +5,8 @@ fit a time budget. Imports no torch.
   the grid's middle only where the budget affords no more.
 - **Rungs** (Jamieson & Talwalkar 2016; Li et al.'s ASHA 2020): every candidate trains the first quarter of a whole
   run's steps and is scored on validation, in the dataset's declared metric; the better half (ETA = 2) trains half a
-  run; the better half of those, the whole run. A rung shorter than one epoch is skipped: every candidate sees each
+  run; the better half of those, the whole run (two strategies at least: where the better half is one strategy's
+  LRs, the next strategy's best goes on too). A rung shorter than one epoch is skipped: every candidate sees each
   training image once before it is judged (a slow starter at a low LR is not dropped after a dozen steps; with
   W7's 2-epoch runs the race has two rungs, half a run and the whole). A rung's run stops early
   (`Config.stop_at`), and what it trained is
@@ -87,8 +88,14 @@ def ranked(scores):
 
 
 def survivors(scores):
-    """The candidates that go on from a rung with these {candidate: validation score}."""
-    return ranked(scores)[:kept(len(scores))]
+    """The candidates that go on from a rung with these {candidate: validation score}: the better half, and where
+    that is one strategy's LRs alone, the best candidate of the next strategy too: the race compares strategies."""
+    order = ranked(scores)
+    out = order[:kept(len(scores))]
+    others = [c for c in order if c.strategy != order[0].strategy] if order else []
+    if others and all(c.strategy == order[0].strategy for c in out):
+        out.append(others[0])
+    return out
 
 
 def finalists(scores, n_valid):
@@ -164,11 +171,11 @@ class Plan:
     smallest_s: float         # the budget the poorest level needs, counting what was spent already
 
 
-def plan(probes, steps_per_epoch, base_epochs, budget_s, spent_s, longer=True):
+def plan(probes, steps_per_epoch, base_epochs, budget_s, spent_s, longer=True, parallel=1):
     """The richest level whose estimate fits in what is left of the budget; `longer` False: the profile's epochs
-    only (the user set them)."""
+    only (the user set them); `parallel`: runs at a time (a Ray cluster's slots), which divide the estimate."""
     options = [lv for lv in levels(base_epochs) if longer or lv.epochs == base_epochs]
-    costs = [estimate(lv, probes, steps_per_epoch) for lv in options]
+    costs = [estimate(lv, probes, steps_per_epoch) / max(1, parallel) for lv in options]
     fitting = [(lv, c) for lv, c in zip(options, costs) if c <= budget_s - spent_s]
     if not fitting:
         return Plan(None, costs[0], spent_s + costs[0])

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import cli, data, learner, optim, record, runner  # first: bench/__init__ silences fastai's import-time notice
+from bench import cli, data, learner, optim, record, runlog, runner  # first: bench/__init__ silences fastai's import-time notice
 from bench.config import Config, UsageError
 from bench.resolve import resolve_auto
 import backbones
@@ -127,7 +127,7 @@ def measure(args):
     learn.logger = lambda row: None
     learner.apply_precision(learn, cfg)
     learn.unfreeze()
-    log = runner.RunLog(cfg.device)
+    log = runlog.RunLog(cfg.device)
     learn.add_cb(log)
     runner.warm_up(plain_net, cfg, dl, [])  # every batch shape once: cuDNN autotuning, lazy init, allocator
     runner.warm_up(learn.model, cfg, dl, [one_batch])

@@ -13,7 +13,7 @@ import torch
 from fastai.basics import DataLoaders
 
 import backbones
-from bench import data, learner, plan, runner
+from bench import data, learner, plan, runlog
 from bench.config import Config
 from bench.resolve import resolve_auto
 from bench.families import expected_trainable
@@ -61,7 +61,7 @@ def test_every_strategy_trains_exactly_what_it_plans(family, batches):
         planned = plan.plan(cfg, len(images.classes))
         net = copy.deepcopy(built)
         train_dl, valid_dl, _ = learner.loaders(cfg, images, split, spec)
-        log = runner.RunLog('cpu')
+        log = runlog.RunLog('cpu')
         learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
         learner.show_progress(learn, False, lambda line: None)
         before = {n: p.detach().clone() for n, p in net.named_parameters()}

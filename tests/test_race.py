@@ -1,8 +1,12 @@
 """The race's rungs are prefixes of the whole run, and successive halving keeps what it should."""
+from pathlib import Path
+
 import pytest
 
-from bench import data, record, runner
-from tests.helpers import tiny_config
+from bench import data, race, record, runner
+from tests.helpers import rec, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
 
@@ -26,3 +30,88 @@ def test_a_run_stopped_early_is_the_whole_runs_prefix(images, strategy, stop_at)
     assert part['test_acc'] is not None  # a stopped run is still tested where asked
     assert sum(e['train_seconds'] for e in part['epochs']) == pytest.approx(part['train_seconds'])
     assert part['train_seconds'] < whole['train_seconds']
+
+
+# ---- successive halving --------------------------------------------------------------------------------------
+
+def test_rungs_shorter_than_an_epoch_are_skipped():
+    assert race.rungs(2) == (0.5, 1.0)  # W7's 2-epoch runs: half a run, then the whole
+    assert race.rungs(4) == (0.25, 0.5, 1.0)
+    assert race.rungs(1) == (1.0,)
+    assert race.sizes(24, 4) == [24, 12, 6] and race.sizes(9, 2) == [9, 5]
+
+
+def test_each_rung_keeps_the_better_half_ties_to_the_smaller_lr():
+    c = race.Candidate
+    scores = {c('full', -7): .80, c('full', -8): .80, c('bitfit', -6): .90, c('lora', -6): None, c('partial', -7): .5}
+    assert race.survivors(scores) == [c('bitfit', -6), c('full', -8), c('full', -7)]  # a failed run is out
+    one = {c('full', -7): .9, c('full', -8): .9, c('full', -6): .9, c('bitfit', -6): .5, c('lora', -6): .6}
+    assert race.survivors(one) == [c('full', -8), c('full', -7), c('full', -6), c('lora', -6)]  # two strategies
+
+
+def test_finalists_are_the_strategies_validation_cannot_tell_from_the_leader():
+    c = race.Candidate
+    # 200 validation images at 90%: one standard error is 2.1 pp; one candidate per strategy, its best LR
+    scores = {c('lora', -7): .90, c('lora', -6): .89, c('bitfit', -7): .885, c('partial', -7): .88,
+              c('full', -7): .87, c('llrd', -7): .70}
+    assert race.finalists(scores, 200) == [c('lora', -7), c('bitfit', -7), c('partial', -7)]
+    assert race.finalists(scores, 100_000) == [c('lora', -7), c('bitfit', -7)]  # two at least
+    close = {c(s, -7): .9 for s in ('a', 'b', 'c', 'd', 'e')}
+    assert len(race.finalists(close, 200)) == race.MAX_FINALISTS
+
+
+def probes(step_s=0.1, error=None):
+    return [race.Probe(s, 1.0, step_s, 0.5, 1.0, 900, error if s == 'full' else None)
+            for s in ('feature_extract', 'bitfit', 'full')]
+
+
+def test_the_plan_is_the_richest_level_that_fits_and_a_small_budget_is_told_the_smallest():
+    cheap, costly = race.estimate(race.Level(1, 2), probes(), 25), race.estimate(race.Level(3, 2), probes(), 25)
+    assert cheap < costly < race.estimate(race.Level(3, 4), probes(), 25)
+    assert race.plan(probes(), 25, 2, budget_s=costly + 10, spent_s=10).level == race.Level(3, 2)
+    assert race.plan(probes(), 25, 2, budget_s=1e6, spent_s=10).level == race.Level(3, 2 * race.MAX_LONGER)
+    assert race.plan(probes(), 25, 2, budget_s=1e6, spent_s=10, longer=False).level == race.Level(3, 2)
+    refused = race.plan(probes(), 25, 2, budget_s=cheap, spent_s=10)
+    assert refused.level is None and refused.smallest_s == pytest.approx(cheap + 10)
+    # a strategy that did not fit the memory costs nothing: it is not raced
+    assert race.estimate(race.Level(3, 2), probes(error='too big'), 25) < costly
+
+
+# ---- the race replayed on an exhaustive sweep -----------------------------------------------------------------
+
+def grid_record(strategy, lr, curve, test, seed=0, role='grid'):
+    """A W7-like tuned record: 2 epochs of 25 steps, validation points at 0.48, 1, 1.48 and 2 epochs."""
+    r = rec(strategy, seed, test, experiment='w7', backbone='tf_efficientnet_lite0', lr=lr, dataset='uc_merced:ab',
+            secs=10.0)
+    r['config'].update(bs=32, epochs=2, head_lr=10 * lr)
+    r['key'] = record.run_key(r['config'], {'tune': 'lr'}, r['device'])
+    r.update(train_images=800, valid_images=200, valid_acc=curve[-1], eval_seconds=1.0,
+             valid_curve=[dict(epoch=e, valid_acc=v) for e, v in zip((0.48, 1, 1.48, 2), curve)],
+             tune=dict(kind='body', field='lr', head_mult=10, grid=[1e-4, 3.2e-4, 1e-3], role=role))
+    return r
+
+
+def test_the_replay_runs_the_race_on_the_curves_of_a_sweep():
+    # full starts last at half a run and is dropped there; bitfit leads then and ends behind lora, the winner on test
+    curves = {'bitfit': [.5, .9, .9, .90], 'lora': [.5, .8, .85, .91], 'full': [.5, .5, .7, .93]}
+    records = [grid_record(s, lr, [v - (lr != 3.2e-4) * .1 for v in curve], .9 + .01 * (s == 'lora'))
+               for s, curve in curves.items() for lr in (1e-4, 3.2e-4, 1e-3)]
+    records += [grid_record(s, 3.2e-4, curves[s], .9 + .01 * (s == 'lora') + .001 * seed, seed, role='seed')
+                for s in curves for seed in (1, 2)]
+    replay, = race.replay(records, 'w7')
+    assert replay.exact and [len(r) for r in replay.rungs] == [9, 5]
+    assert replay.rungs[1][0] == race.Candidate('bitfit', -7)  # the leader at half a run (epoch 1 of 2)
+    assert {c.strategy for c in replay.rungs[1]} == {'bitfit', 'lora'}
+    assert replay.finalists == [race.Candidate('lora', -7), race.Candidate('bitfit', -7)]
+    assert replay.winner == 'lora' and replay.kept_winner
+    assert replay.seconds < replay.exhaustive_s
+
+
+def test_the_race_keeps_w7s_exhaustive_winner_among_its_finalists_on_every_dataset():
+    # the committed records of W7's tuned sweep (every strategy, every LR, 3 seeds at the chosen one)
+    replays = race.replay(record.read(REPO / 'reports' / 'results.jsonl'), 'w7')
+    assert {r.dataset for r in replays} >= {'cifar10', 'caltech101', 'uc_merced', 'pbc_blood_cells'}
+    for r in replays:
+        assert r.exact, r.dataset  # W7's curves have a point where each rung stops
+        assert r.kept_winner, f'{r.dataset}: {r.winner} not among {r.finalists}'
+        assert r.seconds < r.exhaustive_s

@@ -9,7 +9,7 @@ import torch
 from fastai.basics import Callback, DataLoaders, even_mults
 
 import backbones
-from bench import data, finetune, learner, plan, record, runner, strategies
+from bench import data, finetune, learner, plan, record, runlog, runner, strategies
 from bench.config import Config
 from bench.resolve import resolve_auto
 from bench.strategies import STRATEGIES, problem, register
@@ -31,7 +31,7 @@ def fit(cfg, images):
     net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
     train_dl, valid_dl, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
                                            backbones.describe(cfg.backbone))
-    log = runner.RunLog('cpu')
+    log = runlog.RunLog('cpu')
     learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
     learner.show_progress(learn, False, lambda line: None)
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -135,7 +135,7 @@ def test_the_lrs_a_run_records_are_the_optimizers(images):
     out = runner.train(cfg, images, split, test=False, log=lambda m: None)
     assert out['lrs'][-1] == pytest.approx(HEAD_LR) and out['lrs'][-2] == pytest.approx(BODY_LR)
     assert all(x is None for x in out['lrs'][:-2])  # partial: the earlier stages never trained
-    assert len(out['valid_curve']) >= runner.MIN_POINTS  # two epochs: two points in each
+    assert len(out['valid_curve']) >= runlog.MIN_POINTS  # two epochs: two points in each
     assert [p['epoch'] for p in out['valid_curve']] == [0.5, 1, 1.5, 2]
 
 
