@@ -68,14 +68,13 @@ def advices(records):
         dataset = stats.dataset_name(first)
         metric = stats.metric_of(dataset)
         valid = stats.VALID_OF[metric]
-        scores = defaultdict(dict)
-        for r in recs:
-            if r['seed'] == first_seed(recs):
-                scores[share_of(r)][candidate_of(r)] = r.get(valid)
-        last = scores.get(1.0, {})
         n_valid = first.get('valid_images') or 0
-        finals = race.finalists(last, n_valid)
-        kept = [r for r in recs if share_of(r) == 1.0 and candidate_of(r) in finals]
+        scores, finals = rerun(recs, valid, n_valid)
+        seeds = defaultdict(list)
+        for r in recs:
+            if share_of(r) == 1.0 and candidate_of(r) in finals:
+                seeds[candidate_of(r)].append(r)
+        kept = [r for c in finals if len(seeds[c]) >= race.SEEDS for r in seeds[c]]
         table = stats.Table('advise', *stats.hardware_key(first), stats.rows(kept, metric=metric), dataset, metric,
                             True)
         out.append(Advice(dataset, first['backbone'], *stats.hardware_key(first), first['config']['epochs'],
@@ -84,8 +83,24 @@ def advices(records):
     return out
 
 
-def first_seed(recs):
-    return min(r['seed'] for r in recs)
+def rerun(recs, valid, n_valid):
+    """The race the records tell, rung by rung with the race's own rules: ({share: {candidate: score}} of the
+    candidates each rung ran, the finalists). Runs of another budget's race (another level, the same run length)
+    are found where this race would have run them, and left out where it would not."""
+    first = min(r['seed'] for r in recs)
+    recorded = defaultdict(dict)
+    for r in recs:
+        if r['seed'] == first:
+            recorded[share_of(r)][candidate_of(r)] = None if r.get('error') else r.get(valid)
+    shares = sorted(recorded)
+    alive, scores, finals = list(recorded[shares[0]]), {}, []
+    for share in shares:
+        scores[share] = {c: recorded[share][c] for c in alive if c in recorded[share]}
+        if share == 1.0:
+            finals = race.finalists(scores[share], n_valid)
+        else:
+            alive = race.survivors(scores[share])
+    return scores, finals
 
 
 # ---- words ------------------------------------------------------------------------------------------------
@@ -135,6 +150,9 @@ def answer(adv):
     if rec.out_loss:
         out.append('- Practically worse than the best over seeds: ' + ', '.join(
             f'{s} ({next(iter(lost.values())):+.1f} pp)' for s, lost in sorted(rec.out_loss.items())) + '.')
+    unconfirmed = [str(c) for c in adv.finalists if c.strategy not in rows]
+    if unconfirmed:
+        out.append(f'- A finalist not confirmed over seeds (the budget ran out first): {", ".join(unconfirmed)}.')
     rising = [row.records[0]['strategy'] for row in adv.table.rows if (t := stats.trend(row, metric)) and t.improving]
     if rising:
         out.append(f'- Still improving at the end of the run: {", ".join(rising)}; the answer holds at this budget; a '
@@ -150,11 +168,14 @@ def race_table(adv):
     for c in sorted(adv.scores[shares[0]], key=lambda c: tuple(-(adv.scores[s].get(c) or -1) for s in reversed(shares))):
         reached = [s for s in shares if c in adv.scores[s]]
         fate = ('finalist' if c in adv.finalists else
-                'at the end, not close enough to the leader' if c in last else f'dropped after {reached[-1]:g} of a run')
+                f'{c.strategy} went on at a better LR' if c.strategy in {f.strategy for f in adv.finalists} else
+                'at the end, not within one standard error of the leader' if c in last else
+                f'dropped after {reached[-1]:g} of a run')
         rows.append([c.strategy, f'{tune.grid_of(c.strategy).field} {c.lr:g}'] +
                     [f'{100 * adv.scores[s][c]:.1f}' if adv.scores[s].get(c) is not None else
                      ('failed' if c in adv.scores[s] else '') for s in shares] + [fate])
-    return tabulate(rows, headers=['strategy', 'LR'] + [f'valid % at {s:g} of a run' for s in shares] + ['outcome'],
+    short = across.METRIC_SHORT[adv.table.metric]
+    return tabulate(rows, headers=['strategy', 'LR'] + [f'valid {short} at {s:g} of a run' for s in shares] + ['outcome'],
                     tablefmt='github', disable_numparse=True)
 
 

@@ -29,7 +29,7 @@ from bench.config import UsageError, add_cluster_flags, add_run_flags
 from bench.executor import Job
 from bench.experiments import ADVISE
 
-PROBE_STEPS = 3   # training steps a probe times (after the warm-up, which every run has off the clock)
+PROBE_STEPS = 5   # training steps a probe times (after the warm-up, which every run has off the clock)
 
 
 def parser():
@@ -142,6 +142,10 @@ class Progress:
         self.stage, self.stage_n, self.stage_done = stage, len(jobs), 0
         self.todo_est = sum(self.estimate(j) for j in jobs) + later_s
 
+    def scaled(self, estimate_s):
+        """An estimate, scaled by how long the finished runs took against theirs."""
+        return estimate_s * (time.monotonic() - self.began) / self.done_est if self.done_est else estimate_s
+
     def after(self, job, rec):
         e = self.estimate(job)
         self.done_est, self.todo_est, self.stage_done = self.done_est + e, max(0., self.todo_est - e), \
@@ -151,7 +155,7 @@ class Progress:
     def show(self):
         now = time.monotonic()
         share = self.done_est / (self.done_est + self.todo_est) if self.done_est + self.todo_est else 1.
-        left = self.todo_est * (now - self.began) / self.done_est if self.done_est else self.todo_est
+        left = self.scaled(self.todo_est)
         spent = now - self.start
         bar = '█' * round(24 * share) + '░' * (24 - round(24 * share))
         self.out(f'advise {bar} {share:4.0%} · {clock(spent)} of a {clock(self.budget_s)} budget · about '
@@ -159,14 +163,14 @@ class Progress:
 
 
 def later_s(progress, alive, shares, rung):
-    """The plan's estimate of the rungs after `rung` and the finals, as if the costliest candidates survive."""
-    costs = lambda share, test: sorted((progress.cost[c.strategy].run_s(progress.steps, share, test)  # noqa: E731
-                                        for c in alive), reverse=True)
+    """The plan's estimate of the rungs after `rung` and the finals (race.estimate's, over the candidates alive)."""
+    mean = lambda share: sum(progress.cost[c.strategy].run_s(progress.steps, share, share == 1)  # noqa: E731
+                             for c in alive) / len(alive)
     n, total = len(alive), 0.
     for share in shares[rung + 1:]:
         n = race.kept(n)
-        total += sum(costs(share, share == 1)[:n])
-    return total + (race.SEEDS - 1) * sum(costs(1., True)[:race.MAX_FINALISTS])
+        total += n * mean(share)
+    return total + (race.SEEDS - 1) * min(race.MAX_FINALISTS, len({c.strategy for c in alive})) * mean(1.)
 
 
 def run_race(args, base, level, where, progress, budget_s, valid_field):
@@ -189,8 +193,14 @@ def run_race(args, base, level, where, progress, budget_s, valid_field):
         if not alive:
             return True
     print('finalists: ' + ', '.join(str(c) for c in alive))
-    jobs = [race_job(base[c.strategy], c, 1., budget_s, seed) for c in alive for seed in range(1, race.SEEDS)]
-    progress.begin(f'finals ({len(alive)} x {race.SEEDS} seeds)', jobs)
+    left = budget_s - (time.monotonic() - progress.start)
+    kept = race.affordable(alive, lambda c: progress.scaled(progress.cost[c.strategy].run_s(progress.steps, 1., True)),
+                           left)
+    if len(kept) < len(alive):
+        print(f'not confirmed over seeds: {", ".join(str(c) for c in alive[len(kept):])}: their seeds would not fit in '
+              f'the {clock(left)} left of the budget')
+    jobs = [race_job(base[c.strategy], c, 1., budget_s, seed) for c in kept for seed in range(1, race.SEEDS)]
+    progress.begin(f'finals ({len(kept)} x {race.SEEDS} seeds)', jobs)
     return failed | bool(cli.run(args, jobs, where, after=progress.after).failed)
 
 

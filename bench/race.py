@@ -150,18 +150,29 @@ def levels(base_epochs):
 
 
 def estimate(level, probes, steps_per_epoch):
-    """Seconds the race and the finals take at `level`: rung 0 as planned; later rungs and the finals as if the
-    costliest candidates survive, so that a plan that fits finishes within its budget."""
+    """Seconds the race and the finals take at `level`: rung 0 as planned; each later rung, its count of candidates
+    at the mean cost of a candidate; the finals, MAX_FINALISTS strategies at the mean cost of a strategy (what is
+    expected where a candidate's cost says nothing of its score; the finals shrink where the race ran long:
+    `affordable`)."""
     ok = [p for p in probes if p.error is None]
     steps = level.epochs * steps_per_epoch
     pool = [p for p in ok for c in candidates([p.strategy], level.lr_points)]
-    shares = rungs(level.epochs)
     total = 0.
-    for rung, (share, count) in enumerate(zip(shares, sizes(len(pool), level.epochs))):
-        costs = sorted((p.run_s(steps, share, test=share == 1) for p in pool), reverse=True)
-        total += sum(costs if rung == 0 else costs[:count])
-    finals = sorted((p.run_s(steps, 1.0, test=True) for p in ok), reverse=True)[:min(MAX_FINALISTS, len(ok))]
-    return total + (SEEDS - 1) * sum(finals)
+    for share, count in zip(rungs(level.epochs), sizes(len(pool), level.epochs)):
+        total += count * sum(p.run_s(steps, share, test=share == 1) for p in pool) / len(pool)
+    finals = min(MAX_FINALISTS, len(ok)) * sum(p.run_s(steps, 1.0, test=True) for p in ok) / len(ok)
+    return total + (SEEDS - 1) * finals
+
+
+def affordable(finals, cost_s, left_s):
+    """The finalists whose seeds fit in `left_s` seconds, best first (`cost_s(candidate)`: one seed's run); the best
+    two always: a recommendation needs a comparison."""
+    out = list(finals[:2])
+    for c in finals[2:]:
+        if (SEEDS - 1) * sum(cost_s(f) for f in out + [c]) > left_s:
+            break
+        out.append(c)
+    return out
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,16 @@ def test_the_plan_is_the_richest_level_that_fits_and_a_small_budget_is_told_the_
     assert race.estimate(race.Level(3, 2), probes(error='too big'), 25) < costly
 
 
+def test_the_finals_keep_the_finalists_whose_seeds_fit_the_budget_left_the_best_two_always():
+    c = race.Candidate
+    finals = [c('lora', -7), c('bitfit', -7), c('full', -7), c('partial', -7)]
+    cost = {'lora': 10, 'bitfit': 5, 'full': 20, 'partial': 1}
+    seeds = race.SEEDS - 1
+    assert race.affordable(finals, lambda f: cost[f.strategy], left_s=1e9) == finals
+    assert race.affordable(finals, lambda f: cost[f.strategy], left_s=seeds * 35) == finals[:3]
+    assert race.affordable(finals, lambda f: cost[f.strategy], left_s=0) == finals[:2]
+
+
 # ---- the race replayed on an exhaustive sweep -----------------------------------------------------------------
 
 def grid_record(strategy, lr, curve, test, seed=0, role='grid'):
