@@ -220,6 +220,11 @@ def context_lines(adv, blocks):
     where = '' if (block.device, block.profile) == (adv.device, adv.profile) else f' ({block.device}, profile {block.profile})'
     line = (f'- On W7\'s {len(block.names)} datasets{where}, {adv.backbone}\'s best strategy was: {bests}; W7 '
             f'recommends {overall.pick} across them.')
+    mine = [d for d in block.names if block.per_dataset[d][0].dataset == adv.dataset]
+    if mine:
+        table = block.per_dataset[mine[0]][0]
+        line += (f' W7 ran this dataset too ({table.rows[0].records[0]["config"]["epochs"]} epochs, every strategy at '
+                 f'its tuned LR, 3 seeds): its best there was {table.best.records[0]["strategy"]}.')
     if here in mr:
         order = sorted(block.strategies, key=lambda s: (mr[s], s))
         line += (f' This data\'s best, {here}, has mean rank {mr[here]:.2f} there ({order.index(here) + 1} of '

@@ -111,7 +111,7 @@ def plan_lines(plan, probes, base, budget_s, spent_s, steps_per_epoch):
         lines.append(f'plan: {len(ok)} strategies, {level.words(base.epochs)} ({level.epochs * steps_per_epoch} steps '
                      f'of {base.bs}); {" → ".join(map(str, race.sizes(n, level.epochs)))} candidates at '
                      f'{", ".join(f"{s:g}" for s in shares)} of a run, then up to {race.MAX_FINALISTS} finalists x '
-                     f'{race.SEEDS} seeds on test; about {clock(plan.seconds)} if the costliest candidates survive, '
+                     f'{race.SEEDS} seeds on test; about {clock(plan.seconds)} (at the mean cost of a candidate), '
                      f'{clock(budget_s - spent_s)} of the budget left')
         richer = [lv for lv in race.levels(base.epochs) if (lv.lr_points, lv.epochs) > (level.lr_points, level.epochs)]
         if richer:
