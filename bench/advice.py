@@ -13,6 +13,9 @@ from bench import across, race, stats, tune
 from bench.datasets import DATASETS
 
 
+SMALL_VALID = 100  # validation images below which the answer says its race's cuts are a few images apart
+
+
 @dataclass
 class Advice:
     """One race: a dataset, backbone, machine, profile and run length."""
@@ -150,6 +153,9 @@ def answer(adv):
     if rec.out_loss:
         out.append('- Practically worse than the best over seeds: ' + ', '.join(
             f'{s} ({next(iter(lost.values())):+.1f} pp)' for s, lost in sorted(rec.out_loss.items())) + '.')
+    if adv.n_valid and adv.n_valid < SMALL_VALID:
+        out.append(f'- The validation split has {adv.n_valid} images: one image is {100 / adv.n_valid:.1f} pp, so the '
+                   f'race\'s cuts rest on differences of an image or two; the seeds on test are the evidence here.')
     unconfirmed = [str(c) for c in adv.finalists if c.strategy not in rows]
     if unconfirmed:
         out.append(f'- A finalist not confirmed over seeds (the budget ran out first): {", ".join(unconfirmed)}.')

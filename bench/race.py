@@ -270,7 +270,7 @@ def replay_table(replays):
              ('' if r.exact else ' (approximate: scores at earlier points)'),
              f'{r.seconds / 60:.1f} ({r.exhaustive_s / 60:.1f})'] for r in replays]
     return tabulate(rows, headers=['dataset', 'backbone', 'exhaustive best', 'tied with it', 'race finalists',
-                                   'winner kept', 'candidates per rung', 'race min (of the sweep\'s)'],
+                                   'winner kept', 'candidates per rung', 'race and finals, min (the sweep\'s)'],
                     tablefmt='github', disable_numparse=True)
 
 
