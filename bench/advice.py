@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from bench import across, race, stats, tune
+from bench import across, race, record, stats, tune
 from bench.datasets import DATASETS
+from bench.strategies import HYPERPARAMETERS
 
 
 SMALL_VALID = 100  # validation images below which the answer says its race's cuts are a few images apart
@@ -53,10 +54,15 @@ def share_of(rec):
     return rec['config'].get('stop_at', 1.0)
 
 
+# what differs within one race: the candidate, its seed and share, and what its strategy decides (its
+# hyperparameters, and whether it trains on cached features)
+RACED = ('strategy', 'lr', 'head_lr', 'seed', 'stop_at', 'cache_features', *HYPERPARAMETERS)
+
+
 def race_key(rec):
-    cfg = rec['config']
-    return json.dumps([stats.dataset_name(rec), rec['backbone'], *stats.hardware_key(rec), cfg['epochs'],
-                       cfg.get('size'), cfg.get('pool')], default=str)
+    """What makes runs one race: their identity but what the race varies, on one hardware."""
+    cfg = {k: v for k, v in record.identity(rec['config']).items() if k not in RACED}
+    return json.dumps([cfg, rec.get('device')], sort_keys=True, default=str)
 
 
 def advices(records):
