@@ -3,13 +3,12 @@ the recommendation, and what W7's datasets say about the same backbone. The lead
 end of `bench/advise.py` print the same words. Imports no torch.
 """
 import json
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from bench import across, race, record, stats, tune
+from bench import across, race, record, stats, tables, tune
 from bench.datasets import DATASETS
 from bench.strategies import HYPERPARAMETERS
 
@@ -183,7 +182,7 @@ def race_table(adv):
                 f'{c.strategy} went on at a better LR' if c.strategy in {f.strategy for f in adv.finalists} else
                 'at the end, not within one standard error of the leader' if c in last else
                 f'dropped after {reached[-1]:g} of a run')
-        rows.append([c.strategy, f'{tune.grid_of(c.strategy).field} {c.lr:g}'] +
+        rows.append([c.strategy, c.setting] +
                     [f'{100 * adv.scores[s][c]:.1f}' if adv.scores[s].get(c) is not None else
                      ('failed' if c in adv.scores[s] else '') for s in shares] + [fate])
     short = across.METRIC_SHORT[adv.table.metric]
@@ -192,25 +191,9 @@ def race_table(adv):
 
 
 def contenders_table(adv):
-    best = adv.table.best
-    metric = adv.table.metric
-    rows = []
-    for row in adv.table.rows:
-        verdict, _ = stats.verdict(row, best, metric)
-        diff, _ = stats.paired_difference(row, best, metric) if row is not best else (None, 0)
-        ratio = stats.paired_ratio(row, best) if row is not best else None
-        first = row.records[0]
-        values = [100 * v for v in row.by_seed(metric).values()]
-        rows.append([first['strategy'], lr_words(row).replace('LR ', ''),
-                     f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}' if len(values) > 1
-                     else f'{values[0]:.1f}', row.n,
-                     f'{diff.mean:+.1f} ({diff.lo:+.1f} to {diff.hi:+.1f})' if diff else '-', verdict,
-                     f'{ratio.mean:.2f}' if ratio else '-', f'{row.mean("train_seconds"):.0f}',
-                     f'{row.mean("peak_memory_mb"):,.0f}',
-                     f'{100 * first["params_trainable"] / first["params_total"]:.2f}'])
-    return tabulate(rows, headers=['strategy', 'LR', f'test {across.METRIC_SHORT[metric]} ± std', 'n',
-                                   'Δ vs best, pp (95% CI)', 'verdict', 'time × best', 'train s', 'peak MB',
-                                   'trainable %'], tablefmt='github', disable_numparse=True)
+    """The finalists: the leaderboard's decision columns, and their training seconds."""
+    cells = [tables.table_row(row, adv.table.best, adv.table.metric) for row in adv.table.rows]
+    return tables.columns_table(cells, adv.table.metric, tables.DECISION + [('train_s', 'train s')])
 
 
 def context_lines(adv, blocks):
@@ -232,9 +215,9 @@ def context_lines(adv, blocks):
     where = '' if (block.device, block.profile) == (adv.device, adv.profile) else f' ({block.device}, profile {block.profile})'
     line = (f'- On W7\'s {len(block.names)} datasets{where}, {adv.backbone}\'s best strategy was: {bests}; W7 '
             f'recommends {overall.pick} across them.')
-    mine = [d for d in block.names if block.per_dataset[d][0].dataset == adv.dataset]
-    if mine:
-        table = block.per_dataset[mine[0]][0]
+    here_too = [d for d in block.names if block.per_dataset[d][0].dataset == adv.dataset]
+    if here_too:
+        table = block.per_dataset[here_too[0]][0]
         line += (f' W7 ran this dataset too ({table.rows[0].records[0]["config"]["epochs"]} epochs, every strategy at '
                  f'its tuned LR, 3 seeds): its best there was {table.best.records[0]["strategy"]}.')
     if here in mr:

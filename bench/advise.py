@@ -53,7 +53,7 @@ def parser():
 
 def parse(argv=None):
     args = parser().parse_args(argv)
-    args.preset, args.seed, args.seeds, args.force, args.dry_run = 'advise', 0, 1, False, False
+    args.force = False  # a race reruns nothing it has recorded (cli.run)
     return args
 
 
@@ -91,7 +91,7 @@ def probe(cfgs, where, steps_per_epoch, n_valid, n_test):
         if res is None:
             out.append(race.Probe(job.cfg.strategy, 0, 0, 0, 0, 0, result['error']))
             continue
-        steps = max(1, math.floor(job.cfg.stop_at * total))
+        steps = round(res['epochs'][-1]['epoch'] * steps_per_epoch)  # where RunLog stopped it
         trained = sum(e['train_seconds'] for e in res['epochs'])
         valid_s = res['eval_seconds']
         out.append(race.Probe(job.cfg.strategy, max(0., res['wall_seconds'] - trained - valid_s), trained / steps,
@@ -163,14 +163,11 @@ class Progress:
 
 
 def later_s(progress, alive, shares, rung):
-    """The plan's estimate of the rungs after `rung` and the finals (race.estimate's, over the candidates alive)."""
-    mean = lambda share: sum(progress.cost[c.strategy].run_s(progress.steps, share, share == 1)  # noqa: E731
-                             for c in alive) / len(alive)
-    n, total = len(alive), 0.
-    for share in shares[rung + 1:]:
-        n = race.kept(n)
-        total += n * mean(share)
-    return total + (race.SEEDS - 1) * min(race.MAX_FINALISTS, len({c.strategy for c in alive})) * mean(1.)
+    """The plan's estimate (race.expected_s) of the rungs after `rung` and the finals, over the candidates alive."""
+    mean_s = lambda share: sum(progress.cost[c.strategy].run_s(progress.steps, share, share == 1)  # noqa: E731
+                               for c in alive) / len(alive)
+    later = shares[rung + 1:]
+    return race.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:], len({c.strategy for c in alive}))
 
 
 def run_race(args, base, level, where, progress, budget_s, valid_field):

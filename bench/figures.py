@@ -219,11 +219,10 @@ def critical_difference(block, path):
     means = block.means()
     ranks = across.mean_ranks(means, block.strategies)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(ranks) + 1.2))
-    sp.critical_difference_diagram(ranks, across.nemenyi(means, block.strategies), ax=ax, alpha=across.ALPHA)
+    drawn = sp.critical_difference_diagram(ranks, across.nemenyi(means, block.strategies), ax=ax,
+                                           alpha=across.ALPHA)
+    for line in [line for bar in drawn['crossbars'] for line in bar]:
+        line.set_data(*zip(*sorted(zip(*line.get_data()))))  # a bar's points come in a set's (per-process) order
     ax.set_title(f'{block.backbone}: mean rank over {len(means)} datasets (1 = best), {block.device}, '
                  f'profile {block.profile}', fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={'Software': None})
-    plt.close(fig)
-    return path
+    return _save(fig, path)

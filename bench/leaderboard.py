@@ -20,7 +20,7 @@ from tabulate import tabulate
 from bench import across, advice, record, stats
 from bench.tables import error_table, markdown_table, mean_std, provenance, split_words, table_row, verdict_lines
 from bench.config import FIELDS
-from bench.experiments import EXPERIMENTS
+from bench.experiments import ADVISE, EXPERIMENTS
 from bench.datasets import DATASETS
 
 GUIDE = f"""How to read this: each section is one experiment, with one table per hardware and profile: runs from
@@ -58,8 +58,6 @@ statistics while training (a layer whose weight is frozen keeps them). `cpu`-pro
 their ranking holds at twice the budget (see the README); they are not the accuracy the seed's full settings
 reach. Peak memory on CPU is the process's peak resident set during the run (reset at its start; it includes the
 decoded images the process holds); on CUDA it is the run's peak allocated memory after warm-up."""
-
-ADVICE = 'advise'  # the advisor's records: a section of their own (bench/advice.py)
 
 def heading(table):
     lrs = 'each strategy at its tuned LR' if table.tuned else 'fixed LRs'
@@ -154,7 +152,7 @@ def render(records, figures=None):
         out += [f'## {declared.title if declared else exp}', '']
         if declared and declared.question:
             out += [declared.question, '']
-        if exp == ADVICE:
+        if exp == ADVISE.name:
             advs = advice.advices(ok)
             out += advice.section(advs, cross_blocks(records, 'w7'), [figures.get(advice_slug(a), []) for a in advs])
             ok = []
@@ -198,12 +196,12 @@ def render_file(results, out=None):
     records = record.read(results)
     links = {}
     ok = stats.latest_per_run(records)[0]
-    for adv in advice.advices([r for r in ok if r['experiment'] == ADVICE]):
+    for adv in advice.advices([r for r in ok if r['experiment'] == ADVISE.name]):
         made = figures.pareto(adv.table.rows, out.parent / 'figures' / f'{advice_slug(adv)}-pareto.png',
                               f'Advice: {adv.name}') if len(adv.table.rows) > 1 else None
         links[advice_slug(adv)] = [('The finalists: accuracy against training time, ±1 std over seeds, Pareto front '
                                     'in red', made.relative_to(out.parent).as_posix())] if made else []
-    for table in stats.tables([r for r in ok if r['experiment'] != ADVICE]):
+    for table in stats.tables([r for r in ok if r['experiment'] != ADVISE.name]):
         declared = EXPERIMENTS.get(table.experiment)
         title = (f'{declared.title if declared else table.experiment}\n'
                  f'{table.dataset + ", " if table.dataset else ""}{table.device}, profile {table.profile}')

@@ -48,8 +48,13 @@ class Candidate:
     def lr(self):
         return tune.lr_at(self.exponent)
 
+    @property
+    def setting(self):
+        """The tuned setting and its value: 'lr 0.00032', 'head_lr 0.01'."""
+        return f'{tune.grid_of(self.strategy).field} {self.lr:g}'
+
     def __str__(self):
-        return f'{self.strategy} at {tune.grid_of(self.strategy).field} {self.lr:g}'
+        return f'{self.strategy} at {self.setting}'
 
 
 def candidates(strategies, lr_points):
@@ -73,12 +78,17 @@ def rungs(epochs):
     return tuple(share for share in RUNGS if share * epochs >= 1 or share == 1)
 
 
-def sizes(n, epochs):
-    """Candidates at each rung."""
+def halved(n, times):
+    """`n` candidates, then those kept after each of `times` rungs."""
     out = [n]
-    for _ in rungs(epochs)[1:]:
+    for _ in range(times):
         out.append(kept(out[-1]))
     return out
+
+
+def sizes(n, epochs):
+    """Candidates at each rung."""
+    return halved(n, len(rungs(epochs)) - 1)
 
 
 def ranked(scores):
@@ -150,18 +160,20 @@ def levels(base_epochs):
 
 
 def estimate(level, probes, steps_per_epoch):
-    """Seconds the race and the finals take at `level`: rung 0 as planned; each later rung, its count of candidates
-    at the mean cost of a candidate; the finals, MAX_FINALISTS strategies at the mean cost of a strategy (what is
-    expected where a candidate's cost says nothing of its score; the finals shrink where the race ran long:
-    `affordable`)."""
+    """Seconds the race and the finals take at `level` (`expected_s`, at the mean cost of its candidates)."""
     ok = [p for p in probes if p.error is None]
     steps = level.epochs * steps_per_epoch
-    pool = [p for p in ok for c in candidates([p.strategy], level.lr_points)]
-    total = 0.
-    for share, count in zip(rungs(level.epochs), sizes(len(pool), level.epochs)):
-        total += count * sum(p.run_s(steps, share, test=share == 1) for p in pool) / len(pool)
-    finals = min(MAX_FINALISTS, len(ok)) * sum(p.run_s(steps, 1.0, test=True) for p in ok) / len(ok)
-    return total + (SEEDS - 1) * finals
+    pool = [p for p in ok for _ in candidates([p.strategy], level.lr_points)]
+    mean_s = lambda share: sum(p.run_s(steps, share, test=share == 1) for p in pool) / len(pool)  # noqa: E731
+    return expected_s(mean_s, rungs(level.epochs), sizes(len(pool), level.epochs), len(ok))
+
+
+def expected_s(mean_s, shares, counts, strategies):
+    """Seconds of rungs at `shares` running `counts` candidates, then of the finals (MAX_FINALISTS of `strategies` at
+    most, SEEDS - 1 more seeds each), every run at `mean_s(share)`, a candidate's mean cost: what is expected where a
+    candidate's cost says nothing of its score (the finals shrink where the race ran long: `affordable`)."""
+    race_s = sum(n * mean_s(share) for share, n in zip(shares, counts))
+    return race_s + (SEEDS - 1) * min(MAX_FINALISTS, strategies) * mean_s(1.)
 
 
 def affordable(finals, cost_s, left_s):

@@ -107,22 +107,26 @@ def table_row(row, best, metric='test_acc'):
         settings=', '.join(x for x in (settings(first), stolen(recs)) if x))
 
 
-def markdown_table(rows, metric='test_acc'):
-    """The decision's columns, led by the dataset's declared metric in bold; the rest in a folded block below."""
+def columns_table(rows, metric, columns):
+    """`rows` (table_row's cells) in `columns`, the headers named for the dataset's declared metric; a column no row
+    has a value in (variant, optimizer state, tune s) left out."""
     named = {'label': 'strategy' if all(r['label'] == r['strategy'] for r in rows) else 'configuration',
              'metric': f'**{METRIC_HEADERS[metric]}**',
              'valid': METRIC_HEADERS[metric].replace('test', 'valid'),
              'other': METRIC_HEADERS['test_class_acc' if metric == 'test_acc' else 'test_acc']}
     shown = {'variant': any(r['variant'] for r in rows), 'opt_mb': any(r['opt_mb'] != '-' for r in rows),
              'tune_s': any(r['tune_s'] != '-' for r in rows)}
+    columns = [(k, named.get(k, h)) for k, h in columns if shown.get(k, True)]
+    return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt='github',
+                    disable_numparse=True)
 
-    def table(columns):
-        columns = [(k, named.get(k, h)) for k, h in columns if shown.get(k, True)]
-        return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns],
-                        tablefmt='github', disable_numparse=True)
-    return '\n'.join([table(DECISION), '', '<details><summary>More columns: backbone, weights, size, epochs, '
-                      'parameters, times, throughput, optimizer state, validation, the other metric, test loss, '
-                      'trend, settings</summary>', '', table(DETAILS), '', '</details>'])
+
+def markdown_table(rows, metric='test_acc'):
+    """The decision's columns, led by the dataset's declared metric in bold; the rest in a folded block below."""
+    return '\n'.join([columns_table(rows, metric, DECISION), '', '<details><summary>More columns: backbone, weights, '
+                      'size, epochs, parameters, times, throughput, optimizer state, validation, the other metric, '
+                      'test loss, trend, settings</summary>', '', columns_table(rows, metric, DETAILS), '',
+                      '</details>'])
 
 
 def verdict_lines(table):
