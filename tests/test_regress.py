@@ -15,51 +15,74 @@ import os
 
 
 def test_work(calibrated):
-    n = 200_000 * (3 if os.environ.get('SLOW') else 1)   # SLOW: three times the work, a deliberate regression
+    n = int(200_000 * float(os.environ.get('SLOW') or 1))   # SLOW: that many times the work, a deliberate regression
     calibrated(lambda: sum(i * i for i in range(n)))
 '''
 
 
-def benchmark_run(folder, slow=False):
+def benchmark_run(folder, slow=''):
     """One real pytest-benchmark run of a tiny suite, saved under folder/.benchmarks as make bench-regress does.
     One thread, so that the calibration and the benchmark share the CPU alike with whatever else runs beside the
     test (torch's spinning thread pool would not)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}  # not an xdist worker's settings
-    env.update(SLOW='1' if slow else '', OMP_NUM_THREADS='1')
+    env.update(SLOW=slow, OMP_NUM_THREADS='1')
     done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'test_work.py',
                            '--benchmark-only', '--benchmark-autosave', '--benchmark-storage', str(folder / '.benchmarks')],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def verdict(folder, capsys, threshold):
-    code = regress.main(['--storage', str(folder / '.benchmarks'), '--threshold', str(threshold)])
+def verdict(folder, capsys):
+    code = regress.main(['--storage', str(folder / '.benchmarks'), '--tests', str(folder / 'test_work.py')])
     return code, capsys.readouterr().out.strip()
 
 
 @pytest.mark.slow
-def test_a_deliberately_slowed_benchmark_is_caught_in_one_line(tmp_path, capsys):
+def test_a_slowed_benchmark_is_caught_in_both_passes_and_a_passing_slowdown_is_cleared(tmp_path, capsys, monkeypatch):
     (tmp_path / 'test_work.py').write_text(WORK)
     (tmp_path / 'conftest.py').write_text((REPO / 'tests' / 'benchmarks' / 'conftest.py').read_text())
+    monkeypatch.delenv('PYTEST_XDIST_WORKER', raising=False)
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
     benchmark_run(tmp_path)
-    assert verdict(tmp_path, capsys, 25) == (0, f'speed: first saved run ({regress.saved_runs(tmp_path / ".benchmarks")[0].name}); '
-                                                 f'the next `make bench-regress` compares against it')
+    assert verdict(tmp_path, capsys) == (0, f'speed: first saved run ({regress.saved_runs(tmp_path / ".benchmarks")[0].name}); '
+                                            f'the next `make bench-regress` compares against it')
     benchmark_run(tmp_path)
-    code, line = verdict(tmp_path, capsys, 50)
-    assert code == 0 and line.startswith('speed: no regression: 1 benchmarks within 50%')
-    benchmark_run(tmp_path, slow=True)
-    code, line = verdict(tmp_path, capsys, 50)
+    code, line = verdict(tmp_path, capsys)
+    assert code == 0 and line.startswith('speed: no regression: 1 benchmarks within their thresholds')
+    benchmark_run(tmp_path, slow='3')
+    code, line = verdict(tmp_path, capsys)  # the confirmation pass runs the benchmark as it now is: fast again
+    assert code == 0 and line.endswith('1 looked slower and, timed again, were not'), line
+    benchmark_run(tmp_path, slow='3')
+    monkeypatch.setenv('SLOW', '3')  # the code itself is slower: the confirmation pass is slow too
+    code, line = verdict(tmp_path, capsys)
     assert code == 1 and len(line.splitlines()) == 1
-    assert line.startswith('speed: 1 of 1 benchmarks regressed beyond 50%: test_work +')
+    assert line.startswith('speed: 1 of 1 benchmarks regressed in both passes: test_work +'), line
     saved = json.loads(regress.saved_runs(tmp_path / '.benchmarks')[-1].read_text())
-    assert len(saved['benchmarks'][0]['extra_info']['calibration_s']) == saved['benchmarks'][0]['stats']['rounds']
+    info = saved['benchmarks'][0]['extra_info']
+    assert len(info['calibration_s']) == len(info['round_s']) == saved['benchmarks'][0]['stats']['rounds']
+
+
+def test_each_benchmark_has_its_own_threshold_from_its_noise():
+    def run(value, rounds=None, name='t::x'):
+        rounds = rounds or [value] * 10
+        return dict(machine_info={'cpu': {'brand_raw': 'A'}}, benchmarks=[
+            dict(fullname=name, stats={'min': min(rounds)}, extra_info={'calibration_s': [1.0] * len(rounds),
+                                                                         'round_s': rounds})])
+    steady = [run(1.0), run(1.02), run(0.98), run(1.01)]
+    assert regress.thresholds(steady, run(1.0), 0.1) == {'t::x': 0.1}  # noise of 1%: the floor
+    noisy = [run(1.0), run(1.3), run(0.8), run(1.1)]
+    assert regress.thresholds(noisy, run(1.0), 0.1)['t::x'] == pytest.approx(3 * 0.15 / 1.05)  # MAD 0.15
+    assert regress.compare(noisy + [run(1.3)], 0.1)[0] == 0       # +24%: within a noisy benchmark's spread
+    assert regress.compare(steady + [run(1.3)], 0.1)[0] == 1      # +30% on a steady one: a regression
+    young = [run(1.0), run(1.2, rounds=[1.2, 1.5, 1.8, 2.0, 2.4, 2.4, 2.4, 2.4])]  # few runs: the rounds' spread
+    assert regress.thresholds(young[:1], young[1], 0.1)['t::x'] == pytest.approx(3 * (1.65 / 1.2 - 1))
 
 
 def test_runs_on_another_cpu_are_not_compared():
     run = dict(machine_info={'cpu': {'brand_raw': 'A'}}, benchmarks=[
         dict(fullname='t::x', stats={'min': 1.0}, extra_info={'calibration_s': [1.0]})])
     other = dict(run, machine_info={'cpu': {'brand_raw': 'B'}})
-    code, line = regress.compare(run, other, 25)
+    code, line = regress.compare([run, other], 0.25)
     assert code == 0 and 'another CPU' in line
 
 
@@ -67,8 +90,8 @@ def test_normalized_times_cancel_a_slower_machine():
     def run(seconds, calibration):
         return dict(machine_info={'cpu': {'brand_raw': 'A'}}, benchmarks=[
             dict(fullname='t::x', stats={'min': seconds}, extra_info={'calibration_s': [calibration, 2 * calibration]})])
-    assert regress.compare(run(1.0, 0.1), run(1.6, 0.16), 25)[0] == 0    # everything 60% slower: the machine
-    assert regress.compare(run(1.0, 0.1), run(1.6, 0.10), 25)[0] == 1    # only the benchmark: the code
+    assert regress.compare([run(1.0, 0.1), run(1.6, 0.16)], 0.25)[0] == 0    # everything 60% slower: the machine
+    assert regress.compare([run(1.0, 0.1), run(1.6, 0.10)], 0.25)[0] == 1    # only the benchmark: the code
 
 
 def test_a_corrupt_saved_run_is_one_sentence(tmp_path, capsys):

@@ -25,16 +25,24 @@ def calibration_seconds(repeats=3):
 
 
 class Calibrated:
-    """pytest-benchmark's `benchmark`, timing `rounds` rounds of `target`, each right after a calibration."""
+    """pytest-benchmark's `benchmark`, timing `rounds` rounds of `target`, each right after a calibration; each
+    round's own time is kept beside its calibration's (bench/regress.py reads a benchmark's noise from them)."""
     def __init__(self, benchmark):
         self.benchmark = benchmark
         self.calibrations = benchmark.extra_info.setdefault('calibration_s', [])
+        self.rounds = benchmark.extra_info.setdefault('round_s', [])
 
     def __call__(self, target, args=(), rounds=10):
         def setup():
             self.calibrations.append(calibration_seconds())
             return args, {}
-        return self.benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1)
+
+        def timed(*args):
+            t = time.perf_counter()
+            out = target(*args)
+            self.rounds.append(time.perf_counter() - t)
+            return out
+        return self.benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1)
 
 
 @pytest.fixture
