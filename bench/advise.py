@@ -121,9 +121,12 @@ def plan_lines(plan, probes, base, budget_s, spent_s, steps_per_epoch):
 
 # ---- the race ---------------------------------------------------------------------------------------------
 
-def race_job(cfg, cand, share, budget_s, seed=0):
-    return Job(replace(tune.at(cfg, cand.exponent), stop_at=share, seed=seed), test=share == 1,
-               extra={'advise': dict(budget_s=round(budget_s))}, identity=race.IDENTITY)
+def race_job(cfg, cand, share, budget_s, seed=0, **job):
+    """A race run: a rung's (scored on validation; the last rung's keep their weights, for a finalist's test), or a
+    finalist's seed (tested)."""
+    return Job(replace(tune.at(cfg, cand.exponent), stop_at=share, seed=seed), test=seed > 0,
+               keep=share == 1 and seed == 0, extra={'advise': dict(budget_s=round(budget_s))}, identity=race.IDENTITY,
+               **job)
 
 
 class Progress:
@@ -136,7 +139,8 @@ class Progress:
         self.done_est, self.todo_est, self.stage = 0., 0., ''
 
     def estimate(self, job):
-        return self.cost[job.cfg.strategy].run_s(self.steps, job.cfg.stop_at, job.test)
+        probe = self.cost[job.cfg.strategy]
+        return probe.retest_s() if job.test_only else probe.run_s(self.steps, job.cfg.stop_at, job.test)
 
     def begin(self, stage, jobs, later_s=0.):
         self.stage, self.stage_n, self.stage_done = stage, len(jobs), 0
@@ -164,10 +168,12 @@ class Progress:
 
 def later_s(progress, alive, shares, rung):
     """The plan's estimate (race.expected_s) of the rungs after `rung` and the finals, over the candidates alive."""
-    mean_s = lambda share: sum(progress.cost[c.strategy].run_s(progress.steps, share, share == 1)  # noqa: E731
+    mean_s = lambda share: sum(progress.cost[c.strategy].run_s(progress.steps, share)  # noqa: E731
                                for c in alive) / len(alive)
     later = shares[rung + 1:]
-    return race.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:], len({c.strategy for c in alive}))
+    final_s = sum(progress.cost[c.strategy].final_s(progress.steps) for c in alive) / len(alive)
+    return race.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:], len({c.strategy for c in alive}),
+                           final_s)
 
 
 def run_race(args, base, level, where, progress, budget_s, valid_field):
@@ -191,14 +197,19 @@ def run_race(args, base, level, where, progress, budget_s, valid_field):
             return True
     print('finalists: ' + ', '.join(str(c) for c in alive))
     left = budget_s - (time.monotonic() - progress.start)
-    kept = race.affordable(alive, lambda c: progress.scaled(progress.cost[c.strategy].run_s(progress.steps, 1., True)),
-                           left)
+    kept = race.affordable(alive, lambda c: progress.scaled(progress.cost[c.strategy].final_s(progress.steps)), left)
     if len(kept) < len(alive):
         print(f'not confirmed over seeds: {", ".join(str(c) for c in alive[len(kept):])}: their seeds would not fit in '
               f'the {clock(left)} left of the budget')
-    jobs = [race_job(base[c.strategy], c, 1., budget_s, seed) for c in kept for seed in range(1, race.SEEDS)]
+    last = [race_job(base[c.strategy], c, 1., budget_s) for c in race.candidates(list(base), 3)]
+    cli.forget({job.key(where.hardware.name) for job in last} - {race_job(base[c.strategy], c, 1., budget_s)
+                                                                 .key(where.hardware.name) for c in kept})
+    jobs = [race_job(base[c.strategy], c, 1., budget_s, seed, test_only=seed == 0) for c in kept
+            for seed in range(race.SEEDS)]
     progress.begin(f'finals ({len(kept)} x {race.SEEDS} seeds)', jobs)
-    return failed | bool(cli.run(args, jobs, where, after=progress.after).failed)
+    outcome = cli.run(args, jobs, where, after=progress.after)
+    cli.forget({job.key(where.hardware.name) for job in last})
+    return failed | bool(outcome.failed)
 
 
 def w7_blocks(results):

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 import backbones
-from bench import data, tune
+from bench import data, record, tune
 from bench.config import UsageError, flag_overrides, print_config, validate_numbers
 from bench.experiments import CUSTOM, EXPERIMENTS
 from bench.datasets import METRICS, declared
@@ -63,6 +63,16 @@ def runs(exp, args, target, rows=({},), seeds=True):
     preset = exp.name if exp is not CUSTOM else None
     cfgs = [resolve(preset, args.profile, target, **{**row, **flags}) for row in rows]
     return with_seeds(cfgs, args.seed, args.seeds) if seeds else cfgs
+
+
+def regimes_of(exp, text):
+    """The experiment's regimes `--regime` names (all it declares where not given): {name: settings}."""
+    wanted = [x.strip() for x in text.split(',') if x.strip()] if text else list(exp.regimes)
+    for name in wanted:
+        if name not in exp.regimes:
+            raise UsageError(f'unknown regime {name!r}' + (f'; {exp.name} declares {", ".join(exp.regimes)}'
+                                                           if exp.regimes else f'; {exp.name} declares none'))
+    return {name: exp.regimes[name] for name in wanted}
 
 
 def experiment_of(args):
@@ -157,39 +167,52 @@ def execute(args, configs):
     return 1 if failed else 0
 
 
-def tuned_job(cfg, role, chosen=None):
-    return Job(cfg, extra=tune.bookkeeping(cfg, role, chosen), identity=tune.IDENTITY)
+def tuned_job(cfg, role, chosen=None, **job):
+    return Job(cfg, extra=tune.bookkeeping(cfg, role, chosen), identity=tune.IDENTITY, **job)
 
 
 def run_tuned(args, cfgs, where):
     """Each strategy's grid at the first seed, scored on validation, extended past an edge where the best is there;
-    then every seed at the chosen LR (the grid's run is the first seed's). Strategies that train nothing run as
-    they are. Every run is a record; a rerun resumes. Whether any run failed."""
+    then every seed at the chosen LR (the grid's run is the first seed's: its test is scored from the weights it
+    kept). A strategy's seeds start with the next round of grid points once its choice is made, so that runs side by
+    side have work. Strategies that train nothing run as they are. Every run is a record; a rerun resumes. Whether
+    any run failed."""
     groups = tune.grid_runs(cfgs)
     scores = {key: {} for key in groups}
     pending = {key: list(tune.grid_of(first.strategy).exponents) for key, (first, _) in groups.items()}
-    chosen, failed, grid_keys = {}, False, set()
-    while any(pending.values()):
-        jobs = [tuned_job(tune.at(groups[key][0], e), 'grid') for key, points in pending.items() for e in points]
-        grid_keys |= {job.key(where.hardware.name) for job in jobs}
+    kept = {key: {} for key in groups}  # group -> {exponent: its grid run's key}
+    jobs = [tuned_job(cfg, 'seed') for cfg in cfgs if tune.grid_of(cfg.strategy) is None]
+    failed = False
+    while jobs or any(pending.values()):
+        jobs += [tuned_job(tune.at(groups[key][0], e), 'grid', test=False, keep=True)
+                 for key, points in pending.items() for e in points]
         outcome = run(args, jobs, where)
         failed |= bool(outcome.failed)
         for rec in outcome.records:
-            exponent, score = tune.point(rec)
-            scores[tune.group_key(rec['config'])][exponent] = score
-        for key, (first, _) in groups.items():
+            if rec.get('tune', {}).get('role') == 'grid':
+                exponent, score = tune.point(rec)
+                scores[tune.group_key(rec['config'])][exponent] = score
+                kept[tune.group_key(rec['config'])][exponent] = rec['key']
+        jobs = []
+        for key, (first, seeds) in groups.items():
+            if not pending[key]:
+                continue  # chosen in an earlier round
             choice = tune.choose(scores[key], tune.grid_of(first.strategy).exponents)
             pending[key] = [choice.next] if choice.next is not None else []
-            chosen[key] = choice
-    jobs = []
-    for key, (first, seeds) in groups.items():
-        choice = chosen[key]
-        print(tune.summary(first, scores[key], choice))
-        jobs += [tuned_job(tune.at(cfg, choice.best), 'seed', choice.best) for cfg in seeds
-                 if choice.best is not None]
-    jobs = [job for job in jobs if job.key(where.hardware.name) not in grid_keys]  # seed 0 is the grid's run
-    jobs += [tuned_job(cfg, 'seed') for cfg in cfgs if tune.grid_of(cfg.strategy) is None]
-    return failed | bool(run(args, jobs, where).failed)
+            if choice.next is None:  # chosen: the seeds, and the test of the grid's run; the other points' weights go
+                print(tune.summary(first, scores[key], choice))
+                forget([k for e, k in kept[key].items() if e != choice.best])
+                jobs += [tuned_job(tune.at(cfg, choice.best), 'grid', test_only=True) if cfg is first else
+                         tuned_job(tune.at(cfg, choice.best), 'seed', choice.best)
+                         for cfg in seeds if choice.best is not None]
+    forget([k for by in kept.values() for k in by.values()])
+    return failed
+
+
+def forget(keys):
+    """Delete the kept weights of these runs: their test is scored, or never will be."""
+    for key in keys:
+        record.checkpoint_path(key).unlink(missing_ok=True)
 
 
 def run(args, jobs, executor, after=None):
@@ -205,7 +228,8 @@ def dry_run(args, cfgs, tuned=False):
     """Each run's phases, from the strategy's own code on a parameter-free model. Needs no data and downloads
     nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed. Tuned: one plan per
     strategy, at its grid's middle point, with its grid, its runs and the head's rule."""
-    from bench.plan import format_plan, plan
+    from bench.plan import format_plan
+    from bench.run import planned
     for spec, group in by_data(cfgs):
         source = data.local_source(spec)
         if source is None:
@@ -223,7 +247,7 @@ def dry_run(args, cfgs, tuned=False):
                      else first for first in group if first.seed == min(c.seed for c in group)]
         for cfg in group:
             print_config(cfg)
-            print(format_plan(cfg, plan(cfg, n_classes)))
+            print(format_plan(cfg, planned(cfg, n_classes)))
             if tuned:
                 print(tune.describe(cfg, seeds.get(tune.group_key(cfg.to_dict()), args.seeds)))
     return 0

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench import record
 from bench.config import UsageError
+from bench.executor import Overlap
 
 START_TIMEOUT_S = float(os.environ.get('FTBENCH_RAY_START_TIMEOUT', 300))  # a worker that cannot start, say so
 PACKAGES = [str(Path(__file__).resolve().parents[1] / name) for name in ('bench', 'backbones')]
@@ -163,14 +164,17 @@ class RayExecutor:
             self.ready()
         for actor in self.actors:
             self.log(f'ray: worker {self.where[actor]}')
-        pending, running, idle = deque(jobs), {}, list(self.actors)
+        pending, running, idle, together = deque(jobs), {}, list(self.actors), Overlap()
         while pending or running:
             while pending and idle:
                 actor, job = idle.pop(), pending.popleft()
-                running[actor.run.remote(job)] = (job, actor, record.now())
+                ref = actor.run.remote(job)
+                running[ref] = (job, actor, record.now())
+                together.start(ref, self.where[actor].split(' ')[0])
                 self.log(f'ray: {job.describe()} -> worker {self.where[actor]}')
             (ref,), _ = ray.wait(list(running), num_returns=1)
             job, actor, started = running.pop(ref)
+            shared = together.finish(ref)
             try:
                 result = ray.get(ref)
                 idle.append(actor)
@@ -183,6 +187,8 @@ class RayExecutor:
                     self.spawn(1)
                     self.ready()
                     idle.append(self.actors[-1])
+            if 'results' in result:
+                result['results']['side_by_side'] = shared
             yield job, result
 
     def close(self):

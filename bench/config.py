@@ -184,13 +184,15 @@ def add_io_flags(p, presets):
 
 def add_cluster_flags(p):
     g = p.add_argument_group('where runs happen')
-    g.add_argument('--cluster', default='local',
-                   help='local: one after another in this process (default) | ray: a private Ray on this machine\'s '
-                        'GPUs or cores | ray:auto: the running Ray cluster ($RAY_ADDRESS) | ray:HOST:PORT')
+    g.add_argument('--cluster', default='auto',
+                   help='auto: pool on a CPU of two cores or more, else local (default) | local: one after another in '
+                        'this process | pool: side by side in worker processes, one per --cpus-per-run cores of this '
+                        'machine | ray: a private Ray on this machine\'s GPUs or cores | ray:auto: the running Ray '
+                        'cluster ($RAY_ADDRESS) | ray:HOST:PORT')
     g.add_argument('--gpus-per-run', type=float,
                    help='GPUs each run gets on a Ray cluster (default: 1 where the cluster has GPUs, else 0)')
     g.add_argument('--cpus-per-run', type=float,
-                   help='CPU cores each run gets on a Ray cluster, and its torch threads (default: 1)')
+                   help='CPU cores each run gets in a pool or on a Ray cluster, and its torch threads (default: 1)')
     return p
 
 

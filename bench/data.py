@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from bench import datasets
 from bench.decode import CACHE_VERSION, DataError, decode
 
-CACHE_ENV = 'FTBENCH_CACHE'
+CACHE_ENV = datasets.CACHE_ENV
 DATA_ENV = datasets.DATA_ENV
 
 
@@ -40,6 +40,7 @@ class Images:
     name: str               # the dataset's name, e.g. cifar10
     fingerprint: str        # sha1 of the decoded content: the same images give the same runs
     decode: dict = None     # how the cache was made: seconds, workers, peak RSS (MB)
+    folder: str = ''        # the cache folder it was read from ('' for images held in memory)
 
     @property
     def key(self):
@@ -107,8 +108,7 @@ def load(spec=None, cache_dir=None, log=print, workers=None):
     map the cache."""
     source, ds = spec if isinstance(spec, tuple) else resolve_source(spec)
     source = Path(source)
-    cache = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'ftbench')
-    folder = cache / f'{ds.name}-{_source_key(source, ds)}'
+    folder = Path(cache_dir or datasets.cache_root()) / f'{ds.name}-{_source_key(source, ds)}'
     if not (folder / 'meta.json').is_file():
         log(f'decoding {source} into {folder} (once), at {f"{ds.stored} px" if ds.stored else "its own size"}')
         meta = decode(source, folder, ds.stored, ds.drop, ds.name, workers=workers, log=log)
@@ -130,7 +130,7 @@ def read_cache(folder):
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f'the data cache {folder} is unreadable ({e}); delete it and rerun') from None
     return Images(**arrays, classes=tuple(meta['classes']), name=meta['name'], fingerprint=meta['fingerprint'],
-                  decode=meta.get('decode'))
+                  decode=meta.get('decode'), folder=str(folder))
 
 
 def _source_key(source, ds):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA_ENV = 'FTBENCH_DATA'
+CACHE_ENV = 'FTBENCH_CACHE'
 METRICS = {'top1': 'top-1 accuracy', 'class_mean': 'mean per-class accuracy'}
 # VTAB's groups: everyday photos as ImageNet has them, and images from instruments (satellite, microscope)
 DOMAINS = {'natural': 'natural (everyday photos)', 'specialized': 'specialized (aerial, medical)'}
@@ -73,6 +74,11 @@ def stem(path):
         if name.endswith(suffix):
             return name[:-len(suffix)]
     return name
+
+
+def cache_root():
+    """The folder decoded images (and runs' kept weights) are cached in: $FTBENCH_CACHE, else ~/.cache/ftbench."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'ftbench')
 
 
 def data_folder():

@@ -7,6 +7,8 @@ and the sweep goes on. Ctrl-C stops the sweep and keeps every record already app
 
 Executors (`make_executor`):
 - `local`: runs here, one after another, in this process; never imports Ray.
+- `pool`: runs side by side in worker processes on this machine's CPU cores (bench/pool.py); `auto`, the default,
+  is `pool` on a CPU of two cores or more and `local` elsewhere.
 - `ray`, `ray:auto`, `ray:HOST:PORT`: Ray actors, one per GPU or per few cores, on a private local cluster or a
   running one (bench/cluster.py).
 """
@@ -25,6 +27,13 @@ class Job:
     test: bool = True                 # evaluate the test set once at the end
     extra: Optional[dict] = None      # stored in the record (search bookkeeping)
     identity: Optional[dict] = None   # beside config and hardware, what makes it a run (default: extra)
+    keep: bool = False                # keep the trained weights, so that the test can be scored later
+    test_only: bool = False           # score the test split of this recorded run from its kept weights (where
+                                      # none are kept, the run is trained again, tested)
+
+    @property
+    def tests(self):
+        return self.test or self.test_only
 
     def key(self, device_name):
         return record.run_key(self.cfg.to_dict(), self.extra if self.identity is None else self.identity,
@@ -46,12 +55,13 @@ class Outcome:
 
 def sweep(jobs, executor, results_path, force=False, log=print, after=None):
     """Run every job not already recorded on the executor's hardware, appending a record as each finishes;
-    `after(job, record)` then, if given (a progress bar)."""
+    `after(job, record)` then, if given (a progress bar). A job that asks for a test is done only where its record
+    has one; a test-only job's record is its run's record with the test scores added."""
     done, outcome, todo = record.done(results_path), Outcome(), []
     code_version = record.git_sha()
     for job in jobs:
         key = job.key(executor.hardware.name)
-        if key in done and not force:
+        if key in done and not force and (record.tested(done[key]) or not job.tests):
             outcome.skipped += 1
             outcome.records.append(done[key])
             log(f'skip (already recorded): {job.describe()}')
@@ -60,9 +70,15 @@ def sweep(jobs, executor, results_path, force=False, log=print, after=None):
     for i, (job, result) in enumerate(executor.run(todo), 1):
         # the key names the hardware the run really landed on (the same as planned, unless a cluster is mixed)
         key = job.key(result['env']['device_name'])
-        rec = record.make(job.cfg, key, result['started_at'], result['env'], code_version, result.get('results'),
-                          result.get('error'), job.extra)
+        res = result.get('results')
+        if job.test_only and key in done and res and set(res) < set(record.RESULT_FIELDS):
+            rec = record.with_test(done[key], res)
+        else:
+            rec = record.make(job.cfg, key, result['started_at'], result['env'], code_version, res,
+                              result.get('error'), job.extra)
         record.append(results_path, rec)
+        if job.test_only and not rec['error']:
+            record.checkpoint_path(key).unlink(missing_ok=True)
         outcome.ran += 1
         outcome.records.append(rec)
         if rec['error']:
@@ -73,6 +89,21 @@ def sweep(jobs, executor, results_path, force=False, log=print, after=None):
         if after is not None:
             after(job, rec)
     return outcome
+
+
+class Overlap:
+    """How many runs shared a machine with each: the most running at once on its node at any moment of its run."""
+    def __init__(self):
+        self.running = {}  # token -> [its node, the most runs seen at once there while it ran]
+
+    def start(self, token, node=''):
+        self.running[token] = [node, 0]
+        there = [t for t, (n, _) in self.running.items() if n == node]
+        for t in there:
+            self.running[t][1] = max(self.running[t][1], len(there))
+
+    def finish(self, token):
+        return self.running.pop(token)[1]
 
 
 def summary(rec):
@@ -100,19 +131,39 @@ class LocalExecutor:
         from bench import runner
         for i, job in enumerate(jobs, 1):
             self.log(f'run {i}/{len(jobs)}: {job.describe()}')
-            yield job, runner.work(job, self.images, bar=self.bar, log=self.log)
+            result = runner.work(job, self.images, bar=self.bar, log=self.log)
+            if 'results' in result:
+                result['results']['side_by_side'] = 1
+            yield job, result
 
     def close(self):
         pass
 
 
 def make_executor(spec, gpus_per_run=None, cpus_per_run=None):
-    """The executor `--cluster` names: local, ray (a private local cluster), ray:auto or ray:HOST:PORT."""
-    if spec in (None, 'local'):
+    """The executor `--cluster` names: auto (pool on a CPU with two cores or more, else local), local, pool (runs side
+    by side on this machine's cores), ray (a private local cluster), ray:auto or ray:HOST:PORT."""
+    if spec in (None, 'auto'):
+        spec = auto_cluster()
+    if spec == 'local':
         if gpus_per_run is not None or cpus_per_run is not None:
-            raise UsageError('--gpus-per-run and --cpus-per-run apply to --cluster ray only')
+            raise UsageError('--gpus-per-run and --cpus-per-run apply to --cluster pool or ray only')
         return LocalExecutor()
+    if spec == 'pool':
+        if gpus_per_run is not None:
+            raise UsageError('--gpus-per-run applies to --cluster ray only; a pool runs on this machine\'s CPU cores')
+        from bench.pool import PoolExecutor
+        return PoolExecutor(cpus_per_run)
     if spec == 'ray' or spec.startswith('ray:'):
         from bench import cluster
         return cluster.RayExecutor(spec.partition(':')[2] or None, gpus_per_run, cpus_per_run)
-    raise UsageError(f'unknown --cluster {spec!r}; choose local, ray, ray:auto or ray:HOST:PORT')
+    raise UsageError(f'unknown --cluster {spec!r}; choose auto, local, pool, ray, ray:auto or ray:HOST:PORT')
+
+
+def auto_cluster():
+    """`--cluster auto`: runs side by side on a CPU of two cores or more (faster than one run on every core: the
+    README's Speed section), one at a time in this process where there is a GPU or a single core."""
+    import os
+
+    import torch
+    return 'pool' if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 'local'

@@ -20,6 +20,8 @@ class Experiment:
     datasets: tuple = ()               # run on each of these (bench/datasets.py names) when --data is not given
     compare: tuple = ()                # experiments asking the same question of another dataset (cross-dataset verdicts)
     variants: dict = field(default_factory=dict)   # rows by (backbone, variant): settings on top of the rest
+    regimes: dict = field(default_factory=dict)    # every row in each regime (px, steps, schedule), cheapest first,
+                                                   # the last the native one: its name (the runs' variant): settings
     bench: tuple = ((),)               # `make bench`: the script's arguments, one tuple per invocation
     in_make_bench: bool = True         # False: run by name only (suite.py --only, the script's --preset)
 

@@ -82,18 +82,15 @@ def expected_trainable(net, cfg):
 
 
 def check(name):
-    """(ok, what was found): describe, build, forward, and plan every strategy that applies, on the meta device."""
+    """(ok, what was found): describe, build, forward, and plan every strategy that applies, on the meta device
+    (bench/run.py's `planned`: the run's own Learner and strategy code on a parameter-free model)."""
     import torch
 
     import backbones
-    from bench.plan import plan
-    from bench.strategies import STRATEGIES, prepare, problem
+    from bench.run import planned
+    from bench.strategies import STRATEGIES, problem
     spec = backbones.describe(name)
-    net, _ = backbones.build(name, 10, 'auto', weights='none', meta=True)
-    out = net(torch.zeros(2, 3, spec.img_size, spec.img_size, device='meta'))
-    if tuple(out.shape) != (2, 10):
-        return False, f'the net gives {tuple(out.shape)}, not (2, 10)'
-    planned, left_out = [], []
+    ran, left_out = [], []
     for strategy in STRATEGIES:
         cfg = Config(backbone=name, weights='hub' if strategy == 'zero_shot' else 'none', strategy=strategy,
                      epochs=10, size=0, resize=0, device='cpu', precision='fp32',
@@ -102,17 +99,17 @@ def check(name):
         if why:
             left_out.append(f'{strategy} ({why.split(";")[0]})')
             continue
-        cfg = replace(cfg, head=backbones.resolve_head('auto', spec.features))
-        p = plan(cfg, 10)
-        if strategy in PEFT:
-            meta_net, _ = backbones.build(name, 10, cfg.head, weights='none', meta=True)
-            prepare(meta_net, cfg)
-            expected = expected_trainable(meta_net, cfg)
-            if p['phases'][-1]['trainable'] != expected:
-                return False, f'{strategy} plans {p["phases"][-1]["trainable"]:,} trainable, its definition {expected:,}'
-        planned.append(strategy)
+        p = planned(replace(cfg, head=backbones.resolve_head('auto', spec.features)), 10)
+        if not ran:
+            out = p['net'](torch.zeros(2, 3, spec.img_size, spec.img_size, device='meta'))
+            if tuple(out.shape) != (2, 10):
+                return False, f'the net gives {tuple(out.shape)}, not (2, 10)'
+        expected = expected_trainable(p['net'], cfg) if strategy in PEFT else None
+        if expected is not None and p['phases'][-1]['trainable'] != expected:
+            return False, f'{strategy} plans {p["phases"][-1]["trainable"]:,} trainable, its definition {expected:,}'
+        ran.append(strategy)
     summary = (f'{spec.features} {spec.n_features}, {len(spec.stage_names)} stages, {len(spec.layer_names)} layers; '
-               f'planned {len(planned)}')
+               f'planned {len(ran)}')
     return True, summary + (f'; left out {", ".join(left_out)}' if left_out else '')
 
 

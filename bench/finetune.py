@@ -34,6 +34,8 @@ def parser():
     p.add_argument('--backbone', help='timm model name(s), comma-separated, each optionally with a pretrained tag '
                                       '(default: the preset\'s)')
     p.add_argument('--strategy', help='one name, a comma list, or all (default: the preset\'s)')
+    p.add_argument('--regime', help='a comma list of the preset\'s regimes (W8: px, steps, schedule) to run (default: '
+                                    'every one it declares)')
     add_run_flags(p)
     return p
 
@@ -47,8 +49,9 @@ def configs(args, target):
     strategies = cli.expand_strategies(args.strategy, exp.strategies)
     names = split_list(args.backbone) or [*exp.backbones, *cli.full_profile_backbones(exp, args, target)] or [None]
     datasets = [] if args.data else [dict(data=d) for d in exp.datasets]
-    return cli.runs(exp, args, target, [dict(backbone=b, strategy=s, **d) for d in datasets or [{}]
-                                        for b in names for s in strategies])
+    regimes = [dict(settings, variant=name) for name, settings in cli.regimes_of(exp, args.regime).items()]
+    return cli.runs(exp, args, target, [dict(backbone=b, strategy=s, **d, **r) for d in datasets or [{}]
+                                        for r in regimes or [{}] for b in names for s in strategies])
 
 
 def main(argv=None):

@@ -17,7 +17,7 @@ from fastai.torch_core import norm_bias_params
 
 import backbones
 from bench import data, optim
-from bench.strategies import STRATEGIES, prepare
+from bench.strategies import STRATEGIES
 
 
 def sync(device):
@@ -52,13 +52,13 @@ def loaders(cfg, images, split, spec, bs=None):
 
 
 def learner(cfg, dls, net, cbs=(), head_only=False):
-    """The one Learner builder: the strategy's prepare step (once per net), parameter groups holding only what may
-    train (by stage or by layer, as the strategy says; the head last), the run's optimizer (bench/optim.py), loss,
-    metric and BatchNorm rule. `head_only`: a Learner over the head alone (training on cached features)."""
+    """The one Learner builder: parameter groups holding only what may train (by stage or by layer, as the strategy
+    says; the head last; the strategy's prepare step has marked what may: bench/run.py), the run's optimizer
+    (bench/optim.py), loss, metric and BatchNorm rule. `head_only`: a Learner over the head alone (training on
+    cached features)."""
     if head_only:
         model, groups = net.head, [list(net.head.parameters())]
     else:
-        prepare(net, cfg)
         model = net
         groups = [[p for p in g if p.requires_grad]
                   for g in backbones.param_groups(net, STRATEGIES[cfg.strategy].groups)]

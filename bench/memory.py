@@ -6,7 +6,11 @@ records every tensor autograd saves for the backward pass (saved_tensors_hooks, 
 which is what grows with the batch. On top of it: a gradient for every parameter that may train, the optimizer's
 state for them (Adam and AdamW: two moments; SGD: one momentum), the batch itself, and a margin for the backward
 pass's transient buffers. What is free: `--memory-limit-mb` if given, else what the device has free (CUDA's free
-memory; on a CPU the memory the OS reports available), less a safety share.
+memory; on a CPU the memory the OS reports available, shared with the runs beside it), less a safety share.
+
+Evaluation needs no saved activations, so it runs in larger batches than training: the largest (up to a cap) whose
+activations all fit at once, measured as those of the same two images with a gradient asked for their input (every
+activation then is saved: more than inference ever holds at once, so the batch is a safe one).
 """
 from dataclasses import dataclass
 
@@ -32,6 +36,7 @@ class Fit:
     accumulate: int          # passes per optimizer step (1 = none); micro_bs * accumulate == the run's bs
     estimate_mb: float       # memory the run needs at micro_bs, beyond what the process held before it
     free_mb: float           # what it may use
+    eval_bs: int = 0         # images per evaluation batch (inference: no saved activations, no gradients)
 
 
 def mb(n_bytes):
@@ -44,10 +49,11 @@ def _restore(model, buffers):
         b.copy_(buffers[name])
 
 
-def saved_bytes_per_image(model, x, autocast):
+def saved_bytes_per_image(model, x, autocast, train=True):
     """Bytes autograd saves for the backward pass, per image, measured on `x` (a batch of two) in training mode:
     activations, not the weights autograd also keeps (they do not grow with the batch). Buffers (BatchNorm
-    statistics) and random states are put back afterwards."""
+    statistics) and random states are put back afterwards. `train` False: in eval mode, with a gradient asked for
+    the input, so that every activation is saved (a bound on what inference holds)."""
     seen, total = {p.untyped_storage().data_ptr() for p in model.parameters()}, 0
 
     def pack(t):
@@ -63,10 +69,10 @@ def saved_bytes_per_image(model, x, autocast):
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if x.is_cuda else None)
     was_training = model.training
-    model.train()
+    model.train(train)
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            model(x)
+            model(x if train else x.detach().requires_grad_())
     finally:
         _restore(model, buffers)
         model.train(was_training)
@@ -76,18 +82,22 @@ def saved_bytes_per_image(model, x, autocast):
     return total / x.shape[0]
 
 
+SIDE_BY_SIDE = 1  # runs this machine holds at once (bench/pool.py sets it in each of its worker processes)
+
+
 def free_mb(device, limit_mb=0):
     if limit_mb:
         return float(limit_mb)
     if torch.device(device).type == 'cuda':
         return mb(torch.cuda.mem_get_info()[0]) * USABLE_SHARE
     import psutil
-    return mb(psutil.virtual_memory().available) * USABLE_SHARE
+    return mb(psutil.virtual_memory().available) * USABLE_SHARE / SIDE_BY_SIDE
 
 
-def plan_batches(model, cfg, x, autocast, trains):
+def plan_batches(model, cfg, x, autocast, trains, eval_cap=128):
     """How the run's batches of cfg.bs fit: a Fit, or MemoryRefused. `x`: two images as the model sees them;
-    `trains`: the names of the parameters that train in the phase that trains the most."""
+    `trains`: the names of the parameters that train in the phase that trains the most; `eval_cap`: the largest
+    evaluation batch wanted."""
     params = dict(model.named_parameters())
     trainable = sum(params[n].numel() * params[n].element_size() for n in trains)
     fixed = trainable * (1 + STATE_TENSORS[cfg.opt])   # gradients and optimizer state
@@ -115,7 +125,9 @@ def plan_batches(model, cfg, x, autocast, trains):
                     f'where its {norms} training BatchNorm layers would normalize over {micro} images each; '
                     f'passes need at least {smallest}, about {need(smallest):,.0f} MB: lower --size, raise '
                     f'--memory-limit-mb, or choose a strategy or backbone without training BatchNorm layers')
-            return Fit(micro, accumulate, need(micro), free)
+            inference = saved_bytes_per_image(model, x, autocast, train=False) + x[0].numel() * 4 * 2
+            eval_bs = max(micro, min(eval_cap, int(free * 2 ** 20 // max(inference, 1))))
+            return Fit(micro, accumulate, need(micro), free, eval_bs)
     raise MemoryRefused(f'the run needs about {need(cfg.bs):,.0f} MB at batch {cfg.bs} ({mb(per_image):.1f} MB per '
                         f'image, {mb(fixed):,.0f} MB of gradients and optimizer state) and {need(2):,.0f} MB even '
                         f'in batches of 2, but {free:,.0f} MB are free; lower --size or use a smaller backbone')

@@ -142,6 +142,14 @@ class Probe:
         return (self.setup_s + share * steps * self.step_s + (1 + 4 * share) * self.valid_s
                 + (self.test_s if test else 0))
 
+    def retest_s(self):
+        """A finished run's test scored from its kept weights: building the run, and the test pass."""
+        return self.setup_s + self.test_s
+
+    def final_s(self, steps):
+        """A finalist's confirmation: its other seeds' whole runs, tested, and its race run's test."""
+        return (SEEDS - 1) * self.run_s(steps, 1., test=True) + self.retest_s()
+
 
 @dataclass(frozen=True)
 class Level:
@@ -164,24 +172,26 @@ def estimate(level, probes, steps_per_epoch):
     ok = [p for p in probes if p.error is None]
     steps = level.epochs * steps_per_epoch
     pool = [p for p in ok for _ in candidates([p.strategy], level.lr_points)]
-    mean_s = lambda share: sum(p.run_s(steps, share, test=share == 1) for p in pool) / len(pool)  # noqa: E731
-    return expected_s(mean_s, rungs(level.epochs), sizes(len(pool), level.epochs), len(ok))
+    mean_s = lambda share: sum(p.run_s(steps, share) for p in pool) / len(pool)  # noqa: E731
+    return expected_s(mean_s, rungs(level.epochs), sizes(len(pool), level.epochs), len(ok),
+                      sum(p.final_s(steps) for p in ok) / len(ok))
 
 
-def expected_s(mean_s, shares, counts, strategies):
-    """Seconds of rungs at `shares` running `counts` candidates, then of the finals (MAX_FINALISTS of `strategies` at
-    most, SEEDS - 1 more seeds each), every run at `mean_s(share)`, a candidate's mean cost: what is expected where a
-    candidate's cost says nothing of its score (the finals shrink where the race ran long: `affordable`)."""
+def expected_s(mean_s, shares, counts, strategies, final_s):
+    """Seconds of rungs at `shares` running `counts` candidates, every run at `mean_s(share)`, a candidate's mean cost
+    (scored on validation alone), then of the finals (MAX_FINALISTS of `strategies` at most, each `final_s`): what is
+    expected where a candidate's cost says nothing of its score (the finals shrink where the race ran long:
+    `affordable`)."""
     race_s = sum(n * mean_s(share) for share, n in zip(shares, counts))
-    return race_s + (SEEDS - 1) * min(MAX_FINALISTS, strategies) * mean_s(1.)
+    return race_s + min(MAX_FINALISTS, strategies) * final_s
 
 
 def affordable(finals, cost_s, left_s):
-    """The finalists whose seeds fit in `left_s` seconds, best first (`cost_s(candidate)`: one seed's run); the best
-    two always: a recommendation needs a comparison."""
+    """The finalists whose confirmation fits in `left_s` seconds, best first (`cost_s(candidate)`: its seeds and its
+    test); the best two always: a recommendation needs a comparison."""
     out = list(finals[:2])
     for c in finals[2:]:
-        if (SEEDS - 1) * sum(cost_s(f) for f in out + [c]) > left_s:
+        if sum(cost_s(f) for f in out + [c]) > left_s:
             break
         out.append(c)
     return out

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.config import FIELDS
+from bench.datasets import cache_root
 from bench.strategies import HYPERPARAMETERS, STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,12 @@ class Results:
     cpu_steal: Optional[float] = None      # share of the machine's CPU time stolen by the hypervisor while training
     fold_valid_acc: Optional[list] = None  # K-fold scoring: each fold's validation accuracy
     wall_seconds: Optional[float] = None   # the whole run here: building, warm-up, training and evaluation
+    setup_seconds: Optional[float] = None  # building the run: model, weights, plan, memory fit, batches
+    test_seconds: Optional[float] = None   # the test pass (part of eval_seconds)
+    eval_bs: Optional[int] = None          # images per evaluation batch
+    tested: Optional[str] = None           # how the test split was scored (None: it was not; the record says why)
+    threads: Optional[int] = None          # torch's CPU threads for the run
+    side_by_side: Optional[int] = None     # runs this machine ran at once while this one ran (1: alone)
 
     def as_dict(self):
         return asdict(self)
@@ -207,6 +214,28 @@ def make(cfg, key, started_at, env, code_version, results=None, error=None, extr
     rec.update({name: results.get(name) for name in RESULT_FIELDS})
     rec.update(extra or {})
     return rec
+
+
+def checkpoint_path(key):
+    """Where the run of identity `key` keeps its trained weights until its test is scored (beside the data cache)."""
+    return cache_root() / 'checkpoints' / f'{key}.pt'
+
+
+def tested(rec):
+    """Whether a record has its test split scored."""
+    return rec.get('test_acc') is not None
+
+
+TEST_FIELDS = ('test_loss', 'test_acc', 'test_class_acc', 'test_seconds', 'tested')
+
+
+def with_test(rec, scores):
+    """`rec` (a run recorded without its test) with the test scores a later pass on its kept weights gave: the same
+    run, completed. Its wall clock and evaluation time grow by that pass's."""
+    out = dict(rec, **{k: scores[k] for k in TEST_FIELDS})
+    out['eval_seconds'] = (rec.get('eval_seconds') or 0) + scores['test_seconds']
+    out['wall_seconds'] = (rec.get('wall_seconds') or 0) + (scores.get('wall_seconds') or scores['test_seconds'])
+    return out
 
 
 # ---- the file ---------------------------------------------------------------------------------------------

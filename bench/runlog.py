@@ -3,7 +3,6 @@ trainable parameters, validation points within epochs, the LRs each parameter gr
 stops early (`cfg.stop_at`), the stop. Nothing reads a value back from the device during an epoch: losses are summed
 where they are computed and read once per epoch.
 """
-import contextlib
 import math
 import time
 
@@ -24,10 +23,30 @@ class StopRun(Exception):
     """Raised by RunLog where a run stops early (`cfg.stop_at`): out of every phase the strategy still has."""
 
 
+def evaluate(model, dl, cfg):
+    """(loss, accuracy, mean per-class accuracy) of `model` on every batch of `dl`, in eval mode, every module's
+    train/eval mode put back afterwards. Counts stay on the device and are read once, at the end. The caller chooses
+    no_grad (mid-run) or inference mode (a finished run)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    loss, preds, ys = 0., [], []
+    for xb, yb in dl:
+        with autocast(cfg):
+            out = model(xb).float()
+        loss = loss + torch.nn.functional.cross_entropy(out, yb, reduction='sum')
+        preds.append(out.argmax(-1))
+        ys.append(yb)
+        n_classes = out.shape[-1]
+    for m, mode in modes:
+        m.train(mode)
+    pred, y = torch.cat(preds), torch.cat(ys)
+    total = torch.bincount(y, minlength=n_classes)
+    hits = torch.bincount(y[pred == y], minlength=n_classes)
+    present = total > 0
+    return float(loss) / len(y), float((pred == y).float().mean()), float((hits[present] / total[present]).mean())
+
+
 # ---- timing -----------------------------------------------------------------------------------------------
-
-MIN_POINTS = 4  # validation points per run at least: with few epochs, more than one per epoch
-
 
 class RunLog(Callback):
     """Per epoch: training loss (mean over the epoch), validation loss and accuracy, seconds spent training and
@@ -93,32 +112,13 @@ class RunLog(Callback):
                          {k: point[k] for k in ('epoch', 'valid_loss', 'valid_acc', 'valid_class_acc')})
         raise StopRun(f'stopped after {self.steps} steps')
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference mode: the run trains on after it, and a module may cache what it computed
     def mid_epoch_point(self, fraction):
         """Validation loss and metrics now, every module's train/eval mode kept as it was."""
         t = time.perf_counter()
-        model = self.learn.model
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        loss, n_classes = 0., None
-        preds, ys = [], []
-        for xb, yb in self.learn.dls.valid:
-            with autocast(self.cfg) if self.cfg is not None else contextlib.nullcontext():
-                out = model(xb)
-            out = out.float()
-            loss = loss + torch.nn.functional.cross_entropy(out, yb, reduction='sum')
-            preds.append(out.argmax(-1))
-            ys.append(yb)
-            n_classes = out.shape[-1]
-        for m, mode in modes:
-            m.train(mode)
-        pred, y = torch.cat(preds), torch.cat(ys)
-        total = torch.bincount(y, minlength=n_classes)
-        hits = torch.bincount(y[pred == y], minlength=n_classes)
-        present = total > 0
-        self.curve.append(dict(epoch=len(self.epochs) + fraction, valid_loss=float(loss) / len(y),
-                               valid_acc=float((pred == y).float().mean()),
-                               valid_class_acc=float((hits[present] / total[present]).mean())))
+        loss, acc, class_acc = evaluate(self.learn.model, self.learn.dls.valid, self.cfg)
+        self.curve.append(dict(epoch=len(self.epochs) + fraction, valid_loss=loss, valid_acc=acc,
+                               valid_class_acc=class_acc))
         sync(self.device)
         self.mid_seconds += time.perf_counter() - t
 

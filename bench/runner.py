@@ -1,12 +1,15 @@
-"""Run one configuration: build the Learner (bench/learner.py), apply the strategy, time it, and return its result
-fields.
+"""Run one configuration: build it once (bench/run.py), apply the strategy, time it, and return its result fields.
 
-Shared by every script, so runs differ only in their config. Timing warms up first (every batch shape the run
-will see, so cuDNN autotuning, lazy CUDA initialisation and compilation happen off the clock; the warm-up is
-recorded apart), synchronizes the GPU, keeps each epoch's training apart from its validation, and keeps the test
-evaluation out of the training clock (what each epoch measured: bench/runlog.py).
+Shared by every script, so runs differ only in their config. Timing warms up first (every batch shape training will
+see, so cuDNN autotuning, lazy CUDA initialisation and compilation happen off the clock; the warm-up is recorded
+apart), synchronizes the GPU, keeps each epoch's training apart from its validation, and keeps the test evaluation
+out of the training clock (what each epoch measured: bench/runlog.py). A record says where the run's wall clock went:
+setup (building), warm-up, training, evaluation.
+
+A run scores the test split where a verdict reads it. A tuned grid point does not know yet whether it will be the
+chosen LR: it is scored on validation only and keeps its trained weights (`keep`), and the one chosen is scored on
+test afterwards from them (`test_checkpoint`), with the same numbers a test at the end of the run gives.
 """
-import copy
 import gc
 import sys
 import time
@@ -15,135 +18,87 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.basics import DataLoaders, set_seed
-from fastai.callback.training import GradientAccumulation
+from fastai.basics import set_seed
 
 import backbones
-from bench import data, memory, record
-from bench.learner import apply_precision, autocast, group_names, learner, loaders, show_progress, sync
-from bench.plan import plan
-from bench.runlog import NonFiniteLoss, RunLog, StopRun
-from bench.strategies import STRATEGIES, prepare
+from bench import data, memory, record, run as runs
+from bench.learner import group_names, sync
+from bench.runlog import NonFiniteLoss, StopRun
+
+TESTED_AT_END, TESTED_FROM_CHECKPOINT = 'at the end of the run', 'from the run\'s kept weights'
 
 
-def warm_up(model, cfg, train_dl, eval_dls, backward=True):
-    """Forward and backward at every batch shape training will see, and forward at every evaluation shape, then
-    every weight, buffer, gradient and random state back as it was: what a first step costs (cuDNN autotuning,
-    lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock. Forward only (eval mode)
-    where not `backward`: a run on cached features. Returns its seconds."""
-    t = time.perf_counter()
-    weights = copy.deepcopy(model.state_dict())
-    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
-    if backward:
-        model.train()
-        for x, y in train_dl.shapes():
-            with autocast(cfg):
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-    model.eval()
-    with torch.no_grad(), autocast(cfg):
-        for dl in ([] if backward else [train_dl]) + list(eval_dls):
-            for x, _ in dl.shapes():
-                model(x)
-    model.load_state_dict(weights)
-    torch.set_rng_state(rng[0])
-    if rng[1] is not None:
-        torch.cuda.set_rng_state_all(rng[1])
-    sync(cfg.device)
-    return time.perf_counter() - t
-
-
-# ---- one run ----------------------------------------------------------------------------------------------
-
-def train(cfg, images, split, bar=False, test=True, log=print):
-    """Train and evaluate `cfg` (resolved); returns the result fields of its record."""
+def train(cfg, images, split, bar=False, test=True, log=print, keep=None):
+    """Train and evaluate `cfg` (resolved); returns the result fields of its record. `keep`: a path the trained
+    weights are saved to, for a test scored later."""
+    t0 = time.perf_counter()
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'
-    size = cfg.size or cfg.resize or images.train_x.shape[1]
-    spec = backbones.describe(cfg.backbone, size)
-    net, weights = backbones.build(cfg.backbone, len(images.classes), cfg.head, cfg.head_hidden, cfg.head_dropout,
-                                   cfg.weights, img_size=size)
-    prepare(net, cfg)
-    net.to(cfg.device)
-    if cfg.channels_last == 'on':
-        net.to(memory_format=torch.channels_last)
-    train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec)
-    # memory for the phase that trains the most; on cached features the body never sees a gradient
-    phases = plan(cfg, len(images.classes))['phases'] if cfg.cache_features != 'on' else []
-    trains = max((set(ph['names']) for ph in phases), key=len, default=set())
-    fits = memory.plan_batches(net, cfg, train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n)))), autocast(cfg), trains)
-    cbs = [runlog := RunLog(cfg.device, cfg)]
-    runlog.accumulate = fits.accumulate
-    if fits.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
-        train_dl, valid_dl, test_dl = loaders(cfg, images, split, spec, bs=fits.micro_bs)
-        cbs.append(GradientAccumulation(cfg.bs))
-        log(f'    batches of {cfg.bs} as {fits.accumulate} passes of {fits.micro_bs}: about {fits.estimate_mb:,.0f} '
-            f'MB, of {fits.free_mb:,.0f} MB free')
-    params_total = sum(p.numel() for p in backbones.counted(net))
-    full = learner(cfg, DataLoaders(train_dl, valid_dl, device=cfg.device), net, cbs)
-    apply_precision(full, cfg)
-    # on cached features the body only ever runs forward, in eval mode: a backward through it would cost memory
-    # the run never needs
-    warmup_seconds = warm_up(full.model, cfg, train_dl, [valid_dl, test_dl], backward=cfg.cache_features != 'on')
+    run = runs.build(cfg, images, split, log)
+    setup_seconds = time.perf_counter() - t0
+    warmup_seconds = run.warm_up()
     reset_peak_memory(cfg.device)
-    extract_seconds = 0.
-    learn = full
-    if cfg.cache_features == 'on':
-        t = time.perf_counter()
-        features = cached_features(net.body, cfg, (train_dl, valid_dl))  # on the training clock
-        extract_seconds = time.perf_counter() - t
-        learn = learner(cfg, DataLoaders(*features, device=cfg.device), net, cbs, head_only=True)
-        apply_precision(learn, cfg)
-    show_progress(learn, bar, log)
 
     steal = cpu_times()
     try:
-        STRATEGIES[cfg.strategy](learn, cfg)
+        run.train(bar, log)
     except StopRun:
         pass  # stopped early (cfg.stop_at): its last epoch entry is the point it stopped at
     steal = stolen_share(steal, cpu_times())
+    runlog, learn = run.runlog, run.learn
 
     t = time.perf_counter()
     last = runlog.epochs[-1] if runlog.epochs else None
-    valid_loss, valid_acc, valid_class_acc = (last['valid_loss'], last['valid_acc'], last['valid_class_acc']) \
-        if last else map(float, learn.validate())
-    if test and cfg.cache_features == 'on':
-        test_dl, = cached_features(net.body, cfg, (test_dl,))  # on the evaluation clock
-    test_loss, test_acc, test_class_acc = map(float, learn.validate(dl=test_dl)) if test else (None, None, None)
-    sync(cfg.device)
-    eval_seconds = time.perf_counter() - t + sum(e['valid_seconds'] for e in runlog.epochs)
-    train_seconds = sum(e['train_seconds'] for e in runlog.epochs) + extract_seconds
+    if last:
+        valid_loss, valid_acc, valid_class_acc = last['valid_loss'], last['valid_acc'], last['valid_class_acc']
+    else:  # nothing trained (zero_shot)
+        valid_loss, valid_acc, valid_class_acc = run.evaluate(run.valid_dl)
+    valid_seconds = time.perf_counter() - t
+    test_seconds, test_scores = timed_test(run) if test else (None, (None, None, None))
+    if keep is not None:
+        run.save(Path(keep))
+    eval_seconds = valid_seconds + (test_seconds or 0) + sum(e['valid_seconds'] for e in runlog.epochs)
+    train_seconds = sum(e['train_seconds'] for e in runlog.epochs) + run.extract_seconds
     n_groups = len(learn.opt.param_lists) if learn.opt else 0
+    names = group_names(run.net, cfg)
     return record.Results(
-        weights=weights, epochs=runlog.epochs, valid_curve=runlog.curve, valid_loss=valid_loss, valid_acc=valid_acc,
-        valid_class_acc=valid_class_acc, test_loss=test_loss, test_acc=test_acc, test_class_acc=test_class_acc,
-        train_seconds=train_seconds, warmup_seconds=warmup_seconds, eval_seconds=eval_seconds,
-        images_per_second=runlog.train_images / train_seconds if train_seconds else None,
-        peak_memory_mb=peak_memory_mb(cfg.device), params_total=params_total,
-        params_trainable=runlog.trainable_max, stage_names=list(spec.stage_names), groups=group_names(net, cfg),
+        weights=run.weights, epochs=runlog.epochs, valid_curve=runlog.curve, valid_loss=valid_loss,
+        valid_acc=valid_acc, valid_class_acc=valid_class_acc, test_loss=test_scores[0], test_acc=test_scores[1],
+        test_class_acc=test_scores[2], train_seconds=train_seconds, warmup_seconds=warmup_seconds,
+        eval_seconds=eval_seconds, images_per_second=runlog.train_images / train_seconds if train_seconds else None,
+        peak_memory_mb=peak_memory_mb(cfg.device), params_total=sum(p.numel() for p in backbones.counted(run.net)),
+        params_trainable=runlog.trainable_max, stage_names=list(run.spec.stage_names), groups=names,
         optimizer_state_mb=memory.optimizer_state_mb(learn.opt.opt) if learn.opt else 0.,
         batchnorm_updating=list(runlog.batchnorm) if runlog.batchnorm and runlog.batchnorm[1] else None,
-        micro_bs=fits.micro_bs, accumulate=fits.accumulate, memory_estimate_mb=fits.estimate_mb,
-        memory_free_mb=fits.free_mb, image_size=size, data_decode=images.decode, train_images=len(split.train),
-        valid_images=len(split.valid), test_images=len(split.test), cpu_steal=steal,
-        lrs=runlog.lrs(n_groups) if cfg.cache_features != 'on' else [None] * (len(group_names(net, cfg)) - 1)
-        + runlog.lrs(n_groups)).as_dict()
+        micro_bs=run.fit.micro_bs, accumulate=run.fit.accumulate, memory_estimate_mb=run.fit.estimate_mb,
+        memory_free_mb=run.fit.free_mb, image_size=cfg.size or cfg.resize or images.stored,
+        data_decode=images.decode, train_images=len(split.train), valid_images=len(split.valid),
+        test_images=len(split.test), cpu_steal=steal,
+        lrs=runlog.lrs(n_groups) if not run.cached else [None] * (len(names) - 1) + runlog.lrs(n_groups),
+        eval_bs=run.fit.eval_bs, setup_seconds=setup_seconds, test_seconds=test_seconds,
+        tested=TESTED_AT_END if test else None, threads=torch.get_num_threads()).as_dict()
 
 
-@torch.no_grad()
-def cached_features(body, cfg, dls):
-    """The frozen body's outputs for every image, computed once in eval mode; the head then trains on them."""
-    body = body.to(cfg.device).eval()
-    out = []
-    for dl in dls:
-        with autocast(cfg):
-            feats = torch.cat([body(dl.prepare(dl.gather(np.arange(i, min(i + dl.bs, dl.n))))).float()
-                               for i in range(0, dl.n, dl.bs)])
-        sync(cfg.device)
-        out.append(data.Batches(feats, dl.y, data.Unchanged(), dl.bs, shuffle=dl.shuffle, drop_last=dl.drop_last,
-                                seed=cfg.seed, device=cfg.device))
-    return out
+def timed_test(run):
+    """(seconds, (loss, accuracy, mean per-class accuracy)) of the run's net on its test split."""
+    t = time.perf_counter()
+    scores = run.evaluate(run.test_dl)
+    sync(run.cfg.device)
+    return time.perf_counter() - t, scores
+
+
+def test_checkpoint(cfg, images, split, path, log=print):
+    """The test split scored on the weights a finished run kept at `path`: the result fields a tested record adds
+    (test_*, tested, test_seconds), or FileNotFoundError where nothing is kept there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    set_seed(cfg.seed)
+    run = runs.build(cfg, images, split, log, plan=False)
+    run.load(path)
+    seconds, (loss, acc, class_acc) = timed_test(run)
+    return dict(test_loss=loss, test_acc=acc, test_class_acc=class_acc, test_seconds=seconds,
+                tested=TESTED_FROM_CHECKPOINT)
 
 
 def reset_peak_memory(device):
@@ -226,16 +181,22 @@ def score(cfg, images, splits, bar=False, log=print):
 
 def work(job, images, bar=False, log=print):
     """Run `job` (an executor.Job) on `images`: {'started_at', 'env', and 'results' or 'error'}, plain values
-    only, so that the driver can record it wherever it ran. Never raises, except on Ctrl-C."""
+    only, so that the driver can record it wherever it ran. A test-only job (`job.test_only`) gives just the test
+    fields where its run's weights were kept, and trains the whole run, tested, where they were not. Never raises,
+    except on Ctrl-C."""
     cfg = job.cfg
     out = dict(started_at=record.now(), env=record.environment(cfg.device))
     t = time.perf_counter()
+    key = job.key(out['env']['device_name'])
     try:
         split = split_of(cfg, images)
         if job.folds:
             out['results'] = score(cfg, images, data.folds(split, images, job.folds, seed=cfg.split_seed), bar, log)
+        elif job.test_only and record.checkpoint_path(key).is_file():
+            out['results'] = test_checkpoint(cfg, images, split, record.checkpoint_path(key), log)
         else:
-            out['results'] = train(cfg, images, split, bar=bar, test=job.test, log=log)
+            out['results'] = train(cfg, images, split, bar=bar, test=job.tests, log=log,
+                                   keep=record.checkpoint_path(key) if job.keep else None)
     except KeyboardInterrupt:
         raise
     except Exception as e:

@@ -18,16 +18,15 @@ import statistics
 import sys
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import cli, data, learner, optim, record, runlog, runner  # first: bench/__init__ silences fastai's import-time notice
+from bench import cli, data, learner, optim, record, run as runs, runner  # first: bench/__init__ silences fastai's import-time notice
 from bench.config import Config, UsageError
 from bench.resolve import resolve_auto
 import backbones
-from fastai.basics import DataLoaders
-from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import SGD, Adam
 from fastai.torch_core import norm_bias_params
 
@@ -102,35 +101,27 @@ def measure(args):
     images = data.load(source, log=lambda m: print(m, file=sys.stderr))
     cache_load_s = min(learner.timed(lambda: data.load(source), 'cpu') for _ in range(3))
 
-    spec = backbones.describe(cfg.backbone)
     n = args.steps * args.bs
-    idx = torch.arange(min(n, len(images.train_y)))
-    if len(idx) < n:
+    if n > len(images.train_y):
         raise UsageError(f'--steps x --bs = {n} needs more than the {len(images.train_y)} images in the data')
-    dl = data.batches(images, idx, learner.prepare_for(cfg, spec, train=False), cfg.bs, train=True, device=cfg.device)
-    pipeline_ips = n / min(learner.timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
-
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'  # as the runs have it
     torch.manual_seed(0)
-    net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
-    plain_net = copy.deepcopy(net).to(cfg.device)
-    if cfg.channels_last == 'on':
-        plain_net = plain_net.to(memory_format=torch.channels_last)
+    # the run every script builds (bench/run.py), over the first n images; fit validates each epoch, outside the
+    # training clock, on one batch
+    run = runs.build(cfg, images, data.Split(np.arange(n), np.arange(cfg.bs), np.arange(cfg.bs)),
+                     log=lambda line: None)
+    dl, learn = run.train_dl, run.learn
+    pipeline_ips = n / min(learner.timed(lambda: [None for _ in dl], cfg.device) for _ in range(3))
+    plain_net = copy.deepcopy(run.net)
     opt = optim.opt_func(cfg.opt, no_decay=norm_bias_params(plain_net))(backbones.splitter(plain_net), lr=1e-4,
                                                                          wd=cfg.wd)
     x, y = next(iter(dl))
     ready = [(x, y)] * args.steps
-    one_batch = data.batches(images, idx[:cfg.bs], learner.prepare_for(cfg, spec, train=False), cfg.bs,
-                             device=cfg.device)  # fit validates each epoch; outside the training clock, kept short
-    learn = learner.learner(cfg, DataLoaders(dl, one_batch, device=cfg.device), net)
-    learn.remove_cb(ProgressCallback)
     learn.logger = lambda row: None
-    learner.apply_precision(learn, cfg)
     learn.unfreeze()
-    log = runlog.RunLog(cfg.device)
-    learn.add_cb(log)
-    runner.warm_up(plain_net, cfg, dl, [])  # every batch shape once: cuDNN autotuning, lazy init, allocator
-    runner.warm_up(learn.model, cfg, dl, [one_batch])
+    log = run.runlog
+    runs.warm_up(plain_net, cfg, [dl])  # every batch shape once: cuDNN autotuning, lazy init, allocator
+    run.warm_up()
     plain_loop(plain_net, opt, ready[:2], cfg)  # and the optimizers' first steps (their state is allocated lazily)
     learn.fit(1, lr=1e-4)
     runner.reset_peak_memory(cfg.device)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from scipy import stats
 
 from bench.datasets import DATASETS
+from bench.experiments import EXPERIMENTS
 from bench import tune
 from bench.record import identity
 
@@ -31,15 +32,22 @@ CONFIDENCE = 0.95
 
 @dataclass
 class Row:
-    """One configuration of a table: its records, one per seed (the latest successful one), and, in a tuned table,
-    how its LR was chosen (a tune.Result)."""
+    """One configuration of a table: its records, one per seed (the latest successful one), the field it is ranked
+    by, and, in a tuned table, how its LR was chosen (a tune.Result)."""
     label: str
     records: list
     tuned: object = None
+    metric: str = 'test_acc'
 
     @property
     def n(self):
-        return len(self.records)
+        """The seeds scored in the row's metric (a run whose test was never scored counts for nothing)."""
+        return len(self.by_seed(self.metric))
+
+    @property
+    def unscored(self):
+        """Seeds of the row's runs without a score in its metric."""
+        return sorted(r['seed'] for r in self.records if r.get(self.metric) is None)
 
     def by_seed(self, field_name):
         return {r['seed']: r.get(field_name) for r in self.records if r.get(field_name) is not None}
@@ -58,6 +66,7 @@ class Table:
     dataset: str = ''                          # the dataset's name (cifar10, caltech101, a folder's)
     metric: str = 'test_acc'                   # the record field rows are ranked and compared by
     tuned: bool = False                        # every strategy at its own LR, chosen on validation (bench/tune.py)
+    regime: str = ''                           # the experiment's regime (px, steps, schedule) the rows trained in
 
     @property
     def best(self):
@@ -155,7 +164,7 @@ def rows(records, label=None, metric='test_acc'):
     for key, recs in sorted(groups.items()):
         recs.sort(key=lambda r: r['seed'])
         name = label(recs[0]) if label else ' '.join(str(recs[0].get(f) or '') for f in varying).strip()
-        out.append(Row(name or recs[0]['strategy'], recs))
+        out.append(Row(name or recs[0]['strategy'], recs, metric=metric))
     seen = defaultdict(int)  # configurations equal in the label's fields but not in others get numbered
     for row in sorted(out, key=lambda r: config_key(r.records[0])):
         seen[row.label] += 1
@@ -166,23 +175,38 @@ def rows(records, label=None, metric='test_acc'):
 
 
 def tables(records, label=None):
-    """One Table per (experiment, hardware, profile, dataset, tuned or not) of successful `records`, in a stable
-    order, tuned tables first; rows ranked by the dataset's declared metric. A tuned table's rows are each
-    strategy's runs at its chosen LR (the other grid points are in each row's `tuned`)."""
+    """One Table per (experiment, hardware, profile, dataset, tuned or not, regime) of successful `records`, in a
+    stable order, tuned tables first; rows ranked by the dataset's declared metric. A tuned table's rows are each
+    strategy's runs at its chosen LR (the other grid points are in each row's `tuned`). An experiment that declares
+    regimes (W8) has a table per regime: its variant names it."""
     groups = defaultdict(list)
     for rec in records:
-        groups[(rec['experiment'], not rec.get('tune'), *hardware_key(rec), dataset_name(rec))].append(rec)
+        groups[(rec['experiment'], not rec.get('tune'), *hardware_key(rec), dataset_name(rec), regime_of(rec))].append(rec)
     out = []
-    for (exp, untuned, device, profile, ds), recs in sorted(groups.items()):
+    for (exp, untuned, device, profile, ds, regime), recs in sorted(groups.items(), key=lambda kv: table_order(kv[0])):
         found = {}
         if not untuned:
             kept, found = tune.chosen_records([r for r in recs if tune.grid_of(r['strategy'])])
             recs = kept + [r for r in recs if not tune.grid_of(r['strategy'])]
-        table = Table(exp, device, profile, rows(recs, label, metric_of(ds)), ds, metric_of(ds), not untuned)
+        table = Table(exp, device, profile, rows(recs, label, metric_of(ds)), ds, metric_of(ds), not untuned, regime)
         for row in table.rows:
             row.tuned = found.get(tune.group_key(row.records[0]['config'], row.records[0].get('device')))
         out.append(table)
     return out
+
+
+def regime_of(rec):
+    """The regime a record trained in, where its experiment declares regimes (its variant), else ''."""
+    declared = EXPERIMENTS.get(rec['experiment'])
+    return rec.get('variant') or '' if declared is not None and declared.regimes else ''
+
+
+def table_order(key):
+    """Tables in a stable order, a regime experiment's in the order it declares its regimes (cheapest first)."""
+    exp, *rest, regime = key
+    declared = EXPERIMENTS.get(exp)
+    place = list(declared.regimes).index(regime) if declared is not None and regime in declared.regimes else -1
+    return (exp, *rest, place, regime)
 
 
 VALID_OF = {'test_acc': 'valid_acc', 'test_class_acc': 'valid_class_acc'}

@@ -39,7 +39,17 @@ def settings(rec):
                                  'cached features' if cfg.get('cache_features') in ('on', True) else None,
                                  f'{rec["accumulate"]} passes of {rec["micro_bs"]}' if (rec.get('accumulate') or 1) > 1
                                  else None,
-                                 f'BN stats update {bn[0]}/{bn[1]}' if bn else None) if x)
+                                 f'BN stats update {bn[0]}/{bn[1]}' if bn else None,
+                                 side_by_side(rec)) if x)
+
+
+def side_by_side(rec):
+    """Where the run shared the machine with others (a pool or Ray on one machine): how many ran at once, and with
+    how many threads each; its clock is its own run's."""
+    n, threads = rec.get('side_by_side') or 1, rec.get('threads')
+    if n <= 1:
+        return None
+    return f'{n} runs side by side' + (f', {threads} thread{"s" * (threads != 1)} each' if threads else '')
 
 
 STEAL_SHOWN = 0.05  # a run whose machine lost more than this share of its CPU time to other guests says so
@@ -140,7 +150,19 @@ def verdict_lines(table):
         return lines + [f'- No verdict is possible: the best row has {best.n} seed{"s" * (best.n != 1)}, and a paired '
                         f'comparison needs at least {stats.MIN_SEEDS} (`--seeds {stats.MIN_SEEDS}`).']
     lines += [f'- {words}.' for row in table.rows[1:] for _, words in [stats.verdict(row, best, table.metric)]]
-    return lines + budget_lines(table) + lr_lines(table)
+    return lines + unscored_lines(table) + budget_lines(table) + lr_lines(table)
+
+
+def unscored_lines(table):
+    """Runs without a test score (a tuned grid point chosen after its weights were gone): said, never shown as a
+    number; the row's figures are over its scored seeds."""
+    missing = [(row, row.unscored) for row in table.rows if row.unscored]
+    if not missing:
+        return []
+    return ['- Not scored on test: ' + '; '.join(f'{row.label} seed{"s" * (len(seeds) > 1)} '
+                                                  f'{", ".join(map(str, seeds))}' for row, seeds in missing)
+            + ' (each a grid point whose LR was chosen after its kept weights were gone; rerun to score it). Their '
+              'rows are over the seeds scored.']
 
 
 def budget_lines(table):

@@ -9,7 +9,7 @@ from bench.resolve import resolve_auto
 # A run on the tiny synthetic data: a small CNN from scratch, one epoch, no bars, no rendering.
 TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',
         '--epochs', '1', '--bs', '16', '--normalize', 'unit', '--profile', 'full', '--no-bar', '--no-render',
-        '--tune', 'off']  # tuning has tests of its own (tests/test_tune.py)
+        '--tune', 'off', '--cluster', 'local']  # tuning and executors have tests of their own
 
 
 def tiny_config(target=None, **settings):

@@ -2,7 +2,7 @@
 resumes, and every mistake a user can make ending in one sentence and exit 2 with nothing written."""
 import pytest
 
-from bench import advice, advise, race, record
+from bench import advice, advise, race, record, runner
 from tests.conftest import make_dataset
 from tests.helpers import run_script
 
@@ -30,7 +30,10 @@ def test_the_race_recommends_from_its_records_and_a_rerun_resumes(dataset_dir, t
     assert all(r['test_acc'] is None for r in rungs)  # the race chooses on validation; test is for the finalists
     whole = [r for r in recs if r['config']['stop_at'] == 1]
     adv, = advice.advices(recs)
-    assert len(whole) == len(adv.scores[1.0]) + 2 * len(adv.finalists)  # the last rung's run is the first seed's
+    assert len({r['key'] for r in whole}) == len(adv.scores[1.0]) + 2 * len(adv.finalists)  # the last rung's run is
+    latest = {r['key']: r for r in whole if r['seed'] == 0}.values()                        # the first seed's, its
+    assert {advice.candidate_of(r): r['tested'] for r in latest} == {                       # test scored from its
+        c: runner.TESTED_FROM_CHECKPOINT if c in adv.finalists else None for c in adv.scores[1.0]}  # kept weights
     assert 2 <= len(adv.finalists) <= race.MAX_FINALISTS and len(adv.scores[1.0]) in (3, 4)  # 5 -> 3 (+ a 2nd strategy)
     assert {row.n for row in adv.table.rows} == {race.SEEDS}
     rec = adv.recommendation()

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 import backbones
 from bench.resolve import resolve
-from bench.plan import plan
+from bench.run import planned as plan
 
 
 def group_sizes(name, head='linear', **kw):

@@ -226,10 +226,11 @@ def test_every_flag_has_help(script):
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
-    """A real SIGINT to a real sweep: the finished records survive intact, and the rerun runs only the rest."""
+    """A real SIGINT to a real sweep of runs side by side (the pool, `--cluster auto`'s choice on a CPU): the finished
+    records survive intact, the workers go, and the rerun runs only the rest."""
     results = tmp_path / 'r.jsonl'
     args = ['--data', str(dataset_dir), '--results', str(results), '--strategy', 'full,feature_extract', '--seeds',
-            '3', *TINY, '--epochs', '4']
+            '3', *TINY, '--epochs', '4', '--cluster', 'pool']
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     proc = subprocess.Popen([sys.executable, str(REPO / 'bench' / 'finetune.py'), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_at_a_terminal)

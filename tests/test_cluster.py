@@ -107,3 +107,36 @@ def test_ray_smoke_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_
     done = record.done(results)
     assert len(done) == 4 and {json.dumps(r['config'], sort_keys=True) for r in recs} == \
         {json.dumps(r['config'], sort_keys=True) for r in done.values()}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason='runs side by side need two cores')
+def test_a_pool_runs_side_by_side_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_dir, tmp_path, capsys):
+    """Two worker processes of one thread each (this machine's cores), a real SIGKILL of the worker running the first
+    job: an error row naming it, a new worker, the other runs recorded with the machine they shared; the local
+    executor then resumes the lost job alone."""
+    results = tmp_path / 'r.jsonl'
+    argv = [sys.executable, '-u', str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir), '--results',
+            str(results), *TINY, '--strategy', 'full,feature_extract', '--seeds', '2', '--epochs', '6']
+    proc = subprocess.Popen([*argv, '--cluster', 'pool'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed, out = time.time() + 120, None, []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if killed is None and ' -> worker pid ' in line:
+                killed = int(line.rsplit(' pid ', 1)[1])
+                os.kill(killed, signal.SIGKILL)
+            if time.time() > deadline:
+                break
+        proc.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        proc.kill()
+    text = ''.join(out)
+    assert killed and proc.returncode == 1 and 'pool: 2 runs at a time, 1 thread each' in text, text
+    recs = record.read(results)
+    lost = [r for r in recs if r['error']]
+    assert len(recs) == 4 and len(lost) == 1 and lost[0]['error'].startswith(f'worker lost (pid {killed}'), text
+    ran = [r for r in recs if not r['error']]
+    assert all(r['threads'] == 1 for r in ran) and max(r['side_by_side'] for r in ran) == 2
+    assert run_script(finetune, [*argv[3:], '--cluster', 'local']) == 0
+    assert '1 ran, 3 already recorded, 0 failed' in capsys.readouterr().out

@@ -5,19 +5,17 @@ count their definition gives, and merged LoRA adapters give the model they were 
 
 Every timm family is checked by `python bench/families.py` (build, plan and run on the meta device); a test here
 runs it on two families, so the checker itself is checked."""
-import copy
 from dataclasses import replace
 
 import pytest
 import torch
-from fastai.basics import DataLoaders
 
 import backbones
-from bench import data, learner, plan, runlog
+from bench import data, run
 from bench.config import Config
 from bench.resolve import resolve_auto
 from bench.families import expected_trainable
-from bench.strategies import STRATEGIES, problem
+from bench.strategies import STRATEGIES, prepare, problem
 
 FAMILIES = {  # family: its tiniest model in timm 1.0.31, and an input size (px) small enough to be quick
     'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),
@@ -48,27 +46,24 @@ def test_every_strategy_trains_exactly_what_it_plans(family, batches):
     images, split = batches
     name, size = FAMILIES[family]
     spec = backbones.describe(name, size)
-    built, _ = backbones.build(name, len(images.classes), 'auto', weights='none', img_size=size)
-    with torch.no_grad():  # no exact zeros (timm zero-inits the last norm of a residual block, which would stop
-        for p in built.parameters():  # every gradient before it in the first step)
-            p.add_(torch.randn_like(p) * 1e-2)
     ran = []
     for strategy in STRATEGIES:
         cfg = config(name, strategy, size)
         if problem(cfg, spec):
             continue
         cfg = replace(cfg, head=backbones.resolve_head(cfg.head, spec.features))
-        planned = plan.plan(cfg, len(images.classes))
-        net = copy.deepcopy(built)
-        train_dl, valid_dl, _ = learner.loaders(cfg, images, split, spec)
-        log = runlog.RunLog('cpu')
-        learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
-        learner.show_progress(learn, False, lambda line: None)
+        planned = run.planned(cfg, len(images.classes))
+        built = run.build(cfg, images, split, log=lambda line: None)
+        net, learn, log = built.net, built.learn, built.runlog
+        with torch.no_grad():  # no exact zeros (timm zero-inits the last norm of a residual block, which would stop
+            for p in net.parameters():  # every gradient before it in the first step)
+                p.add_(torch.randn_like(p) * 1e-2)
         before = {n: p.detach().clone() for n, p in net.named_parameters()}
-        may_train = [n for n, p in net.named_parameters() if p.requires_grad]
-        STRATEGIES[strategy](learn, cfg)
+        may_train = preparable(cfg, len(images.classes))
+        built.train(log=lambda line: None)
 
         per_epoch = [ph for ph in planned['phases'] for _ in range(ph['start'], ph['stop'])]
+        assert built.phases == planned['phases'], strategy  # the run's own plan is the parameter-free one
         assert [e['trainable'] for e in log.epochs] == [ph['trainable'] for ph in per_epoch], strategy
         assert planned['total'] == sum(p.numel() for p in backbones.counted(net)), strategy
         trained = {n for ph in planned['phases'] for n in ph['names']}
@@ -86,6 +81,13 @@ def test_every_strategy_trains_exactly_what_it_plans(family, batches):
             check_merge(net, size)
         ran.append(strategy)
     assert {'feature_extract', 'bitfit', 'lora', 'partial', 'full', 'llrd', 'lp_ft'} <= set(ran)
+
+
+def preparable(cfg, n_classes):
+    """What the strategy's prepare step lets train (what its optimizer may hold), on a fresh parameter-free copy."""
+    net, _ = backbones.build(cfg.backbone, n_classes, cfg.head, weights='none', meta=True, img_size=cfg.size)
+    prepare(net, cfg)
+    return {n for n, p in net.named_parameters() if p.requires_grad}
 
 
 def check_merge(net, size):

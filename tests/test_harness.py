@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import backbones
-from bench import data, learner, record, runner
+from bench import data, learner, record, run, runner
 from bench.config import Config, UsageError
 from bench.resolve import resolve_auto
 from tests.helpers import tiny_config
@@ -84,35 +84,38 @@ def test_bf16_on_a_cpu_runs_in_bf16(images):
 
 def test_channels_last_reaches_the_model_and_the_batches(images):
     for setting, expected in (('on', True), ('off', False)):
-        net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
-        cfg = tiny_config(CPU, bs=8, channels_last=setting)
-        learn = learner.learner(cfg, None, net)
-        learner.apply_precision(learn, cfg)
-        weight = learn.model.body.model.features[0].weight
-        x, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25), backbones.describe('cifar_cnn'))[0].shapes()[0]
+        built = run.build(tiny_config(CPU, bs=8, channels_last=setting), images, data.split(images, valid_frac=0.25),
+                          log=lambda line: None)
+        weight = built.learn.model.body.model.features[0].weight
+        x, _ = built.train_dl.shapes()[0]
         assert weight.is_contiguous(memory_format=torch.channels_last) == expected
         assert x.is_contiguous(memory_format=torch.channels_last) == expected
 
 
-def test_warm_up_sees_every_batch_shape_and_leaves_no_trace(images):
-    cfg = tiny_config(CPU, augment=True)
-    split = data.split(images, valid_frac=0.25)            # 60 training images: 3 batches of 16 and one of 12
-    spec = backbones.describe('cifar_cnn')
-    train_dl, valid_dl, test_dl = learner.loaders(cfg, images, split, spec)
+@pytest.mark.parametrize('strategy', ['full', 'feature_extract'])
+def test_warm_up_sees_every_training_batch_shape_and_leaves_no_trace(images, strategy):
+    """Training's shapes, forward and backward; on cached features (feature_extract) the body's forward at each shape
+    extraction reads. Evaluation is off the training clock: it pays for its own first batch."""
     torch.manual_seed(0)
-    net, _ = backbones.build('cifar_cnn', 4, 'mlp', weights='none')
+    built = run.build(tiny_config(CPU, augment=strategy == 'full', strategy=strategy, head_lr=1e-2), images,
+                      data.split(images, valid_frac=0.25), log=lambda line: None)  # 60 train, 20 valid, 24 test
+    net = built.net
     before = {k: v.clone() for k, v in net.state_dict().items()}
     shapes = []
-    net.register_forward_hook(lambda m, i, o: shapes.append((m.training, i[0].shape[0])))
+    watched = net if strategy == 'full' else net.body
+    watched.register_forward_hook(lambda m, i, o: shapes.append((m.training, i[0].shape[0])))
     rng = torch.get_rng_state()
-    seconds = runner.warm_up(net, cfg, train_dl, [valid_dl, test_dl])
+    seconds = built.warm_up()
     assert seconds > 0
-    assert sorted(set(shapes)) == [(False, 4), (False, 8), (False, 16), (True, 12), (True, 16)]  # valid 20, test 24
+    if strategy == 'full':  # batches of 16: 3 of 16 and one of 12
+        assert sorted(set(shapes)) == [(True, 12), (True, 16)]
+    else:  # extraction in evaluation-sized batches: every training image, then every validation image, at once
+        assert built.cached and sorted(set(shapes)) == [(False, 20), (False, 60)]
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in net.parameters())
-    assert train_dl.passes == 0 and torch.equal(train_dl.generator.get_state(),
-                                                torch.Generator().manual_seed(cfg.seed).get_state())
+    assert built.train_dl.passes == 0 and torch.equal(built.train_dl.generator.get_state(),
+                                                      torch.Generator().manual_seed(0).get_state())
 
 
 def test_warm_up_is_recorded_apart_from_training(images):

@@ -75,9 +75,10 @@ def test_a_run_under_a_tight_limit_trains_in_passes_and_says_so(images):
     assert any('passes of' in line for line in lines)
 
 
-def test_a_run_in_passes_also_evaluates_in_passes(images):
-    """Evaluation in eval mode needs no saved activations, but a whole batch of them at once: under a limit that
-    splits training batches, validation and test run in batches of the same smaller size."""
+def test_evaluation_runs_in_the_largest_batches_that_fit(images):
+    """Inference saves no activations: under a limit that splits training batches into passes, validation and test
+    still run in batches larger than a training pass, as large as the limit allows (and never past the cap), and the
+    record says how large."""
     cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16, epochs=1)
     split = data.split(images, valid_frac=0.25, subset=32)
     free = runner.train(cfg, images, split, log=lambda line: None)
@@ -92,8 +93,15 @@ def test_a_run_in_passes_also_evaluates_in_passes(images):
                              split, log=lambda line: None)
     finally:
         hook.remove()
-    assert tight['accumulate'] >= 2 and seen[False] and max(seen[False]) <= tight['micro_bs'] < 16
-    assert max(seen[True]) <= tight['micro_bs']
+    assert tight['accumulate'] >= 2 and max(seen[True]) <= tight['micro_bs'] < 16
+    assert tight['eval_bs'] > tight['micro_bs'] and max(seen[False]) == min(tight['eval_bs'], 24)  # test: 24 images
+    assert free['eval_bs'] >= tight['eval_bs']
+    net, x = net_and_batch(cfg)
+    names = {n for n, _ in net.named_parameters()}
+    capped = memory.plan_batches(net, replace(cfg, memory_limit_mb=10 ** 6), x, learner.autocast(cfg), names, eval_cap=64)
+    assert capped.eval_bs == 64
+    inference = memory.saved_bytes_per_image(net, x, learner.autocast(cfg), train=False)
+    assert 0 < inference and tight['eval_bs'] * inference / 2 ** 20 <= tight['memory_free_mb']
 
 
 def test_a_refused_run_is_an_error_row_with_the_figure(images):

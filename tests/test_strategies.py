@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from fastai.basics import Callback, DataLoaders, even_mults
+from fastai.basics import Callback, even_mults
 
 import backbones
-from bench import data, finetune, learner, plan, record, runlog, runner, strategies
+from bench import data, finetune, record, run, runlog, runner, strategies
 from bench.config import Config
 from bench.resolve import resolve_auto
 from bench.strategies import STRATEGIES, problem, register
@@ -26,17 +26,12 @@ def tiny(strategy, **kw):
 
 
 def fit(cfg, images):
-    """Run `cfg`'s strategy on a real Learner over the tiny data: (learn, per-epoch log, state before)."""
+    """Build `cfg`'s run (bench/run.py) over the tiny data and run its strategy: (the run, state before)."""
     torch.manual_seed(0)
-    net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
-    train_dl, valid_dl, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
-                                           backbones.describe(cfg.backbone))
-    log = runlog.RunLog('cpu')
-    learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [log])
-    learner.show_progress(learn, False, lambda line: None)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    STRATEGIES[cfg.strategy](learn, cfg)
-    return learn, log, before
+    built = run.build(cfg, images, data.split(images, valid_frac=0.25, subset=32), log=lambda line: None)
+    before = {k: v.clone() for k, v in built.net.state_dict().items()}
+    built.train(log=lambda line: None)
+    return built, before
 
 
 def expected_to_move(learn, planned, train_bn):
@@ -63,8 +58,10 @@ CASES = [(name, {}) for name in STRATEGIES if name not in ('zero_shot',)] + [
                                                       for n, s in CASES])
 def test_a_strategy_trains_what_its_plan_says(name, settings, images):
     cfg = tiny(name, **settings)
-    planned = plan.plan(cfg, len(images.classes))
-    learn, log, before = fit(replace(cfg, weights='none'), images)
+    planned = run.planned(cfg, len(images.classes))
+    built, before = fit(replace(cfg, weights='none'), images)
+    learn, log = built.learn, built.runlog
+    assert [{k: v for k, v in ph.items()} for ph in built.phases] == planned['phases']  # the real plan is the meta one
     per_epoch = [ph for ph in planned['phases'] for _ in range(ph['start'], ph['stop'])]
     assert [e['trainable'] for e in log.epochs] == [ph['trainable'] for ph in per_epoch]
     assert len(log.epochs) == sum(ph['stop'] - ph['start'] for ph in planned['phases'])
@@ -78,9 +75,9 @@ def test_a_strategy_trains_what_its_plan_says(name, settings, images):
 
 
 def test_discriminative_lrs_follow_fastais_slice(images):
-    learn, _, _ = fit(tiny('full', epochs=1, lr_mult=100), images)
+    learn = fit(tiny('full', epochs=1, lr_mult=100), images)[0].learn
     assert np.allclose([h['lr'] for h in learn.opt.hypers], [*even_mults(1e-5, 1e-3, 3), 1e-2])
-    learn, _, _ = fit(tiny('progressive', lr_mult=10), images)
+    learn = fit(tiny('progressive', lr_mult=10), images)[0].learn
     assert np.allclose([h['lr'] for h in learn.opt.hypers][:-1], even_mults(1e-4, 1e-3, 3))
     assert learn.opt.hypers[-1]['lr'] == pytest.approx(1e-2)
 
@@ -107,12 +104,10 @@ def test_the_head_trains_at_the_heads_lr_and_the_body_at_the_bodys_in_every_stra
     cfg = tiny(name, lr=BODY_LR, head_lr=HEAD_LR, lr_mult=10, sched='flat')
     watch = OptimizerLRs()
     torch.manual_seed(0)
-    net, _ = backbones.build(cfg.backbone, len(images.classes), cfg.head, weights='none')
-    train_dl, valid_dl, _ = learner.loaders(cfg, images, data.split(images, valid_frac=0.25, subset=32),
-                                           backbones.describe(cfg.backbone))
-    learn = learner.learner(cfg, DataLoaders(train_dl, valid_dl), net, [watch])
-    learner.show_progress(learn, False, lambda line: None)
-    STRATEGIES[name](learn, cfg)
+    built = run.build(cfg, images, data.split(images, valid_frac=0.25, subset=32), log=lambda line: None)
+    learn = built.learn
+    learn.add_cb(watch)
+    built.train(log=lambda line: None)
     assert watch.seen, 'the strategy trained no batch'
     head = len(learn.opt.param_lists) - 1
     one_cycle = name == 'fine_tune'
@@ -140,14 +135,15 @@ def test_the_lrs_a_run_records_are_the_optimizers(images):
 
 
 def test_progressive_resets_the_optimizer_at_each_unfreeze(images):
-    learn, _, _ = fit(tiny('progressive'), images)
+    learn = fit(tiny('progressive'), images)[0].learn
     head_weight = learn.model.head[-1].weight
     steps_per_epoch = 2  # 32 training images, batches of 16
     assert int(learn.opt.opt.state[head_weight]['step']) == steps_per_epoch  # the last phase's steps only
 
 
 def test_zero_shot_trains_nothing_even_when_validated(images):
-    learn, log, before = fit(tiny('zero_shot'), images)
+    built, before = fit(tiny('zero_shot'), images)
+    learn, log = built.learn, built.runlog
     learn.validate()  # fastai fires fit and epoch events here too; they are not training
     assert log.epochs == [] and log.trainable_max == 0
     assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
@@ -216,8 +212,7 @@ def test_cache_features_auto_is_on_only_where_the_strategy_allows_it():
 def test_the_record_says_how_many_batchnorm_layers_updated_their_statistics(images):
     counts = {}
     for name in ('feature_extract', 'bitfit', 'norm_only', 'lp_ft', 'full'):
-        _, log, _ = fit(tiny(name), images)
-        counts[name] = log.batchnorm
+        counts[name] = fit(tiny(name), images)[0].runlog.batchnorm
     n = counts['full'][1]
     assert n > 0 and counts['full'] == (n, n) and counts['norm_only'] == (n, n)  # weights train: statistics too
     assert counts['feature_extract'] == (0, n) and counts['bitfit'] == (0, n)  # frozen weights: BnFreeze keeps them

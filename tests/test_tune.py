@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bench import finetune, leaderboard, record, stats, tune
+from bench import finetune, leaderboard, record, runner, stats, tune
 from bench.config import Config
 from tests.helpers import TINY, rec, run_script
 
@@ -91,6 +91,22 @@ def test_a_tuned_table_shows_the_chosen_rows_their_lr_and_stands_apart_from_fixe
     assert 'tuning\'s other grid points took' in text
 
 
+def test_a_chosen_run_without_a_test_score_is_said_never_shown_as_a_number():
+    """A choice that changed after the sweep (a grid point rerun with --force, records merged from elsewhere) can
+    fall on a grid run never scored on test: the row is over the seeds scored, and the page says which is missing."""
+    grid = [tuned('full', 0, lr, valid=v, test=None) for lr, v in ((1e-4, .5), (3.2e-4, .7), (1e-3, .6))]
+    for r in grid:
+        r.update(test_acc=None, tested=None, test_loss=None)
+    seeds = [tuned('full', s, 3.2e-4, valid=.7, test=.7 + s / 100, role='seed') for s in (1, 2, 3)]
+    probe = [tuned('partial', s, 1e-3, valid=.6, test=.6, role='seed' if s else 'grid') for s in (0, 1, 2)]
+    table, = stats.tables(grid + seeds + probe)
+    full = next(row for row in table.rows if row.label == 'full')
+    assert full.n == 3 and full.unscored == [0] and full.mean('test_acc') == pytest.approx(.72)
+    text = leaderboard.render(grid + seeds + probe)
+    assert 'Not scored on test: full seed 0' in text
+    assert 'nan' not in text and 'None' not in text
+
+
 def test_a_row_still_rising_at_its_end_is_marked():
     rows = []
     for s in range(3):
@@ -125,8 +141,13 @@ def test_a_tuned_sweep_runs_the_grid_then_the_seeds_at_the_chosen_lr_and_resumes
         assert [r['seed'] for r in seeds] == [1]  # seed 0 is the grid's run at the chosen LR
         assert seeds[0]['config'][field] == tune.lr_at(choice.best)
         assert all(len(r['valid_curve']) >= 4 for r in recs)
+        latest = {r['key']: r for r in grid}.values()  # the chosen point's record, completed with its test
+        assert {r['config'][field]: r['tested'] for r in latest} == {
+            tune.lr_at(e): runner.TESTED_FROM_CHECKPOINT if e == choice.best else None for e in scores}
+        assert all(r['test_acc'] is None for r in latest if r['tested'] is None)
         if strategy == 'full':  # the head at 10x the body, as the optimizer held them
             assert all(r['lrs'][-1] == pytest.approx(10 * r['config']['lr']) for r in recs)
+    assert not list((tmp_path / 'cache' / 'checkpoints').glob('*'))  # kept weights go once scored or not chosen
     n = len(records)
     assert run_script(finetune, argv) == 0
     assert len(record.read(results)) == n  # everything recorded: nothing runs again

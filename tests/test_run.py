@@ -1,0 +1,84 @@
+"""A run is built once (bench/run.py): one model, one Learner and one prepare step per run, whatever the strategy;
+its test, scored later from the weights it kept, is the test scored at its end."""
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from fastai.learner import Learner
+
+import backbones
+from bench import data, record, run, runner, strategies
+from bench.executor import Job
+from tests.helpers import tiny_config
+
+CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
+
+
+def counting(monkeypatch, owner, name):
+    """Count the calls of `owner.name` (the real one runs): a list that grows by one per call."""
+    calls, real = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize('strategy', list(strategies.STRATEGIES))
+def test_a_run_builds_its_model_its_learner_and_its_strategys_additions_once(strategy, images, monkeypatch):
+    """The memory planner measures the real model and the plan is read off the real Learner: no second model, no
+    second Learner (cached features included), the strategy's prepare step (LoRA's adapters, BitFit's marks) once."""
+    cfg = tiny_config(CPU, backbone='cifar_resnet32', head='linear', strategy=strategy, epochs=2, unfreeze_at=(1,),
+                      lr=1e-3, head_lr=1e-2)
+    nets = counting(monkeypatch, backbones.Net, '__init__')
+    learners = counting(monkeypatch, Learner, '__init__')
+    prepare = strategies.STRATEGIES[strategy].prepare
+    prepared = []
+    if prepare is not None:
+        monkeypatch.setitem(strategies.STRATEGIES, strategy, replace(
+            strategies.STRATEGIES[strategy], prepare=lambda net, cfg: (prepared.append(1), prepare(net, cfg))))
+    out = runner.work(Job(cfg), images)
+    assert 'results' in out, out.get('error')
+    assert (len(nets), len(learners), len(prepared)) == (1, 1, 1 if prepare else 0), strategy
+    assert out['results']['tested'] == runner.TESTED_AT_END
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+    """A weights file for cifar_resnet32 (timm key names), as a pretrained file is loaded."""
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp('weights') / 'cifar_resnet32.safetensors'
+    save_file(timm.create_model('cifar_resnet32').state_dict(), str(path))
+    return path
+
+
+@pytest.mark.parametrize('strategy', ['full', 'feature_extract', 'lora', 'norm_only'])
+def test_the_test_scored_from_kept_weights_is_the_test_at_the_end(strategy, images, tmp_path, pretrained):
+    """What a grid point keeps (what trained, every buffer: norm_only's running statistics, LoRA's adapters, the head
+    over cached features) gives back the test the run would have scored at its end."""
+    cfg = tiny_config(CPU, backbone='cifar_resnet32', head='linear', strategy=strategy, epochs=2, lr=1e-3,
+                      head_lr=1e-2, weights=str(pretrained))
+    split = data.split(images, valid_frac=0.25)
+    kept = tmp_path / 'kept.pt'
+    whole = runner.train(cfg, images, split, log=lambda line: None, keep=kept)
+    later = runner.test_checkpoint(cfg, images, split, kept, log=lambda line: None)
+    assert later['tested'] == runner.TESTED_FROM_CHECKPOINT and whole['tested'] == runner.TESTED_AT_END
+    assert later['test_acc'] == whole['test_acc'] and later['test_class_acc'] == whole['test_class_acc']
+    assert later['test_loss'] == pytest.approx(whole['test_loss'], rel=1e-5)
+    state = torch.load(kept, weights_only=True)
+    params = {n for n, _ in run.build(cfg, images, split, log=lambda line: None, plan=False).net.named_parameters()}
+    if strategy in ('feature_extract', 'lora'):  # what trained and the buffers: not the whole pretrained body
+        assert len(set(state) & params) < len(params) / 2
+
+
+def test_a_test_only_job_without_kept_weights_trains_the_run_whole(images, tmp_path, monkeypatch):
+    """Where the weights are gone (another machine, a cleaned cache), the run is trained again, tested."""
+    monkeypatch.setenv('FTBENCH_CACHE', str(tmp_path / 'cache'))
+    job = Job(tiny_config(CPU), test=False, test_only=True)
+    out = runner.work(job, images)
+    assert out['results']['tested'] == runner.TESTED_AT_END and out['results']['test_acc'] is not None
+    assert not Path(record.checkpoint_path(job.key(out['env']['device_name']))).exists()
