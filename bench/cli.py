@@ -5,6 +5,7 @@ stderr and exit code 2. Failed runs are error rows and make the script exit 1 at
 keeps every finished record.
 """
 import sys
+from collections import defaultdict
 from dataclasses import replace
 
 import backbones
@@ -152,7 +153,7 @@ def execute(args, configs):
         cfgs = validate(configs(args, where.hardware), leave_out=getattr(args, 'strategy', None) == 'all')
         tuned = tuning(args, cfgs)
         if args.dry_run:
-            return dry_run(args, cfgs, tuned)
+            return dry_run(args, cfgs, tuned, where)
         failed = False
         for source, group in by_data(cfgs):
             images = load_images(source)
@@ -224,12 +225,14 @@ def run(args, jobs, executor, after=None):
     return outcome
 
 
-def dry_run(args, cfgs, tuned=False):
+def dry_run(args, cfgs, tuned=False, where=None):
     """Each run's phases, from the strategy's own code on a parameter-free model. Needs no data and downloads
     nothing: the class count comes from the data if it is here, else CIFAR-10's 10 are assumed. Tuned: one plan per
-    strategy, at its grid's middle point, with its grid, its runs and the head's rule."""
+    strategy, at its grid's middle point, with its grid, its runs and the head's rule. Where the data is here, what
+    the runs will cost on `where`'s hardware (bench/estimate.py, from the records of earlier runs there)."""
     from bench.plan import format_plan
     from bench.run import planned
+    total, counted, unknown = 0., 0., 0
     for spec, group in by_data(cfgs):
         source = data.local_source(spec)
         if source is None:
@@ -241,6 +244,9 @@ def dry_run(args, cfgs, tuned=False):
             metric = METRICS[declared(spec).metric]
             print(f'{spec}: {n_classes} classes, {len(images.train_y):,} training and {len(images.test_y):,} test '
                   f'images stored at {images.stored} px; ranked by {metric}')
+            if where is not None:
+                seconds, runs, missing = cost(args, group, images, tuned, where)
+                total, counted, unknown = total + seconds, counted + runs, unknown + missing
         if tuned:
             seeds = {key: len(s) for key, (_, s) in tune.grid_runs(group).items()}
             group = [tune.at(first, tune.grid_of(first.strategy).exponents[1]) if tune.grid_of(first.strategy)
@@ -250,7 +256,28 @@ def dry_run(args, cfgs, tuned=False):
             print(format_plan(cfg, planned(cfg, n_classes)))
             if tuned:
                 print(tune.describe(cfg, seeds.get(tune.group_key(cfg.to_dict()), args.seeds)))
+    if counted:
+        print(f'estimate: about {round(counted)} runs, {total / 3600:.1f} h on {where.hardware.name} '
+              f'({where.slots} at a time)' + (f'; {unknown} configurations have no record to estimate from and are '
+                                              f'left out of it' if unknown else '') +
+              f' (bench/estimate.py: from the records in {args.results} of this hardware, scaled by pixels)')
     return 0
+
+
+def cost(args, group, images, tuned, where):
+    """(seconds, runs, configurations without an estimate) of `group` on `where`, from the records of its hardware."""
+    from bench import estimate
+    by_split = defaultdict(list)
+    for cfg in group:
+        by_split[tuple(getattr(cfg, name) for name in data.SPLIT_SETTINGS)].append(cfg)
+    out = (0., 0., 0)
+    for same in by_split.values():
+        split = data.split_for(images, same[0])
+        seconds, runs, unknown = estimate.sweep_seconds(
+            same, record.read(args.results), where.hardware.name, where.threads, len(split.train), len(split.valid),
+            len(split.test), tuned, where.slots)
+        out = (out[0] + seconds, out[1] + runs, out[2] + unknown)
+    return out
 
 
 def show_bar(args):

@@ -100,6 +100,7 @@ class RayExecutor:
                              f'cluster has {gpus:g} GPUs and {cpus:g} CPUs; lower --gpus-per-run or --cpus-per-run')
         self.slots = int(min(gpus // self.gpus_per_run if self.gpus_per_run else float('inf'),
                              cpus // self.cpus_per_run if self.cpus_per_run else float('inf')))
+        self.threads = max(1, int(self.cpus_per_run))
         self.actor_class = ray.remote(num_gpus=self.gpus_per_run, num_cpus=self.cpus_per_run, max_restarts=0,
                                       max_task_retries=0)(Worker)
         self.spawn(self.slots)  # all at once: each spends seconds importing torch, fastai and timm, in parallel

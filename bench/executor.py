@@ -113,8 +113,12 @@ def summary(rec):
 
 class LocalExecutor:
     """Runs jobs one after another in this process, on this machine's hardware."""
+    slots = 1  # runs at a time
+
     def __init__(self):
+        import torch
         self.hardware = record.hardware()
+        self.threads = torch.get_num_threads()  # each run's
         self.images = None
 
     def start(self, images, bar=False, log=print):

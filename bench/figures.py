@@ -11,6 +11,8 @@ Per leaderboard table (one experiment on one hardware and profile), into the `fi
   line per strategy, the chosen point ringed): how forgiving each strategy is of its LR.
 Per across-datasets block (bench/across.py), `<experiment>-across-<backbone>-...-cd.png`: the critical-difference
 diagram of the strategies' mean ranks (scikit-posthocs, from Nemenyi's p-values), from 4 datasets on.
+Per across-regimes comparison (bench/regimes.py, W8), `<experiment>-regimes-<dataset>-...png`: each strategy's score in
+each regime, cheapest to native, ±1 std over seeds.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
 from pathlib import Path
@@ -225,4 +227,27 @@ def critical_difference(block, path):
         line.set_data(*zip(*sorted(zip(*line.get_data()))))  # a bar's points come in a set's (per-process) order
     ax.set_title(f'{block.backbone}: mean rank over {len(means)} datasets (1 = best), {block.device}, '
                  f'profile {block.profile}', fontsize=9)
+    return _save(fig, path)
+
+
+def regimes(comparison, path):
+    """W8's across-regime figure: each strategy's test score in each regime (cheapest left, native right), mean with
+    ±1 std bars over seeds, one line per strategy; None with fewer than two regimes."""
+    if len(comparison.regimes) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    x = np.arange(len(comparison.regimes))
+    native = comparison.native.means
+    for i, s in enumerate(sorted(comparison.strategies, key=lambda s: -native[s])):
+        rows = [r.rows[s] for r in comparison.regimes]
+        means = [100 * row.mean(row.metric) for row in rows]
+        stds = [100 * np.std(list(row.by_seed(row.metric).values()), ddof=1) if row.n > 1 else 0. for row in rows]
+        ax.errorbar(x + (i - len(comparison.strategies) / 2) * 0.02, means, yerr=stds, marker='o', ms=4, capsize=3,
+                    label=s)
+    ax.set_xticks(x, [f'{r.name}\n{r.words()}' for r in comparison.regimes], fontsize=8)
+    ax.set_ylabel(stats.METRIC_WORDS[comparison.native.table.metric] + ' %')
+    ax.set_title(f'{comparison.dataset} · {comparison.backbone}: each strategy at its tuned LR in each regime\n'
+                 f'{comparison.device}, profile {comparison.profile}', fontsize=9)
+    ax.legend(fontsize=8, loc='best')
+    ax.grid(alpha=0.3)
     return _save(fig, path)

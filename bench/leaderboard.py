@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench import across, advice, record, stats
+from bench import across, advice, record, regimes, stats
 from bench.tables import error_table, markdown_table, mean_std, provenance, split_words, table_row, verdict_lines
 from bench.config import FIELDS
 from bench.experiments import ADVISE, EXPERIMENTS
@@ -61,7 +61,9 @@ decoded images the process holds); on CUDA it is the run's peak allocated memory
 
 def heading(table):
     lrs = 'each strategy at its tuned LR' if table.tuned else 'fixed LRs'
-    return f'### {table.dataset + " · " if table.dataset else ""}{table.device} · profile {table.profile} · {lrs}'
+    regime = f' · regime {table.regime}' if table.regime else ''
+    return (f'### {table.dataset + " · " if table.dataset else ""}{table.device} · profile {table.profile}{regime} · '
+            f'{lrs}')
 
 
 def slug(table):
@@ -71,13 +73,19 @@ def slug(table):
     own = (declared.settings.get('data') if declared else None) or FIELDS['data'].default
     several = declared is not None and len(declared.datasets) > 1
     dataset = f'-{table.dataset}' if table.dataset and (several or table.dataset != own) else ''
-    return file_stem(f'{table.experiment}{dataset}-{table.device}-{table.profile}{"-tuned" if table.tuned else ""}')
+    regime = f'-{table.regime}' if table.regime else ''
+    return file_stem(f'{table.experiment}{dataset}-{table.device}-{table.profile}{regime}'
+                     f'{"-tuned" if table.tuned else ""}')
 
 
 def cross_slug(exp, block):
     """The same for an across-datasets block of experiment `exp` (W6's and W7's can share backbone, machine and
     profile)."""
     return file_stem(f'{exp}-across-{block.backbone}-{block.device}-{block.profile}{"" if block.fixed else "-tuned"}')
+
+
+def regime_slug(exp, comp):
+    return file_stem(f'{exp}-regimes-{comp.dataset}-{comp.backbone}-{comp.device}-{comp.profile}')
 
 
 def advice_slug(adv):
@@ -175,6 +183,8 @@ def render(records, figures=None):
             out += ['Failed runs (latest error per configuration; rerun to retry):', '', error_table(failed), '']
         blocks = cross_blocks(records, exp)
         out += across.section(blocks, [figures.get(cross_slug(exp, b), []) for b in blocks])
+        comps = regimes.comparisons(stats.tables(ok)) if declared and declared.regimes else []
+        out += regimes.section(comps, [figures.get(regime_slug(exp, c), []) for c in comps])
     return '\n'.join(out).rstrip() + '\n'
 
 
@@ -208,6 +218,13 @@ def render_file(results, out=None):
         made = figures.draw(table, out.parent / 'figures', slug(table), title)
         links[slug(table)] = [(caption, path.relative_to(out.parent).as_posix()) for caption, path in made]
     for exp in sorted({r['experiment'] for r in records}):
+        declared = EXPERIMENTS.get(exp)
+        if declared is not None and declared.regimes:
+            for comp in regimes.comparisons(stats.tables([r for r in ok if r['experiment'] == exp])):
+                made = figures.regimes(comp, out.parent / 'figures' / f'{regime_slug(exp, comp)}.png')
+                if made is not None:
+                    links[regime_slug(exp, comp)] = [('Each strategy\'s score in each regime, ±1 std over seeds',
+                                                      made.relative_to(out.parent).as_posix())]
         for block in cross_blocks(records, exp):
             made = figures.critical_difference(block, out.parent / 'figures' / f'{cross_slug(exp, block)}-cd.png')
             if made is not None:

@@ -1,0 +1,96 @@
+"""W8 (bench/regimes.py): regime agreement on a case known by hand, its section and figure; the regimes as runs
+(finetune --regime) and the dry run's time estimate (bench/estimate.py)."""
+import json
+
+import pytest
+
+from bench import estimate, finetune, leaderboard, record, regimes, stats, tune
+from bench.config import Config
+from tests.helpers import rec, run_script
+
+# Caltech-101-like scores (mean per-class accuracy, %) by regime: the cheap one reverses the native order, the
+# middle one keeps it with b and c tied
+MEANS = {'96px': dict(a=60, b=70, c=80), '160px': dict(a=79, b=70.2, c=70), '224px': dict(a=80, b=70, c=60)}
+NOISE = (0.0, 0.8, -0.8)  # per seed: the same for every strategy, so pairs within a regime are paired exactly
+JITTER = {'a': (0, 0.3, -0.3), 'b': (0, -0.4, 0.4), 'c': (0, 0.6, -0.6)}
+
+
+def regime_records():
+    out = []
+    for regime, means in MEANS.items():
+        size = int(regime[:-2])
+        for strategy, mean in means.items():
+            for seed in range(3):
+                score = (mean + NOISE[seed] + JITTER[strategy][seed]) / 100
+                r = rec(strategy, seed, score, experiment='w8', backbone='tf_efficientnet_lite0',
+                        dataset='caltech101:abc', class_acc=score)
+                r['variant'] = r['config']['variant'] = regime
+                r['config'].update(size=size, bs=32, epochs=2, head_lr=1e-3, sched='flat')
+                r.update(key=record.run_key(r['config'], tune.IDENTITY, r['device']), image_size=size,
+                         train_images=800, valid_class_acc=score,
+                         tune=dict(kind='body', field='lr', head_mult=10, grid=[1e-4], role='grid' if seed == 0 else 'seed'))
+                out.append(r)
+    return out
+
+
+def test_agreement_on_a_case_known_by_hand():
+    comp, = regimes.comparisons(stats.tables(regime_records()))
+    assert [r.name for r in comp.regimes] == ['96px', '160px', '224px'] and comp.native.name == '224px'
+    cheap, middle = (regimes.agreement(comp, r) for r in comp.regimes[:2])
+    assert cheap.tau == pytest.approx(-1) and not cheap.agrees and not cheap.best_holds
+    assert sorted(cheap.flips) == [('b', 'a'), ('c', 'a'), ('c', 'b')]  # each reversed, significant in both
+    assert middle.tau == pytest.approx(1) and middle.flips == [] and middle.agrees and middle.best_holds
+    assert regimes.verdict([comp]) == ('160px', {'96px': ['caltech101'], '160px': []})
+    assert comp.regimes[1].words() == '160 px, 50 steps, flat LR'
+
+
+def test_a_sign_change_significant_in_one_regime_only_is_no_flip():
+    records = regime_records()
+    for r in records:  # 160 px: c a little ahead of b instead of behind, within the seeds' noise
+        if r['variant'] == '160px' and r['strategy'] == 'c':
+            r['test_class_acc'] = r['test_acc'] = r['test_acc'] + 0.004
+    comp, = regimes.comparisons(stats.tables(records))
+    middle = regimes.agreement(comp, comp.regimes[1])
+    assert middle.flips == [] and middle.one_sided == [('c', 'b')] and middle.tau == pytest.approx(1 / 3)
+    assert not middle.agrees  # tau 0.33 < 0.6
+
+
+def test_the_section_and_figure_render_from_the_records(tmp_path):
+    records = regime_records()
+    text = leaderboard.render(records)
+    section = text.split('### Across regimes')[1]
+    assert '**96px** against 224px: tau = -1.00' in section and 'Does not agree' in section
+    assert 'Verdict: the cheapest regime that agrees with the native one on every dataset is 160px (160 px, 50 ' \
+           'steps, flat LR)' in section
+    assert 'regime 96px' in text.split('### Across regimes')[0]  # a table per regime
+    results = tmp_path / 'r.jsonl'
+    for r in records:
+        record.append(results, r)
+    out = leaderboard.render_file(results)
+    assert list((out.parent / 'figures').glob('w8-regimes-caltech101-*.png'))
+
+
+def test_the_regimes_are_runs_of_their_own_and_a_regime_can_be_chosen(capsys):
+    assert run_script(finetune, ['--preset', 'w8', '--data', 'caltech101', '--strategy', 'lora', '--regime',
+                                 '96px,224px', '--seeds', '1', '--dry-run', '--cluster', 'local']) == 0
+    configs = [json.loads(line[len('config: '):]) for line in capsys.readouterr().out.splitlines()
+               if line.startswith('config: ')]
+    assert [(c['variant'], c['size'], c['epochs']) for c in configs] == [('96px', 96, 2), ('224px', 224, 4)]
+    assert run_script(finetune, ['--preset', 'w8', '--regime', '128px', '--dry-run']) == 2
+    assert "unknown regime '128px'; w8 declares 96px, 160px, 224px" in capsys.readouterr().err
+
+
+def test_the_estimate_scales_recorded_rates_by_pixels():
+    r = rec('full', 0, .5, backbone='tf_efficientnet_lite0')
+    r.update(wall_seconds=20., setup_seconds=1., warmup_seconds=1., train_seconds=10., images_per_second=100.,
+             eval_seconds=4., valid_images=200, test_images=400, threads=1, image_size=96,
+             valid_curve=[{}] * 4)
+    cfg = Config(backbone='tf_efficientnet_lite0', strategy='full', epochs=2, bs=32, size=192)
+    rate = estimate.nearest(estimate.rates([r], r['device']), cfg, threads=1)
+    assert rate.train == pytest.approx(25.) and rate.evaluate == pytest.approx(75.)  # (200 x 4 + 400) / 4 s, / 4
+    one = estimate.run_seconds(rate, cfg, n_train=800, n_valid=200, n_test=400)
+    assert one == pytest.approx(2 + 1600 / 25 + 1200 / 75)
+    seconds, runs, unknown = estimate.sweep_seconds([cfg], [r], r['device'], 1, 800, 200, 400, tuned=False,
+                                                    side_by_side=2)
+    assert (seconds, runs, unknown) == (pytest.approx(one / 2), 1, 0)
+    assert estimate.nearest(estimate.rates([r], r['device']), cfg, threads=2) is None  # other threads: no estimate
