@@ -24,7 +24,7 @@ import numpy as np
 
 from bench import record
 from bench.config import UsageError
-from bench.executor import Overlap
+from bench.pool import Overlap
 
 START_TIMEOUT_S = float(os.environ.get('FTBENCH_RAY_START_TIMEOUT', 300))  # a worker that cannot start, say so
 PACKAGES = [str(Path(__file__).resolve().parents[1] / name) for name in ('bench', 'backbones')]

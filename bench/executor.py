@@ -91,21 +91,6 @@ def sweep(jobs, executor, results_path, force=False, log=print, after=None):
     return outcome
 
 
-class Overlap:
-    """How many runs shared a machine with each: the most running at once on its node at any moment of its run."""
-    def __init__(self):
-        self.running = {}  # token -> [its node, the most runs seen at once there while it ran]
-
-    def start(self, token, node=''):
-        self.running[token] = [node, 0]
-        there = [t for t, (n, _) in self.running.items() if n == node]
-        for t in there:
-            self.running[t][1] = max(self.running[t][1], len(there))
-
-    def finish(self, token):
-        return self.running.pop(token)[1]
-
-
 def summary(rec):
     score = f'test acc {rec["test_acc"]:.4f}' if rec.get('test_acc') is not None else f'valid acc {rec["valid_acc"]:.4f}'
     return f'{score}  train {rec["train_seconds"]:.1f} s  {rec["images_per_second"] or 0:.0f} img/s'

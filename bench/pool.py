@@ -23,7 +23,6 @@ from multiprocessing.connection import wait
 
 from bench import record
 from bench.config import UsageError
-from bench.executor import Overlap
 
 
 def serve(conn, threads, images, side_by_side):
@@ -155,3 +154,18 @@ class Worker:
         if self.process.is_alive():
             self.process.terminate()
             self.process.join()
+
+
+class Overlap:
+    """How many runs shared a machine with each: the most running at once on its node at any moment of its run."""
+    def __init__(self):
+        self.running = {}  # token -> [its node, the most runs seen at once there while it ran]
+
+    def start(self, token, node=''):
+        self.running[token] = [node, 0]
+        there = [t for t, (n, _) in self.running.items() if n == node]
+        for t in there:
+            self.running[t][1] = max(self.running[t][1], len(there))
+
+    def finish(self, token):
+        return self.running.pop(token)[1]
