@@ -11,7 +11,7 @@ FTBENCH_DATA    ?= $(wildcard $(CURDIR)/../shared/data)
 FTBENCH_WEIGHTS ?= $(wildcard $(CURDIR)/../shared/weights)
 export FTBENCH_DATA FTBENCH_WEIGHTS
 
-RESULTS ?= reports/results.jsonl
+RESULTS ?=
 PROFILE ?= auto
 SEEDS   ?= 3
 ARGS    ?=
@@ -27,14 +27,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	touch $@
 
-# Every experiment of bench/experiments.py that make bench runs (W1-W4, W7), SEEDS seeds each, then the leaderboard. A failed run is an error
+# Every experiment of bench/declare/experiments.py that make bench runs (W1-W4, W7), SEEDS seeds each, then the leaderboard. A failed run is an error
 # row; the leaderboard is rendered anyway and the target fails at the end if any run failed. ARGS go to every
 # script (e.g. ARGS="--cluster ray", or ARGS="-- --precision fp32").
 bench: setup
-	$(BIN)/python bench/suite.py --profile $(PROFILE) --seeds $(SEEDS) --results $(RESULTS) $(ARGS)
+	$(BIN)/python bench/suite.py --profile $(PROFILE) --seeds $(SEEDS) $(if $(RESULTS),--results $(RESULTS)) $(ARGS)
 
 leaderboard: setup
-	$(BIN)/python bench/leaderboard.py --results $(RESULTS)
+	$(BIN)/python bench/leaderboard.py $(if $(RESULTS),--results $(RESULTS))
 
 # Two test processes of one thread each: the suite is small tensors and subprocesses, which a thread pool per
 # process only makes contend for the two cores.
@@ -43,17 +43,17 @@ test: setup
 
 # Speed regressions: time the benchmark suite (each benchmark beside a calibration workload), save the run under
 # .benchmarks/, and say in one line whether any benchmark got slower than the runs saved before it, past its own
-# measured noise, in a confirmation pass too (bench/regress.py).
+# measured noise, in a confirmation pass too (bench/tools/regress.py).
 bench-regress: setup
 	$(BIN)/python -m pytest -q tests/benchmarks --benchmark-only --benchmark-autosave
-	$(BIN)/python bench/regress.py
+	$(BIN)/python bench/tools/regress.py
 
 speed: setup
-	$(BIN)/python bench/speed.py
+	$(BIN)/python bench/tools/speed.py
 
 # Wheels of fastai and its pure-Python needs, for a GPU machine that has torch and timm but no fastai or network.
 gpu-wheels:
-	bash bench/gpu_check.sh --fetch
+	bash bench/tools/gpu_check.sh --fetch
 
 gpu-check: setup
-	bash bench/gpu_check.sh
+	bash bench/tools/gpu_check.sh

@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from backbones import cifar  # noqa: F401  (registers cifar_resnet32 and cifar_cnn with timm)
-from backbones.anatomy import Spec, create, is_norm, prune, size_to_build
+from backbones.anatomy import Spec, create
 from backbones.anatomy import describe as _describe
+from backbones.anatomy import is_norm, prune, size_to_build
 from backbones.heads import HEADS, make_head, resolve_head
 from backbones.weights import (WEIGHTS_ENV, WeightsError, check_fit, file_shapes, host_of, load_state_dict, local_file,
                                no_hub_message, nothing_to_download, reachable, sha256)

@@ -1,10 +1,17 @@
-"""The benchmark suite: data, strategies, records, leaderboard, and one script per experiment.
+"""The benchmark suite: the scripts a user runs, here, and the library they import, in sub-packages named for their
+layer, lowest first (each imports only those below it):
 
-Scripts a user runs (each `python bench/<name>.py --help`): finetune, scratch, search (the experiments), suite (what
-`make bench` runs), leaderboard, stability, families, speed, precision, regress.
-Modules the scripts import, in the order data flows: config, experiments and datasets (declarations), resolve, cli (flags ->
-runs; tune expands a comparison into grid and seed runs), executor and cluster (where runs happen), data and decode,
-learner, strategies, optim, memory, plan, runner (one run), record (the results file), stats, across, figures.
+    declare/   what a run is: config, experiments, datasets, strategies, the record            (no torch)
+    data/      files -> a memory-mapped image cache -> splits -> batches
+    train/     one run: resolved, built once, trained, timed, evaluated
+    sweep/     many runs: the one loop, its policies (tuning, search, the race), executors
+    analysis/  records -> verdicts: tables, across datasets, across regimes, costs             (no torch)
+    report/    verdicts -> the leaderboard's pages and figures, the advisor's answer           (no torch)
+    command/   the command line the scripts share: flags, and flags -> runs -> the leaderboard
+    tools/     diagnostic scripts: speed, precision, families, regress, stability, the GPU check
+
+Scripts (each `python bench/<name>.py --help`): finetune, scratch, search, advise (the questions), suite (what `make
+bench` runs), leaderboard, race (the advisor's race replayed on a sweep).
 """
 import warnings
 

@@ -24,10 +24,17 @@ import re
 import time
 from dataclasses import replace
 
-from bench import advice, cli, data, race, record, tune
-from bench.config import UsageError, add_cluster_flags, add_run_flags
-from bench.executor import Job
-from bench.experiments import ADVISE
+from bench.analysis import across
+from bench.command import cli
+from bench.command.flags import add_cluster_flags, add_run_flags
+from bench.declare import record
+from bench.declare.config import RESULTS, UsageError, steps_per_epoch
+from bench.declare.datasets import metric_of
+from bench.declare.experiments import ADVISE
+from bench.images import data
+from bench.report import advice
+from bench.sweep import race, tune
+from bench.sweep.executor import Job
 
 PROBE_STEPS = 5   # training steps a probe times (after the warm-up, which every run has off the clock)
 
@@ -42,7 +49,7 @@ def parser():
                    help='full: 224 px-class settings; cpu: W7\'s 2-core budget (96 px, 2 epochs); auto: full where '
                         'the runs have CUDA, else cpu (default: auto)')
     p.add_argument('--plan-only', action='store_true', help='probe and print the plan; race nothing, write nothing')
-    p.add_argument('--results', default='reports/results.jsonl', help='JSON-lines file of records (default: %(default)s)')
+    p.add_argument('--results', default=RESULTS, help='JSON-lines file of records (default: %(default)s)')
     p.add_argument('--out', default=None, help='leaderboard file (default: leaderboard.md beside --results)')
     p.add_argument('--no-render', action='store_true', help='do not render the leaderboard at the end')
     p.add_argument('--bar', action=argparse.BooleanOptionalAction, default=None, help=argparse.SUPPRESS)
@@ -52,9 +59,7 @@ def parser():
 
 
 def parse(argv=None):
-    args = parser().parse_args(argv)
-    args.force = False  # a race reruns nothing it has recorded (cli.run)
-    return args
+    return parser().parse_args(argv)
 
 
 def budget_seconds(text):
@@ -80,9 +85,9 @@ def clock(seconds):
 
 # ---- probe and plan ---------------------------------------------------------------------------------------
 
-def probe(cfgs, where, steps_per_epoch, n_valid, n_test):
+def probe(cfgs, where, per_epoch, n_valid, n_test):
     """Each strategy's race.Probe: a run stopped after PROBE_STEPS steps, at its grid's middle LR, recorded nowhere."""
-    total = cfgs[0].epochs * steps_per_epoch
+    total = cfgs[0].epochs * per_epoch
     jobs = [Job(replace(tune.at(c, tune.grid_of(c.strategy).exponents[1]), stop_at=min(1., PROBE_STEPS / total)),
                 test=False) for c in cfgs]
     out = []
@@ -91,7 +96,7 @@ def probe(cfgs, where, steps_per_epoch, n_valid, n_test):
         if res is None:
             out.append(race.Probe(job.cfg.strategy, 0, 0, 0, 0, 0, result['error']))
             continue
-        steps = round(res['epochs'][-1]['epoch'] * steps_per_epoch)  # where RunLog stopped it
+        steps = round(res['epochs'][-1]['epoch'] * per_epoch)  # where RunLog stopped it
         trained = sum(e['train_seconds'] for e in res['epochs'])
         valid_s = res['eval_seconds']
         out.append(race.Probe(job.cfg.strategy, max(0., res['wall_seconds'] - trained - valid_s), trained / steps,
@@ -99,7 +104,7 @@ def probe(cfgs, where, steps_per_epoch, n_valid, n_test):
     return out
 
 
-def plan_lines(plan, probes, base, budget_s, spent_s, steps_per_epoch):
+def plan_lines(plan, probes, base, budget_s, spent_s, per_epoch):
     ok = [p for p in probes if p.error is None]
     lines = [f'probed {len(probes)} strategies in {clock(spent_s)} (setup s, ms per step, peak MB): ' + ', '.join(
         f'{p.strategy} {p.setup_s:.1f}/{1000 * p.step_s:.0f}/{p.peak_mb:,.0f}' for p in ok)]
@@ -108,7 +113,7 @@ def plan_lines(plan, probes, base, budget_s, spent_s, steps_per_epoch):
         level = plan.level
         n = len(race.candidates([p.strategy for p in ok], level.lr_points))
         shares = race.rungs(level.epochs)
-        lines.append(f'plan: {len(ok)} strategies, {level.words(base.epochs)} ({level.epochs * steps_per_epoch} steps '
+        lines.append(f'plan: {len(ok)} strategies, {level.words(base.epochs)} ({level.epochs * per_epoch} steps '
                      f'of {base.bs}); {" → ".join(map(str, race.sizes(n, level.epochs)))} candidates at '
                      f'{", ".join(f"{s:g}" for s in shares)} of a run, then up to {race.MAX_FINALISTS} finalists x '
                      f'{race.SEEDS} seeds on test; about {clock(plan.seconds)} (at the mean cost of a candidate), '
@@ -120,14 +125,6 @@ def plan_lines(plan, probes, base, budget_s, spent_s, steps_per_epoch):
 
 
 # ---- the race ---------------------------------------------------------------------------------------------
-
-def race_job(cfg, cand, share, budget_s, seed=0, **job):
-    """A race run: a rung's (scored on validation; the last rung's keep their weights, for a finalist's test), or a
-    finalist's seed (tested)."""
-    return Job(replace(tune.at(cfg, cand.exponent), stop_at=share, seed=seed), test=seed > 0,
-               keep=share == 1 and seed == 0, extra={'advise': dict(budget_s=round(budget_s))}, identity=race.IDENTITY,
-               **job)
-
 
 class Progress:
     """A bar over the whole answer: its share done (by the plan's estimates of the runs finished and to come, scaled
@@ -166,62 +163,32 @@ class Progress:
                  f'{clock(left)} left · {self.stage}: {self.stage_done}/{self.stage_n} runs')
 
 
-def later_s(progress, alive, shares, rung):
-    """The plan's estimate (race.expected_s) of the rungs after `rung` and the finals, over the candidates alive."""
-    mean_s = lambda share: sum(progress.cost[c.strategy].run_s(progress.steps, share)  # noqa: E731
-                               for c in alive) / len(alive)
-    later = shares[rung + 1:]
+def stage(progress, policy, jobs):
+    """What the bar says of the round `jobs` begin, with the plan's estimate (race.expected_s) of what comes after:
+    the later rungs and the finals, over the candidates alive."""
+    share = jobs[0].cfg.stop_at
+    if jobs[0].cfg.seed or jobs[0].test_only:
+        return progress.begin(f'finals ({len(policy.kept)} x {race.SEEDS} seeds)', jobs)
+    rung = policy.shares.index(share)
+    alive = [race.candidate_of(dict(strategy=j.cfg.strategy, config=j.cfg.to_dict())) for j in jobs]
+    mean_s = lambda s: sum(progress.cost[c.strategy].run_s(progress.steps, s) for c in alive) / len(alive)  # noqa: E731
+    later = policy.shares[rung + 1:]
     final_s = sum(progress.cost[c.strategy].final_s(progress.steps) for c in alive) / len(alive)
-    return race.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:], len({c.strategy for c in alive}),
-                           final_s)
-
-
-def run_race(args, base, level, where, progress, budget_s, valid_field):
-    """The rungs, then the finalists' seeds; every run a record. Whether any run failed."""
-    shares = race.rungs(level.epochs)
-    alive = race.candidates(list(base), level.lr_points)
-    failed = False
-    for rung, share in enumerate(shares):
-        jobs = [race_job(base[c.strategy], c, share, budget_s) for c in alive]
-        progress.begin(f'rung {rung + 1} of {len(shares)} ({share:g} of a run)', jobs,
-                       later_s(progress, alive, shares, rung))
-        outcome = cli.run(args, jobs, where, after=progress.after)
-        failed |= bool(outcome.failed)
-        # records come in the order runs finish (and the skipped ones first): each names its candidate
-        scores = {advice.candidate_of(rec): None if rec.get('error') else rec.get(valid_field)
-                  for rec in outcome.records}
-        last = share == 1
-        alive = race.finalists(scores, outcome.records[0].get('valid_images') or 0) if last else race.survivors(scores)
-        print(f'rung {rung + 1}, validation %: ' + ', '.join(f'{c} {100 * scores[c]:.1f}' for c in race.ranked(scores)))
-        if not alive:
-            return True
-    print('finalists: ' + ', '.join(str(c) for c in alive))
-    left = budget_s - (time.monotonic() - progress.start)
-    kept = race.affordable(alive, lambda c: progress.scaled(progress.cost[c.strategy].final_s(progress.steps)), left)
-    if len(kept) < len(alive):
-        print(f'not confirmed over seeds: {", ".join(str(c) for c in alive[len(kept):])}: their seeds would not fit in '
-              f'the {clock(left)} left of the budget')
-    last = [race_job(base[c.strategy], c, 1., budget_s) for c in race.candidates(list(base), 3)]
-    cli.forget({job.key(where.hardware.name) for job in last} - {race_job(base[c.strategy], c, 1., budget_s)
-                                                                 .key(where.hardware.name) for c in kept})
-    jobs = [race_job(base[c.strategy], c, 1., budget_s, seed, test_only=seed == 0) for c in kept
-            for seed in range(race.SEEDS)]
-    progress.begin(f'finals ({len(kept)} x {race.SEEDS} seeds)', jobs)
-    outcome = cli.run(args, jobs, where, after=progress.after)
-    cli.forget({job.key(where.hardware.name) for job in last})
-    return failed | bool(outcome.failed)
+    progress.begin(f'rung {rung + 1} of {len(policy.shares)} ({share:g} of a run)', jobs,
+                   race.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:],
+                               len({c.strategy for c in alive}), final_s))
 
 
 def w7_blocks(results):
-    from bench import leaderboard
-    return leaderboard.cross_blocks(record.read(results), 'w7')
+    return across.experiment_blocks(record.read(results), 'w7')
 
 
 def main(argv=None):
     args = parse(argv)
+    opts = cli.Options.of(args, force=False)  # a race reruns nothing it has recorded
     budget_s = budget_seconds(args.budget)
     start = time.monotonic()
-    with cli.executor(args) as where:
+    with cli.executor(opts) as where:
         strategies = [s for s in cli.expand_strategies(args.strategy, ADVISE.strategies) if tune.grid_of(s)]
         if not strategies:
             raise UsageError('no strategy to race: each of those given trains nothing (zero_shot)')
@@ -233,18 +200,18 @@ def main(argv=None):
                                  f'two classes or more')
         cfgs = cli.stamp(cfgs, images)
         split = data.split_for(images, cfgs[0])
-        steps_per_epoch = math.ceil(len(split.train) / cfgs[0].bs)
+        per_epoch = steps_per_epoch(len(split.train), cfgs[0].bs)
         where.start(images, bar=False)
-        probes = probe(cfgs, where, steps_per_epoch, len(split.valid), len(split.test))
+        probes = probe(cfgs, where, per_epoch, len(split.valid), len(split.test))
         fits = [p for p in probes if p.error is None]
         if not fits:
             raise UsageError(f'{args.backbone} cannot train here with any strategy: {probes[0].error}')
         spent = time.monotonic() - start
-        plan = race.plan(probes, steps_per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None,
+        plan = race.plan(probes, per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None,
                          parallel=getattr(where, 'slots', 1))
         print(f'{images.key.split(":")[0]}: {len(images.classes)} classes; {len(split.train):,} training, '
               f'{len(split.valid):,} validation and {len(split.test):,} test images at {cfgs[0].size or "stored"} px')
-        print('\n'.join(plan_lines(plan, probes, cfgs[0], budget_s, spent, steps_per_epoch)))
+        print('\n'.join(plan_lines(plan, probes, cfgs[0], budget_s, spent, per_epoch)))
         if plan.level is None:
             raise UsageError(f'a budget of {clock(budget_s)} is too small for an answer here: the smallest (every '
                              f'strategy at one LR, {race.SEEDS} seeds for the finalists) needs about '
@@ -253,16 +220,20 @@ def main(argv=None):
             return 0
         base = {c.strategy: replace(c, epochs=plan.level.epochs) for c in cfgs
                 if c.strategy in {p.strategy for p in fits}}
-        progress = Progress(budget_s, start, probes, plan.level.epochs * steps_per_epoch)
-        failed = run_race(args, base, plan.level, where, progress, budget_s, tune.valid_field(images.key.split(':')[0]))
+        progress = Progress(budget_s, start, probes, plan.level.epochs * per_epoch)
+        policy = race.Race(base, plan.level, budget_s, metric_of(images.key.split(':')[0]).valid, len(split.valid),
+                           lambda c: progress.scaled(progress.cost[c.strategy].final_s(progress.steps)),
+                           lambda: budget_s - (time.monotonic() - progress.start))
+        failed = bool(cli.run(opts, policy, where, after=progress.after,
+                              begin=lambda jobs: stage(progress, policy, jobs)).failed)
     print(f'done in {clock(time.monotonic() - start)} of a {clock(budget_s)} budget')
-    found = [a for a in advice.advices(record.read(args.results))
+    found = [a for a in advice.advices(record.read(opts.results))
              if (a.dataset, a.backbone, a.epochs) == (images.key.split(':')[0], cfgs[0].backbone, plan.level.epochs)
              and a.device == where.hardware.name]
     for adv in found:
         print('\n'.join(['', f'advice for {adv.name}:', *advice.answer(adv), '', advice.contenders_table(adv), '',
-                         *advice.context_lines(adv, w7_blocks(args.results))]))
-    cli.render(args)
+                         *advice.context_lines(adv, w7_blocks(opts.results))]))
+    cli.render(opts)
     return 1 if failed else 0
 
 

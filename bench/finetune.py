@@ -1,6 +1,6 @@
 """Fine-tuning strategies on pretrained timm backbones: which one to use, and what it costs.
 
-Compares the strategies of bench/strategies.py (freezing: zero_shot, feature_extract, partial, progressive,
+Compares the strategies of bench/declare/strategies.py (freezing: zero_shot, feature_extract, partial, progressive,
 full, fine_tune, lp_ft; parameter-efficient: bitfit, norm_only, lora; layer-wise LR decay: llrd) on any timm
 backbone, each timed, recorded and ranked.
 
@@ -11,8 +11,8 @@ backbone, each timed, recorded and ranked.
     python bench/finetune.py --backbone convnext_nano --strategy all --dry-run
 
 Where runs compare strategies, each trains at its own LR, chosen on validation (`--tune lr`, the default there:
-bench/tune.py); `--tune off` keeps --lr (the body's) and --head-lr (the new head's) as given.
-Presets are the experiments of bench/experiments.py (the seed's settings, and a `cpu` profile for a 2-core CPU);
+bench/sweep/tune.py); `--tune off` keeps --lr (the body's) and --head-lr (the new head's) as given.
+Presets are the experiments of bench/declare/experiments.py (the seed's settings, and a `cpu` profile for a 2-core CPU);
 flags override them. One JSON line per run is appended to --results (default reports/results.jsonl); runs
 already recorded on this hardware are skipped (--force reruns); the leaderboard (reports/leaderboard.md) is
 rendered at the end.
@@ -21,9 +21,9 @@ W2 feature_extract 64.50% / 125 s, partial 77.96% / 170 s.
 """
 import argparse
 
-from bench import cli
-from bench.config import add_io_flags, add_run_flags, split_list
-from bench.experiments import EXPERIMENTS
+from bench.command import cli
+from bench.command.flags import add_io_flags, add_run_flags, split_list
+from bench.declare.experiments import EXPERIMENTS
 
 PRESETS = [name for name, e in EXPERIMENTS.items() if e.script == 'finetune']
 

@@ -4,7 +4,7 @@ The seed trained both from random init on CIFAR-10 at 32 px (pixels / 255, no au
 30 epochs, 40k/10k/10k). ResNet32 (466,906 parameters) reached 77.97% best validation, ~75.7% test, in 446 s;
 VGG16 (no BatchNorm, GAP -> 256 -> Dropout 0.5 -> 10, 14,848,586 parameters) never learned: 10% test, loss stuck
 at ln 10 for 30 epochs, 730 s. This script runs the seed's two rows and, with the same budget, the rows that
-explain them (W3's variants in bench/experiments.py): ResNet32 with standard augmentation (random crop, 4 px padding,
+explain them (W3's variants in bench/declare/experiments.py): ResNet32 with standard augmentation (random crop, 4 px padding,
 + flip; the literature reports ~92-93% with a longer schedule), VGG16 with BatchNorm (vgg16_bn), and VGG16 at a
 10x lower LR.
 
@@ -16,9 +16,10 @@ Records go to --results (experiment `w3`), the leaderboard and figures are rende
 """
 import argparse
 
-from bench import cli
-from bench.config import UsageError, add_io_flags, add_run_flags, split_list
-from bench.experiments import W3
+from bench.command import cli
+from bench.command.flags import add_io_flags, add_run_flags, split_list
+from bench.declare.config import UsageError
+from bench.declare.experiments import W3
 
 
 def parser():

@@ -1,9 +1,9 @@
-"""Every experiment of bench/experiments.py that `make bench` runs (W5 and W6, whose questions W7 asks, run by name
+"""Every experiment of bench/declare/experiments.py that `make bench` runs (W5 and W6, whose questions W7 asks, run by name
 with --only), one after another, then the leaderboard.
 
     python bench/suite.py --seeds 3 [--profile auto] [--results reports/results.jsonl] [--only w1,w2] [-- FLAGS]
 
-Each experiment runs through its own script (its `bench` argument lists in bench/experiments.py) with the shared
+Each experiment runs through its own script (its `bench` argument lists in bench/declare/experiments.py) with the shared
 flags given here, in a process of its own: what a run records (its peak memory above all) is never what an earlier
 experiment left in the process (its images, splits and heap). FLAGS after `--` go to every script (e.g.
 `-- --precision fp32`). A failed run is an error row; the leaderboard is rendered anyway and the exit code is 1 if
@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 
-from bench import cli, leaderboard
-from bench.config import PROFILES, UsageError, add_cluster_flags, split_list
-from bench.experiments import EXPERIMENTS
+from bench.command import cli
+from bench.command.flags import add_cluster_flags, split_list
+from bench.declare.config import PROFILES, RESULTS, UsageError
+from bench.declare.experiments import EXPERIMENTS
+from bench.report import leaderboard
 
 INTERRUPTED = 130
 BENCH = [name for name, e in EXPERIMENTS.items() if e.in_make_bench]  # what `make bench` runs
@@ -30,7 +32,7 @@ def parser():
     p.add_argument('--profile', default='auto', choices=['auto', *PROFILES],
                    help='full, cpu, or auto: full where the runs have CUDA, else cpu (default: auto)')
     p.add_argument('--seeds', type=int, default=3, help='seeds per configuration (default: 3)')
-    p.add_argument('--results', default='reports/results.jsonl', help='records file (default: %(default)s)')
+    p.add_argument('--results', default=RESULTS, help='records file (default: %(default)s)')
     p.add_argument('--data', help='a dataset name (cifar10, caltech101, ...) or a folder/.tgz in fastai layout, '
                                   'for every experiment instead of its own (default: each experiment\'s dataset)')
     p.add_argument('--dry-run', action='store_true', help='print every experiment\'s plan; run nothing')

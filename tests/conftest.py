@@ -46,7 +46,7 @@ def dataset_tgz(dataset_dir, tmp_path_factory):
 
 @pytest.fixture
 def images(dataset_dir, tmp_path):
-    from bench import data
+    from bench.images import data
     return data.load(dataset_dir, tmp_path / 'cache', log=lambda m: None)
 
 

@@ -2,9 +2,10 @@
 hand-made records."""
 import pytest
 
-from bench import cli, record
-from bench.config import Config
-from bench.resolve import resolve_auto
+from bench.command import cli
+from bench.declare import record
+from bench.declare.config import Config
+from bench.train.resolve import resolve_auto
 
 # A run on the tiny synthetic data: a small CNN from scratch, one epoch, no bars, no rendering.
 TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',
@@ -20,10 +21,17 @@ def tiny_config(target=None, **settings):
 
 
 def run_script(module, argv):
-    """`module.main(argv)` through bench.cli.main, which turns user mistakes into exit code 2: the exit code."""
+    """`module.main(argv)` through bench.sweep.cli.main, which turns user mistakes into exit code 2: the exit code."""
     with pytest.raises(SystemExit) as e:
         cli.main(lambda: module.main(argv))
     return e.value.code
+
+
+def rendered(results):
+    """Every page the leaderboard renders from `results` (bench/report/leaderboard.py), the front page first."""
+    from bench.report import leaderboard
+    out = leaderboard.render_file(results)
+    return '\n'.join(p.read_text() for p in [out, *sorted(set(out.parent.glob('*.md')) - {out})])
 
 
 def rec(strategy, seed, test_acc, *, experiment='w1', backbone='resnet18', error=None, lr=1e-4, secs=10.0,

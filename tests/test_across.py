@@ -1,11 +1,12 @@
-"""Verdicts across datasets (bench/across.py): the statistics on inputs whose answer is known by hand, and the
+"""Verdicts across datasets (bench/analysis/across.py): the statistics on inputs whose answer is known by hand, and the
 recommendation on four synthetic datasets in two domain groups."""
 import math
 
 import pytest
 
-from bench import across, leaderboard, record, stats
-from tests.helpers import rec
+from bench.analysis import across, stats
+from bench.declare import record
+from tests.helpers import rec, rendered
 
 
 def test_friedman_of_one_order_on_every_dataset_is_n_times_k_minus_1_with_full_agreement():
@@ -90,12 +91,11 @@ def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_
     from tests.test_leaderboard import two_datasets  # W5 and W6 on the same backbone and machine: their own block
     for r in four_domains() + two_datasets():
         record.append(tmp_path / 'results.jsonl', r)
-    out = leaderboard.render_file(tmp_path / 'results.jsonl')
-    text = out.read_text()
+    text = rendered(tmp_path / 'results.jsonl')
     assert 'Each run: 800 training, 200 validation and 420 test images. Ranked by test accuracy.' in text
     curves = [line for line in text.splitlines() if line.startswith('![Learning curves](figures/w7')]
     assert len(curves) == 4 and len(set(curves)) == 4 and '-uc-merced-' in ' '.join(curves)  # a figure per dataset
-    w7 = text[text.index('## W7'):]
+    w7 = text[text.index('# W7'):]
     section = w7[w7.index('### Across datasets: lite0'):]
     header = next(line for line in section.splitlines() if line.startswith('| strategy'))
     assert 'mean rank, natural' in header and 'mean rank, specialized' in header and 'uc_merced (w7)' in header
@@ -110,4 +110,4 @@ def test_the_leaderboard_gives_w7_ranks_per_group_the_tests_the_bayesian_matrix_
     assert 'Specialized (aerial, medical): pbc_blood_cells, uc_merced: the same pick, **B**' in section
     assert text.count('![Critical-difference') == 1  # W7's; W6's two datasets draw none, nor borrow W7's
     cd = [line for line in section.splitlines() if line.startswith('![Critical-difference')]
-    assert len(cd) == 1 and (out.parent / cd[0].split('](')[1].rstrip(')')).stat().st_size > 1000
+    assert len(cd) == 1 and (tmp_path / cd[0].split('](')[1].rstrip(')')).stat().st_size > 1000

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 import backbones
-from bench.resolve import resolve
-from bench.run import planned as plan
+from bench.train.resolve import resolve
+from bench.train.run import planned as plan
 
 
 def group_sizes(name, head='linear', **kw):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import record
-from bench.config import Config
-from bench.executor import Job, LocalExecutor, sweep
 from bench import finetune
+from bench.declare import record
+from bench.declare.config import Config
+from bench.sweep.executor import Job, LocalExecutor, sweep
 from tests.helpers import TINY, run_script, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ class ReversedExecutor(LocalExecutor):
         self.lose = lose
 
     def run(self, jobs):
-        from bench import runner
+        from bench.train import runner
         results = []
         for job in jobs:
             if job.cfg.seed == self.lose:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
+from bench.images import data
 from tests.conftest import CLASSES, N_TEST, N_TRAIN
 
 
@@ -169,7 +169,7 @@ def test_a_lone_last_training_image_is_dropped(images):
 
 
 def test_the_aerial_and_medical_sets_are_declared_with_their_metric_size_and_attribution():
-    from bench.datasets import DATASETS
+    from bench.declare.datasets import DATASETS
     uc, pbc = DATASETS['uc_merced'], DATASETS['pbc_blood_cells']
     assert (uc.metric, uc.stored, pbc.metric, pbc.stored) == ('top1', 128, 'class_mean', 128)
     assert (uc.domain, pbc.domain, DATASETS['cifar10'].domain, DATASETS['caltech101'].domain) == (

@@ -3,7 +3,7 @@ parameter-free copy is what a real run trains, one optimizer step per phase chan
 says and nothing else, the optimizer holds state for nothing else, the parameter-efficient strategies train the
 count their definition gives, and merged LoRA adapters give the model they were trained as.
 
-Every timm family is checked by `python bench/families.py` (build, plan and run on the meta device); a test here
+Every timm family is checked by `python bench/tools/families.py` (build, plan and run on the meta device); a test here
 runs it on two families, so the checker itself is checked."""
 from dataclasses import replace
 
@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import backbones
-from bench import data, run
-from bench.config import Config
-from bench.resolve import resolve_auto
-from bench.families import expected_trainable
-from bench.strategies import STRATEGIES, prepare, problem
+from bench.declare.config import Config
+from bench.declare.strategies import STRATEGIES, prepare, problem
+from bench.images import data
+from bench.tools.families import expected_trainable
+from bench.train import run
+from bench.train.resolve import resolve_auto
 
 FAMILIES = {  # family: its tiniest model in timm 1.0.31, and an input size (px) small enough to be quick
     'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),
@@ -106,7 +107,7 @@ def check_merge(net, size):
 
 
 def test_the_family_checker_plans_every_strategy_on_a_cnn_and_a_transformer(capsys):
-    from bench import families
+    from bench.tools import families
     assert families.main(['--family', 'resnet,vision_transformer']) == 0
     out = capsys.readouterr().out
     assert 'ok   resnet' in out and 'ok   vision_transformer' in out and '2 of 2 families build, plan and run' in out

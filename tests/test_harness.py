@@ -4,9 +4,11 @@ import pytest
 import torch
 
 import backbones
-from bench import data, learner, record, run, runner
-from bench.config import Config, UsageError
-from bench.resolve import resolve_auto
+from bench.declare import record
+from bench.declare.config import Config, UsageError
+from bench.images import data
+from bench.train import learner, run, runner
+from bench.train.resolve import resolve_auto
 from tests.helpers import tiny_config
 
 CUDA = record.Hardware('cuda', 'NVIDIA H100 80GB HBM3')
@@ -109,8 +111,8 @@ def test_warm_up_sees_every_training_batch_shape_and_leaves_no_trace(images, str
     assert seconds > 0
     if strategy == 'full':  # batches of 16: 3 of 16 and one of 12
         assert sorted(set(shapes)) == [(True, 12), (True, 16)]
-    else:  # extraction in evaluation-sized batches: every training image, then every validation image, at once
-        assert built.cached and sorted(set(shapes)) == [(False, 20), (False, 60)]
+    else:  # extraction in evaluation-sized batches (32 on a CPU): the 60 training images, then the 20 validation ones
+        assert built.cached and sorted(set(shapes)) == [(False, 20), (False, 28), (False, 32)]  # batches of 32
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in net.parameters())

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import data, decode, finetune
+from bench import finetune
+from bench.images import data, decode
 from tests.helpers import run_script
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import leaderboard, record, stats
-from tests.helpers import FIXTURE, rec
+from bench import leaderboard as script
+from bench.analysis import stats
+from bench.declare import record
+from bench.report import leaderboard
+from tests.helpers import FIXTURE, rec, rendered
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +42,7 @@ def table_lines(text, section):
 
 def test_rows_aggregate_seeds_and_sort_by_test_accuracy():
     text = leaderboard.render(FIXTURE)
-    rows = [r for r in table_lines(text, '## W1') if 'resnet18' in r]
+    rows = [r for r in table_lines(text, '# W1') if 'resnet18' in r]
     assert [r.split('|')[1].strip() for r in rows] == ['partial', 'full', 'zero_shot']
     assert '91.00 ± 1.41' in rows[1] and '| 2 ' in rows[1] and '11.0 ± 1.4' in rows[1]
 
@@ -68,7 +71,7 @@ def test_time_ratio_is_the_geometric_mean_of_paired_ratios():
 def test_a_row_whose_interval_includes_zero_is_tied_with_the_best():
     records = three_seeds('full', [0.90, 0.92, 0.91]) + three_seeds('partial', [0.91, 0.89, 0.905])
     text = leaderboard.render(records)
-    rows = table_lines(text, '## W1')
+    rows = table_lines(text, '# W1')
     assert '| best ' in rows[0] and '| tied ' in rows[1]
     assert 'partial is tied with full: -0.8 pp (95% CI -5.9 to +4.2, n = 3, paired)' in text
 
@@ -85,9 +88,9 @@ def test_fewer_than_three_seeds_give_no_verdict():
     records = [rec('full', 0, 0.9), rec('full', 1, 0.92), rec('partial', 0, 0.8), rec('partial', 1, 0.81)]
     text = leaderboard.render(records)
     assert 'No verdict is possible: the best row has 2 seeds' in text
-    body = text.split('## W1')[1]
+    body = text.split('# W1')[1]
     assert ' beats ' not in body and 'tied with' not in body
-    rows = table_lines(text, '## W1')
+    rows = table_lines(text, '# W1')
     assert '| no verdict ' in rows[1]
 
 
@@ -96,7 +99,7 @@ def test_the_same_configuration_on_two_devices_is_never_pooled():
         three_seeds('full', [0.5, 0.5, 0.5], device='NVIDIA H100')
     text = leaderboard.render(records)
     assert '### cpu: A (2 cores) · profile cpu' in text and '### NVIDIA H100 · profile cpu' in text
-    rows = table_lines(text, '## W1')
+    rows = table_lines(text, '# W1')
     assert len(rows) == 2 and '90.00 ± 0.00' in ''.join(rows) and '50.00 ± 0.00' in ''.join(rows)
     assert '70.00' not in text
 
@@ -107,8 +110,8 @@ def test_a_torn_or_foreign_line_still_renders(tmp_path, capsys):
         record.append(results, r)
     with open(results, 'a') as f:
         f.write('{"hello": "world"}\n[1, 2]\n{"key": "torn", "conf')
-    text = leaderboard.render_file(results).read_text()
-    assert '## W1' in text and '## W2' in text
+    text = rendered(results)
+    assert '# W1' in text and '# W2' in text
     assert capsys.readouterr().err.count('is not a run record') == 3
 
 
@@ -127,7 +130,7 @@ def test_a_later_success_hides_an_earlier_error():
 
 def test_provenance_and_one_section_per_experiment():
     text = leaderboard.render(FIXTURE)
-    assert text.count('\n## ') == 2
+    assert text.count('\n# W') == 2 and set(leaderboard.pages(FIXTURE)) == {'leaderboard.md', 'w1.md', 'w2.md'}
     assert 'Weights: file:w.safetensors. Code: deadbeef.' in text
 
 
@@ -144,7 +147,7 @@ def test_same_records_same_bytes(tmp_path):
 
 
 def test_rendering_imports_no_torch_timm_or_fastai():
-    code = ('import sys, bench.leaderboard; heavy = {"torch", "timm", "fastai", "peft"} & set(sys.modules); '
+    code = ('import sys, bench.report.leaderboard; heavy = {"torch", "timm", "fastai", "peft"} & set(sys.modules); '
             'sys.exit(", ".join(sorted(heavy)) or None)')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -167,7 +170,7 @@ def test_empty_results_render_a_placeholder(tmp_path):
 
 
 def test_cli_without_results_file_exits_2(tmp_path, capsys):
-    assert leaderboard.main(['--results', str(tmp_path / 'none.jsonl')]) == 2
+    assert script.main(['--results', str(tmp_path / 'none.jsonl')]) == 2
     assert 'no results file' in capsys.readouterr().err
 
 
@@ -183,7 +186,7 @@ def at(accs, name):
 
 
 def test_stability_flags_a_pair_that_changes_order_and_lets_ties_move():
-    from bench import stability
+    from bench.tools import stability
     b = {'a': at([0.60, 0.61, 0.62], 'a'), 'b': at([0.50, 0.52, 0.51], 'b'), 'c': at([0.55, 0.50, 0.60], 'c')}
     holds = {'a': at([0.70, 0.71, 0.72], 'a'), 'b': at([0.69, 0.72, 0.70], 'b'), 'c': at([0.65, 0.66, 0.64], 'c')}
     lines, broken = stability.compare(b, holds)
@@ -194,7 +197,7 @@ def test_stability_flags_a_pair_that_changes_order_and_lets_ties_move():
 
 
 def test_stability_without_comparable_files_is_one_sentence(tmp_path, capsys):
-    from bench import stability
+    from bench.tools import stability
     assert stability.main([str(tmp_path / 'B.jsonl'), str(tmp_path / '2B.jsonl')]) == 2
     assert capsys.readouterr().err == f'error: no results file at {tmp_path / "B.jsonl"}\n'
     (tmp_path / 'B.jsonl').write_text('not a record\n')
@@ -206,7 +209,7 @@ def test_stability_without_comparable_files_is_one_sentence(tmp_path, capsys):
 def test_stability_compares_each_machines_table_in_its_datasets_metric(tmp_path, capsys):
     """Caltech-101 rows are compared in mean per-class accuracy (here top-1 keeps its order while the declared metric
     flips), and B's records of another machine are a table of their own, not pooled with this one's."""
-    from bench import stability
+    from bench.tools import stability
     here, there = 'cpu: this (2 cores)', 'cpu: that (2 cores)'
     caltech = dict(experiment='w6', dataset='caltech101:abc')
 
@@ -246,7 +249,7 @@ def two_datasets():
 
 def test_a_dataset_with_a_declared_metric_is_ranked_by_it_and_shows_both():
     text = leaderboard.render(two_datasets())
-    w6 = text[text.index('## W6'):]
+    w6 = text[text.index('# W6'):]
     table = w6[w6.index('| strategy'):w6.index('\n\n', w6.index('| strategy'))]
     folded = w6[w6.index('| strategy', w6.index('<details>')):]
     assert '**test mean per-class acc %**' in table.splitlines()[0]  # the decision's columns: the declared metric
@@ -264,3 +267,17 @@ def test_cross_dataset_section_ranks_tests_and_recommends():
     assert 'Flips between datasets, significant both ways: feature_extract vs partial' in across
     # feature_extract ties the best on Caltech but loses significantly on CIFAR: the recommendation is full
     assert '**Recommendation for lite0**: **full**' in across
+
+
+def test_the_front_page_answers_first_and_links_a_page_per_experiment(tmp_path):
+    results = tmp_path / 'results.jsonl'
+    for r in FIXTURE:
+        record.append(results, r)
+    front = leaderboard.render_file(results).read_text()
+    assert (tmp_path / 'w1.md').read_text().startswith('# W1') and (tmp_path / 'w2.md').exists()
+    answers = front.split('## How to read the tables')[0]
+    assert len(answers.splitlines()) <= 30  # a first screen: the answers before the guide
+    w1 = next(line for line in answers.splitlines() if line.startswith('| [W1](w1.md)'))
+    assert '**partial** 95.0 ± 0.0' in w1 and 'test (2 cores) · cpu' in w1
+    assert '[w1](w1.md) · [w2](w2.md)' in answers
+    assert 'Learning curves' not in front and 'Learning curves' in (tmp_path / 'w1.md').read_text()

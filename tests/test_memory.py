@@ -5,8 +5,9 @@ from dataclasses import replace
 import torch
 
 import backbones
-from bench import data, learner, memory, runner
-from bench.executor import Job
+from bench.images import data
+from bench.sweep.executor import Job
+from bench.train import learner, memory, runner
 from tests.helpers import tiny_config
 
 

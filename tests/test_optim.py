@@ -1,4 +1,4 @@
-"""bench/optim.py's fused optimizers against fastai's own, and the harness's promise of no host syncs per step."""
+"""bench/train/optim.py's fused optimizers against fastai's own, and the harness's promise of no host syncs per step."""
 import copy
 from functools import partial
 
@@ -8,10 +8,11 @@ from fastai.basics import SGD, Adam
 from fastai.torch_core import norm_bias_params
 
 import backbones
-from bench import data, learner, optim, runner
+from bench.images import data
+from bench.train import learner, optim, runner
 from tests.helpers import tiny_config
 
-FASTAI = {  # fastai's optimizers with the names the suite uses (PyTorch's Adam defaults, as in bench/optim.py)
+FASTAI = {  # fastai's optimizers with the names the suite uses (PyTorch's Adam defaults, as in bench/train/optim.py)
     'adam': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=False),
     'adamw': partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=True),
     'sgd': partial(SGD, mom=0.9),

@@ -3,7 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import data, race, record, runner
+from bench.analysis import replay
+from bench.declare import record
+from bench.images import data
+from bench.sweep import race
+from bench.train import runner
 from tests.helpers import rec, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,18 +111,18 @@ def test_the_replay_runs_the_race_on_the_curves_of_a_sweep():
                for s, curve in curves.items() for lr in (1e-4, 3.2e-4, 1e-3)]
     records += [grid_record(s, 3.2e-4, curves[s], .9 + .01 * (s == 'lora') + .001 * seed, seed, role='seed')
                 for s in curves for seed in (1, 2)]
-    replay, = race.replay(records, 'w7')
-    assert replay.exact and [len(r) for r in replay.rungs] == [9, 5]
-    assert replay.rungs[1][0] == race.Candidate('bitfit', -7)  # the leader at half a run (epoch 1 of 2)
-    assert {c.strategy for c in replay.rungs[1]} == {'bitfit', 'lora'}
-    assert replay.finalists == [race.Candidate('lora', -7), race.Candidate('bitfit', -7)]
-    assert replay.winner == 'lora' and replay.kept_winner
-    assert replay.seconds < replay.exhaustive_s
+    found, = replay.replay(records, 'w7')
+    assert found.exact and [len(r) for r in found.rungs] == [9, 5]
+    assert found.rungs[1][0] == race.Candidate('bitfit', -7)  # the leader at half a run (epoch 1 of 2)
+    assert {c.strategy for c in found.rungs[1]} == {'bitfit', 'lora'}
+    assert found.finalists == [race.Candidate('lora', -7), race.Candidate('bitfit', -7)]
+    assert found.winner == 'lora' and found.kept_winner
+    assert found.seconds < found.exhaustive_s
 
 
 def test_the_race_keeps_w7s_exhaustive_winner_among_its_finalists_on_every_dataset():
     # the committed records of W7's tuned sweep (every strategy, every LR, 3 seeds at the chosen one)
-    replays = race.replay(record.read(REPO / 'reports' / 'results.jsonl'), 'w7')
+    replays = replay.replay(record.read(REPO / 'reports' / 'results.jsonl'), 'w7')
     assert {r.dataset for r in replays} >= {'cifar10', 'caltech101', 'uc_merced', 'pbc_blood_cells'}
     for r in replays:
         assert r.exact, r.dataset  # W7's curves have a point where each rung stops

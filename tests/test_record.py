@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import pytest
 
-from bench import record
-from bench.config import Config
-from bench.executor import Job
 from bench import finetune
+from bench.declare import record
+from bench.declare.config import Config
+from bench.sweep.executor import Job
 from tests.helpers import TINY, run_script
 
 
@@ -64,7 +64,7 @@ def test_code_version_is_dirty_for_changed_code_and_not_for_appended_results(tmp
 
 
 def test_a_setting_is_part_of_the_identity_of_the_runs_it_changes_only():
-    from bench.config import Config
+    from bench.declare.config import Config
     full, lora = Config(strategy='full').to_dict(), Config(strategy='lora').to_dict()
     assert record.run_key(full) == record.run_key({**full, 'lora_r': 4, 'memory_limit_mb': 512})
     assert record.run_key(lora) != record.run_key({**lora, 'lora_r': 4})

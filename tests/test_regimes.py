@@ -1,11 +1,15 @@
-"""W8 (bench/regimes.py): regime agreement on a case known by hand, its section and figure; the regimes as runs
-(finetune --regime) and the dry run's time estimate (bench/estimate.py)."""
+"""W8 (bench/analysis/regimes.py): regime agreement on a case known by hand, its section and figure; the regimes as runs
+(finetune --regime) and the dry run's time estimate (bench/analysis/estimate.py)."""
 import json
 
 import pytest
 
-from bench import estimate, finetune, leaderboard, record, regimes, stats, tune
-from bench.config import Config
+from bench import finetune
+from bench.analysis import estimate, regimes, stats
+from bench.declare import record
+from bench.declare.config import Config
+from bench.report import leaderboard
+from bench.sweep import tune
 from tests.helpers import rec, run_script
 
 # Caltech-101-like scores (mean per-class accuracy, %) by regime: the cheap one reverses the native order, the
@@ -75,9 +79,10 @@ def test_the_regimes_are_runs_of_their_own_and_a_regime_can_be_chosen(capsys):
                                  '96px,224px', '--seeds', '1', '--dry-run', '--cluster', 'local']) == 0
     configs = [json.loads(line[len('config: '):]) for line in capsys.readouterr().out.splitlines()
                if line.startswith('config: ')]
-    assert [(c['variant'], c['size'], c['epochs']) for c in configs] == [('96px', 96, 2), ('224px', 224, 4)]
+    assert [(c['variant'], c['size'], c['epochs'], c['sched']) for c in configs] == [('96px', 96, 2, 'flat'),
+                                                                                   ('224px', 224, 3, 'one_cycle')]
     assert run_script(finetune, ['--preset', 'w8', '--regime', '128px', '--dry-run']) == 2
-    assert "unknown regime '128px'; w8 declares 96px, 160px, 224px" in capsys.readouterr().err
+    assert "unknown regime '128px'; w8 declares 96px, 160px, 224px-flat, 224px" in capsys.readouterr().err
 
 
 def test_the_estimate_scales_recorded_rates_by_pixels():

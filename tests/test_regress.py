@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import regress
+from bench.tools import regress
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = '''

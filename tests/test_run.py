@@ -1,4 +1,4 @@
-"""A run is built once (bench/run.py): one model, one Learner and one prepare step per run, whatever the strategy;
+"""A run is built once (bench/train/run.py): one model, one Learner and one prepare step per run, whatever the strategy;
 its test, scored later from the weights it kept, is the test scored at its end."""
 from dataclasses import replace
 from pathlib import Path
@@ -8,8 +8,10 @@ import torch
 from fastai.learner import Learner
 
 import backbones
-from bench import data, record, run, runner, strategies
-from bench.executor import Job
+from bench.declare import record, strategies
+from bench.images import data
+from bench.sweep.executor import Job
+from bench.train import run, runner
 from tests.helpers import tiny_config
 
 CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
@@ -82,3 +84,4 @@ def test_a_test_only_job_without_kept_weights_trains_the_run_whole(images, tmp_p
     out = runner.work(job, images)
     assert out['results']['tested'] == runner.TESTED_AT_END and out['results']['test_acc'] is not None
     assert not Path(record.checkpoint_path(job.key(out['env']['device_name']))).exists()
+

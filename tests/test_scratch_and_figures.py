@@ -1,15 +1,17 @@
 """W3's models, the scratch script's rows, and the figures drawn from records."""
 import struct
 
+import matplotlib.pyplot as plt
 import pytest
 import timm
 import torch
 
-import matplotlib.pyplot as plt
-
 import backbones
-from bench import figures, leaderboard, record, scratch, stats
-from tests.helpers import FIXTURE, rec
+from bench import scratch
+from bench.analysis import stats
+from bench.declare import record
+from bench.report import figures, leaderboard
+from tests.helpers import FIXTURE, rec, rendered
 
 
 def test_cifar_resnet32_is_registered_with_timm_and_has_the_seeds_parameter_count():
@@ -87,7 +89,7 @@ def test_leaderboard_links_its_figures(tmp_path):
     results = tmp_path / 'results.jsonl'
     for r in FIXTURE:
         record.append(results, r)
-    text = leaderboard.render_file(results).read_text()
+    text = rendered(results)
     assert '![Learning curves](figures/w1-test-2-cores-cpu-curves.png)' in text
     assert (tmp_path / 'figures' / 'w1-test-2-cores-cpu-pareto.png').exists()
 

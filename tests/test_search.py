@@ -3,8 +3,11 @@ import re
 
 import pytest
 
-from bench import data, leaderboard, record, search
-from tests.helpers import run_script
+from bench import search
+from bench.declare import record
+from bench.images import data
+from bench.sweep.search import GRID, RANDOM, describe_space, draws, parse_space
+from tests.helpers import rendered, run_script
 
 TINY = ['--epochs', '1', '--profile', 'full', '--no-bar', '--no-render', '--cluster', 'local']  # the preset's small CNN, one epoch, here
 
@@ -14,15 +17,15 @@ def run(argv):
 
 
 def test_the_seeds_grid_has_12_distinct_trials():
-    trials = search.draws(search.GRID, True, 0, 0)
+    trials = draws(GRID, True, 0, 0)
     assert len(trials) == 12 == len({tuple(sorted(t.items())) for t in trials})
     assert {t['lr'] for t in trials} == {1e-3, 5e-4} and {t['h'] for t in trials} == {128, 256, 512}
 
 
 def test_random_draws_are_reproducible_and_in_bounds():
-    a = search.draws(search.RANDOM, False, 12, seed=0)
-    assert a == search.draws(search.RANDOM, False, 12, seed=0)
-    assert a != search.draws(search.RANDOM, False, 12, seed=1)
+    a = draws(RANDOM, False, 12, seed=0)
+    assert a == draws(RANDOM, False, 12, seed=0)
+    assert a != draws(RANDOM, False, 12, seed=1)
     assert len(a) == 12
     for t in a:
         assert 1e-4 <= t['lr'] <= 1e-3 and t['bs'] in (64, 96, 128, 160) and t['h'] in (128, 256, 384, 512)
@@ -30,10 +33,10 @@ def test_random_draws_are_reproducible_and_in_bounds():
 
 
 def test_space_overrides():
-    space = search.parse_space(['lr=loguniform:1e-4:1e-2', 'bs=32,64', 'dropout=uniform:0.1:0.5'], search.RANDOM)
-    draws = search.draws(space, False, 30, seed=3)
-    assert all(1e-4 <= t['lr'] <= 1e-2 and t['bs'] in (32, 64) and 0.1 <= t['dropout'] <= 0.5 for t in draws)
-    assert search.describe_space(space).startswith('bs=32,64 dropout=uniform:0.1:0.5 h=128,256,384,512')
+    space = parse_space(['lr=loguniform:1e-4:1e-2', 'bs=32,64', 'dropout=uniform:0.1:0.5'], RANDOM)
+    trials = draws(space, False, 30, seed=3)
+    assert all(1e-4 <= t['lr'] <= 1e-2 and t['bs'] in (32, 64) and 0.1 <= t['dropout'] <= 0.5 for t in trials)
+    assert describe_space(space).startswith('bs=32,64 dropout=uniform:0.1:0.5 h=128,256,384,512')
 
 
 @pytest.mark.parametrize('args,message', [
@@ -108,7 +111,7 @@ def test_leaderboard_shows_both_searches(dataset_dir, tmp_path):
     common = ['--data', str(dataset_dir), '--results', str(results), '--space', 'bs=16', 'h=16,32', *TINY]
     assert run(common + ['--grid', '--space', 'lr=1e-3', 'bs=16', 'h=16,32']) == 0
     assert run(common + ['--random', '2']) == 0
-    text = leaderboard.render_file(results).read_text()
+    text = rendered(results)
     assert '| grid ' in text and '| random ' in text
     assert '#### grid search' in text and '#### random search' in text
     assert 'Refits compared' in text

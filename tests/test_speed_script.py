@@ -1,11 +1,14 @@
-"""bench/speed.py's JSON, and feature_extract on cached features matching the ordinary run."""
+"""bench/tools/speed.py's JSON, and feature_extract on cached features matching the ordinary run."""
 import json
 
 import pytest
 
-from bench import cli, data, runner, speed
-from bench.config import Config
-from bench.resolve import resolve_auto
+from bench.command import cli
+from bench.declare.config import Config
+from bench.images import data
+from bench.tools import speed
+from bench.train import runner
+from bench.train.resolve import resolve_auto
 
 
 def test_speed_json_has_the_ratios(dataset_dir, capsys):
@@ -42,9 +45,9 @@ def test_cached_features_give_the_same_run(images):
 
 
 def test_precision_measures_both_and_checks_autos_pick(capsys):
-    """bench/precision.py on a real (tiny) model: both precisions timed, auto's pick named, exit 0 when it is within
+    """bench/tools/precision.py on a real (tiny) model: both precisions timed, auto's pick named, exit 0 when it is within
     the tolerance (here any: a tiny CNN's speeds say nothing about the rule)."""
-    from bench import precision
+    from bench.tools import precision
     assert precision.main(['--backbone', 'cifar_cnn,resnet18', '--size', '16', '--bs', '4', '--steps', '1',
                            '--repeats', '1', '--tolerance', '2']) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -56,7 +59,7 @@ def test_precision_measures_both_and_checks_autos_pick(capsys):
 
 
 def test_precision_says_when_auto_picks_the_slower_one():
-    from bench import precision
+    from bench.tools import precision
     assert precision.slower({'fp32': 100.0, 'bf16': 220.0}, 'fp32', 0.1) == pytest.approx(2.2)
     assert precision.slower({'fp32': 100.0, 'bf16': 220.0}, 'bf16', 0.1) is None
     assert precision.slower({'fp32': 100.0, 'bf16': 95.0}, 'bf16', 0.1) is None  # within the tolerance
@@ -64,7 +67,7 @@ def test_precision_says_when_auto_picks_the_slower_one():
 
 
 def test_precision_refuses_an_unknown_backbone(capsys):
-    from bench import precision
+    from bench.tools import precision
     with pytest.raises(SystemExit) as e:
         cli.main(lambda: precision.main(['--backbone', 'resnet_nonesuch']))
     err = capsys.readouterr().err

@@ -9,10 +9,13 @@ import torch
 from fastai.basics import Callback, even_mults
 
 import backbones
-from bench import data, finetune, record, run, runlog, runner, strategies
-from bench.config import Config
-from bench.resolve import resolve_auto
-from bench.strategies import STRATEGIES, problem, register
+from bench import finetune
+from bench.declare import record, strategies
+from bench.declare.config import Config
+from bench.declare.strategies import STRATEGIES, problem, register
+from bench.images import data
+from bench.train import run, runlog, runner
+from bench.train.resolve import resolve_auto
 from tests.helpers import TINY, run_script
 
 MODEL = 'cifar_resnet32'  # groups: stages.0 (with the stem), stages.1, stages.2, head
@@ -26,7 +29,7 @@ def tiny(strategy, **kw):
 
 
 def fit(cfg, images):
-    """Build `cfg`'s run (bench/run.py) over the tiny data and run its strategy: (the run, state before)."""
+    """Build `cfg`'s run (bench/train/run.py) over the tiny data and run its strategy: (the run, state before)."""
     torch.manual_seed(0)
     built = run.build(cfg, images, data.split(images, valid_frac=0.25, subset=32), log=lambda line: None)
     before = {k: v.clone() for k, v in built.net.state_dict().items()}
@@ -98,7 +101,7 @@ BODY_LR, HEAD_LR = 3e-4, 7e-3  # apart from every default, so a rate taken from 
 
 @pytest.mark.parametrize('name', [n for n in STRATEGIES if n != 'zero_shot'])
 def test_the_head_trains_at_the_heads_lr_and_the_body_at_the_bodys_in_every_strategy(name, images):
-    """The rule of bench/strategies.py, read from the optimizer while the strategy trains: the new head at head_lr
+    """The rule of bench/declare/strategies.py, read from the optimizer while the strategy trains: the new head at head_lr
     in every batch (at its one-cycle peak, for fine_tune's fixed one-cycle recipe), every body group at lr or below
     it (spread by lr_mult or layer decay), the top one at lr."""
     cfg = tiny(name, lr=BODY_LR, head_lr=HEAD_LR, lr_mult=10, sched='flat')

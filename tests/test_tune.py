@@ -1,13 +1,18 @@
-"""Tuning (bench/tune.py): the grid and its edges on known inputs, choices made on validation only, a flag a strategy
+"""Tuning (bench/sweep/tune.py): the grid and its edges on known inputs, choices made on validation only, a flag a strategy
 does not read leaves its runs alone, and a real tuned sweep on the tiny data: grid, seeds at the chosen LR, resume,
 and the leaderboard's evidence (chosen LR, tune s, LR-sensitivity figure, still improving)."""
 import json
 
 import pytest
 
-from bench import finetune, leaderboard, record, runner, stats, tune
-from bench.config import Config
-from tests.helpers import TINY, rec, run_script
+from bench import finetune
+from bench.analysis import stats
+from bench.declare import record
+from bench.declare.config import Config
+from bench.report import leaderboard
+from bench.sweep import tune
+from bench.train import runner
+from tests.helpers import TINY, rec, rendered, run_script
 
 
 def test_half_decade_grids():
@@ -151,9 +156,8 @@ def test_a_tuned_sweep_runs_the_grid_then_the_seeds_at_the_chosen_lr_and_resumes
     n = len(records)
     assert run_script(finetune, argv) == 0
     assert len(record.read(results)) == n  # everything recorded: nothing runs again
-    out = leaderboard.render_file(results)
-    assert (out.parent / 'figures').glob('*-tuned-lr.png')
-    text = out.read_text()
+    text = rendered(results)
+    assert (results.parent / 'figures').glob('*-tuned-lr.png')
     assert 'LR sensitivity' in text and ', tuned' in text
 
 
@@ -179,7 +183,7 @@ def test_tuning_is_on_by_default_where_strategies_are_compared_only():
 
 
 def test_cpu_time_stolen_by_the_hypervisor_is_measured_and_shown():
-    from bench import runner
+    from bench.train import runner
     assert runner.stolen_share((100, 1000), (400, 2000)) == 0.3
     assert runner.stolen_share(None, (1, 2)) is None and runner.stolen_share((5, 10), (5, 10)) is None
     rows = [dict(rec('full', s, .8), cpu_steal=0.3 if s == 1 else 0.01) for s in range(3)]

@@ -1,6 +1,6 @@
 """Every benchmark round carries the machine's speed at that moment: a fixed calibration workload, timed just
 before the round (pytest-benchmark's `setup`, off the clock) and stored in the benchmark's extra_info, so that
-bench/regress.py compares rounds in units of the machine's speed at the time rather than in seconds."""
+bench/tools/regress.py compares rounds in units of the machine's speed at the time rather than in seconds."""
 import time
 
 import pytest
@@ -26,7 +26,7 @@ def calibration_seconds(repeats=3):
 
 class Calibrated:
     """pytest-benchmark's `benchmark`, timing `rounds` rounds of `target`, each right after a calibration; each
-    round's own time is kept beside its calibration's (bench/regress.py reads a benchmark's noise from them)."""
+    round's own time is kept beside its calibration's (bench/tools/regress.py reads a benchmark's noise from them)."""
     def __init__(self, benchmark):
         self.benchmark = benchmark
         self.calibrations = benchmark.extra_info.setdefault('calibration_s', [])

@@ -10,9 +10,11 @@ from fastai.basics import DataLoaders
 from fastai.callback.progress import ProgressCallback
 
 import backbones
-from bench import data, leaderboard, learner as learners
-from bench.config import Config
-from bench.resolve import resolve_auto
+from bench.declare.config import Config
+from bench.images import data
+from bench.report import leaderboard
+from bench.train import learner as learners
+from bench.train.resolve import resolve_auto
 from tests.helpers import rec
 
 

@@ -1,0 +1,208 @@
+"""Verdicts across regimes (W8): does the ranking of strategies measured in a cheap regime (small images, few steps)
+predict the ranking in the backbone's native one?
+
+An experiment that declares `regimes` (bench/declare/experiments.py) runs every strategy in each, each tuned on validation by
+the same rule and confirmed over seeds, on each of its datasets. Per dataset and backbone, against the native regime
+(the most expensive one):
+- Kendall's tau-b between each regime's ranking (mean test metric over seeds) and the native one (scipy);
+- the pairs that change order with a difference significant in both regimes (each a paired 95% t interval over
+  seeds that excludes 0: bench/analysis/stats.py), and those significant in one regime only;
+- whether the native best is best or tied with the best in the regime (what a user acting on the regime would get).
+A regime **agrees** with the native one on a dataset when no pair flips with a significant difference in both and
+tau is at least AGREE_TAU; the verdict names the cheapest regime that agrees on every dataset. Imports no torch.
+"""
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import combinations
+
+from scipy import stats as sps
+from tabulate import tabulate
+
+from bench.analysis import stats
+from bench.declare.config import steps_per_epoch
+from bench.declare.datasets import BY_FIELD
+from bench.declare.experiments import EXPERIMENTS
+
+AGREE_TAU = 0.6   # Kendall's tau at least this: at most 1 pair in 5 ordered differently (ties aside)
+
+
+@dataclass
+class Regime:
+    """One regime's table on one dataset: its name, its cost order and what it trains."""
+    name: str
+    order: int            # its place in the experiment's declaration: cheapest first, native last
+    table: stats.Table
+    rows: dict            # strategy -> stats.Row
+
+    @property
+    def means(self):
+        return {s: 100 * row.mean(self.table.metric) for s, row in self.rows.items()}
+
+    def words(self):
+        """'96 px, 50 steps, flat': what the regime is, from its records."""
+        rec = next(iter(self.rows.values())).records[0]
+        cfg = rec['config']
+        steps = cfg['epochs'] * steps_per_epoch(rec.get('train_images') or 0, cfg['bs'])
+        return f'{rec.get("image_size") or cfg.get("size")} px, {steps} steps, {SCHEDULES.get(cfg.get("sched"), "flat")}'
+
+
+SCHEDULES = {'flat': 'flat LR', 'one_cycle': 'one-cycle (warm-up, then a cosine decay to 0)'}
+
+
+@dataclass
+class Comparison:
+    """Regimes of one backbone on one dataset, hardware and profile."""
+    dataset: str
+    backbone: str
+    device: str
+    profile: str
+    regimes: list         # Regime, cheapest first
+
+    @property
+    def native(self):
+        return self.regimes[-1]
+
+    @property
+    def strategies(self):
+        """The strategies every regime has."""
+        common = set.intersection(*(set(r.rows) for r in self.regimes))
+        return sorted(common)
+
+
+def comparisons(tables):
+    """One Comparison per (dataset, backbone, hardware, profile) of the tuned tables of experiments with regimes
+    (bench/analysis/stats.py gives one table per regime), with two regimes or more."""
+    groups = defaultdict(dict)
+    for table in tables:
+        declared = EXPERIMENTS.get(table.experiment)
+        if not table.tuned or not table.regime or declared is None:
+            continue
+        for row in table.rows:
+            rec = row.records[0]
+            key = (table.experiment, table.dataset, rec['backbone'], table.device, table.profile)
+            if table.regime not in groups[key]:
+                sub = stats.Table(table.experiment, table.device, table.profile, [], table.dataset, table.metric, True,
+                                  table.regime)
+                groups[key][table.regime] = Regime(table.regime, list(declared.regimes).index(table.regime), sub, {})
+            groups[key][table.regime].table.rows.append(row)
+            groups[key][table.regime].rows[rec['strategy']] = row
+    out = []
+    for (_, dataset, backbone, device, profile), by in sorted(groups.items()):
+        if len(by) >= 2:
+            out.append(Comparison(dataset, backbone, device, profile, sorted(by.values(), key=lambda r: r.order)))
+    return out
+
+
+def tau(a, b, strategies):
+    """Kendall's tau-b between two {strategy: score} over `strategies` (and its p-value)."""
+    result = sps.kendalltau([a[s] for s in strategies], [b[s] for s in strategies])
+    return float(result.statistic), float(result.pvalue)
+
+
+def sign(regime, a, b):
+    """+1 where `a` beats `b` in `regime` with a paired interval over seeds excluding 0, -1 the other way, 0 tied or
+    too few seeds."""
+    iv, _ = stats.paired_difference(regime.rows[a], regime.rows[b], regime.table.metric)
+    return 0 if iv is None or iv.includes_zero else (1 if iv.mean > 0 else -1)
+
+
+@dataclass
+class Agreement:
+    regime: Regime
+    tau: float
+    p: float
+    flips: list           # pairs ordered one way with significance here and the other way with significance native
+    one_sided: list       # pairs that change order, significant in one of the two regimes only
+    best_holds: bool      # the native best is this regime's best or tied with it over seeds
+
+    @property
+    def agrees(self):
+        return not self.flips and self.tau >= AGREE_TAU
+
+
+def agreement(comparison, regime):
+    """How `regime`'s ranking stands against the native one on `comparison`'s dataset."""
+    native, strategies = comparison.native, comparison.strategies
+    t, p = tau(regime.means, native.means, strategies)
+    flips, one_sided = [], []
+    for a, b in combinations(strategies, 2):
+        here, there = sign(regime, a, b), sign(native, a, b)
+        mean_here = regime.means[a] - regime.means[b]
+        mean_there = native.means[a] - native.means[b]
+        if here * there == -1:
+            flips.append((a, b) if here > 0 else (b, a))
+        elif mean_here * mean_there < 0 and (here or there):
+            one_sided.append((a, b) if mean_here > 0 else (b, a))
+    best = native.table.rows[0].records[0]['strategy']
+    top = regime.table.rows[0]
+    holds = best == top.records[0]['strategy'] or stats.verdict(regime.rows[best], top, regime.table.metric)[0] == 'tied'
+    return Agreement(regime, t, p, flips, one_sided, holds)
+
+
+def verdict(comps):
+    """(the cheapest regime that agrees with the native one on every dataset, or None; {regime: datasets where it
+    does not})."""
+    names = sorted({r.name for c in comps for r in c.regimes[:-1]},
+                   key=lambda n: min(r.order for c in comps for r in c.regimes if r.name == n))
+    fails = {n: [c.dataset for c in comps for r in c.regimes[:-1] if r.name == n and not agreement(c, r).agrees]
+             for n in names}
+    agreeing = [n for n in names if not fails[n]]
+    return (agreeing[0] if agreeing else None), fails
+
+
+# ---- words ------------------------------------------------------------------------------------------------
+
+def section(comps, figures=None):
+    """Markdown lines: per dataset, each regime's ranking beside the native one, tau, the flips; then the verdict.
+    `figures`: per comparison, in the same order, its [(caption, path)]."""
+    if not comps:
+        return []
+    out = ['### Across regimes', '',
+           f'Each regime ranks the strategies by their mean test score over seeds (each strategy at the LR it chose on '
+           f'validation in that regime). Against the native regime (the last): Kendall\'s tau-b of the two rankings; '
+           f'a **flip** is a pair ordered one way with a paired 95% interval over seeds excluding 0 in one regime and '
+           f'the other way, equally significant, in the native one; a regime **agrees** with the native one on a '
+           f'dataset when nothing flips and tau >= {AGREE_TAU:g}.', '']
+    for comp, made in zip(comps, figures or [[]] * len(comps)):
+        short = BY_FIELD[comp.native.table.metric].words
+        out += [f'#### {comp.dataset} · {comp.backbone} · {comp.device} · profile {comp.profile}', '']
+        strategies = sorted(comp.strategies, key=lambda s: -comp.native.means[s])
+        rows = [[s] + [f'{r.means[s]:.1f} ± {std(r.rows[s]):.1f}' + (' ↑' if rising(r.rows[s]) else '')
+                       for r in comp.regimes] for s in strategies]
+        out += [tabulate(rows, headers=['strategy'] + [f'{r.name}: {r.words()}' for r in comp.regimes],
+                         tablefmt='github', disable_numparse=True), '',
+                f'{short.capitalize()} %, mean ± std over seeds, by regime; ↑ still improving at the end of its run '
+                f'(its verdicts hold at that budget only).', '']
+        for r in comp.regimes[:-1]:
+            a = agreement(comp, r)
+            flips = ', '.join(f'{x} > {y}' for x, y in a.flips) or 'none'
+            one = ', '.join(f'{x} > {y}' for x, y in a.one_sided) or 'none'
+            out.append(f'- **{r.name}** against {comp.native.name}: tau = {a.tau:+.2f} (p = {a.p:.2f}); significant '
+                       f'flips: {flips} (native order reversed); order changed, significant in one regime only: {one}; '
+                       f'the native best ({comp.native.table.rows[0].records[0]["strategy"]}) is '
+                       f'{"best or tied with the best" if a.best_holds else "behind the best, with significance,"} '
+                       f'here. **{"Agrees" if a.agrees else "Does not agree"}.**')
+        out.append('')
+        out += [line for caption, path in made for line in (f'![{caption}]({path})', '')]
+    best, fails = verdict(comps)
+    native = comps[0].native
+    if best is None:
+        out.append(f'- **Verdict: no cheaper regime agrees with the native one ({native.name}: {native.words()}) on '
+                   f'every dataset**: ' + '; '.join(f'{n} fails on {", ".join(d)}' for n, d in fails.items()) +
+                   '. Rankings measured in those regimes are theirs, not the native one\'s.')
+    else:
+        regime = next(r for c in comps for r in c.regimes if r.name == best)
+        out.append(f'- **Verdict: the cheapest regime that agrees with the native one on every dataset is {best} '
+                   f'({regime.words()})**' + ''.join(f'; {n} fails on {", ".join(d)}' for n, d in fails.items() if d)
+                   + '.')
+    return out + ['']
+
+
+def std(row):
+    values = list(row.by_seed(row.metric).values())
+    return 100 * stats.statistics.stdev(values) if len(values) > 1 else 0.
+
+
+def rising(row):
+    t = stats.trend(row, row.metric)
+    return bool(t and t.improving)
