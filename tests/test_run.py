@@ -85,3 +85,20 @@ def test_a_test_only_job_without_kept_weights_trains_the_run_whole(images, tmp_p
     assert out['results']['tested'] == runner.TESTED_AT_END and out['results']['test_acc'] is not None
     assert not Path(record.checkpoint_path(job.key(out['env']['device_name']))).exists()
 
+
+def test_a_run_frees_the_runs_before_it_without_walking_the_libraries_each_time(images, monkeypatch):
+    """The first run freezes what the process held before it (the libraries, the images) out of the collector's
+    walk; the runs after it freeze nothing more, so their own models and Learners stay collectable."""
+    import gc
+    import weakref
+    cfg = tiny_config(CPU, backbone='cifar_resnet32', head='linear', strategy='full', epochs=1)
+    assert 'results' in runner.work(Job(cfg), images)
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    built, real = [], run.build
+    monkeypatch.setattr(run, 'build', lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    assert 'results' in runner.work(Job(replace(cfg, seed=1)), images)
+    learner = weakref.ref(built.pop().learn)
+    assert gc.get_freeze_count() <= frozen  # (a frozen object freed by its count leaves it)
+    runner.collect_garbage()  # what the next run does first
+    assert learner() is None

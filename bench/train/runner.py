@@ -35,6 +35,7 @@ TESTED_AT_END, TESTED_FROM_CHECKPOINT = 'at the end of the run', 'from the run\'
 def train(cfg, images, split, bar=False, test=True, log=print, keep=None):
     """Train and evaluate `cfg` (resolved); returns the result fields of its record. `keep`: a path the trained
     weights are saved to, for a test scored later."""
+    collect_garbage()
     t0 = time.perf_counter()
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'
@@ -118,6 +119,15 @@ def reset_peak_memory(device):
         Path('/proc/self/clear_refs').write_text('5')  # resets VmHWM, the peak resident set size
     except OSError:
         pass  # elsewhere the mark covers the whole process so far: an upper bound for the run
+
+
+def collect_garbage():
+    """Free what the runs before left in reference cycles (a Learner and its callbacks hold one another), before a run
+    builds anything. The first call then freezes what the process holds (torch, fastai, timm, the images: ~0.3 s to
+    walk, at every collection) into the generation no collection scans: each later one walks only what came since."""
+    gc.collect()
+    if not gc.get_freeze_count():
+        gc.freeze()
 
 
 def trim_heap():
