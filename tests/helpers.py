@@ -1,5 +1,7 @@
 """What several test modules share: a tiny run (its flags and its config), running a script as the shell would,
 hand-made records."""
+import signal
+
 import pytest
 
 from bench.command import cli
@@ -11,6 +13,12 @@ from bench.train.resolve import resolve_auto
 TINY = ['--backbone', 'cifar_cnn', '--weights', 'none', '--head', 'mlp', '--size', '0', '--resize', '0',
         '--epochs', '1', '--bs', '16', '--normalize', 'unit', '--profile', 'full', '--no-bar', '--no-render',
         '--tune', 'off', '--cluster', 'local']  # tuning and executors have tests of their own
+
+
+def as_at_a_terminal():
+    """Ctrl-C's default action in the child, as a shell at a terminal gives it: a test run from a background job
+    (`make test &`) inherits SIGINT ignored, and a script that ignores it is never interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_config(target=None, **settings):

@@ -23,11 +23,17 @@ def cli(argv):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason='runs side by side need two cores')
 def test_the_race_recommends_from_its_records_and_a_rerun_resumes(dataset_dir, tmp_path, capsys):
+    """The race runs on worker processes (the pool, `--cluster auto`'s choice on a CPU: its probes, rungs and finals
+    cross a process boundary, as on Ray's actors); its reruns on the local executor find its runs: the race's
+    identities do not depend on where it ran."""
     results = tmp_path / 'r.jsonl'
-    assert cli(['--data', str(dataset_dir), '--budget', '10m', '--results', str(results), *TINY]) == 0
+    assert cli(['--data', str(dataset_dir), '--budget', '10m', '--results', str(results), *TINY, '--cluster',
+                'pool']) == 0
     out = capsys.readouterr().out
     assert 'plan: 3 strategies, every LR of its grid (3); whole runs of 4 epochs' in out
+    assert 'pool: ' in out and max(r['side_by_side'] for r in record.read(results)) >= 2
     assert 'of a 10:00 budget' in out and 'left · finals' in out  # the bar, over the whole answer
     recs = record.read(results)
     rungs = [r for r in recs if r['config']['stop_at'] < 1]
@@ -105,24 +111,3 @@ def test_one_class_is_refused(tmp_path, capsys):
                                           ('2.5m', 150)])
 def test_budgets_read_as_durations(text, seconds):
     assert advise.budget_seconds(text) == seconds
-
-
-@pytest.mark.slow
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason='runs side by side need two cores')
-def test_a_race_on_worker_processes_leaves_the_records_a_local_rerun_resumes(dataset_dir, tmp_path, capsys):
-    """Worker processes (the pool, `--cluster auto`'s choice on a CPU; Ray's actors are reached through the same
-    executor interface, tests/test_cluster.py) run the probes, the rungs and the finals; the same command on the
-    local executor then finds every run recorded: the race's identities do not depend on where it ran."""
-    results = tmp_path / 'r.jsonl'
-    argv = ['--data', str(dataset_dir), '--budget', '10m', '--results', str(results), *TINY,
-            '--strategy', 'feature_extract,bitfit', '--epochs', '2']
-    assert cli([*argv, '--cluster', 'pool']) == 0
-    out = capsys.readouterr().out
-    assert 'pool: ' in out and 'runs at a time' in out and 'finalists: ' in out
-    recs = record.read(results)
-    assert len([r for r in recs if r['config']['stop_at'] == 0.5]) == 6 and not [r for r in recs if r['error']]
-    assert max(r['side_by_side'] for r in recs) == 2
-    adv, = advice.advices(recs)
-    assert {row.n for row in adv.table.rows} == {race.SEEDS} and len(adv.table.rows) == 2
-    assert cli([*argv, '--cluster', 'local']) == 0
-    assert '[1/' not in capsys.readouterr().out and len(record.read(results)) == len(recs)

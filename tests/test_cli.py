@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from bench import finetune
 from bench.declare import record
-from tests.helpers import TINY, run_script
+from tests.helpers import TINY, as_at_a_terminal, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,12 +24,6 @@ def cli(argv):
 
 def records(path):
     return record.read(path)
-
-
-def as_at_a_terminal():
-    """Ctrl-C's default action in the child, as a shell at a terminal gives it: a test run from a background job
-    (`make test &`) inherits SIGINT ignored, and a script that ignores it is never interrupted."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_records_hold_what_the_issue_lists(dataset_dir, tmp_path):
@@ -237,30 +231,6 @@ def test_every_flag_has_help(script):
     actions = [a for a in importlib.import_module(f'bench.{script}' if script != 'speed' else 'bench.tools.speed').parser()._actions if a.option_strings]
     assert len(actions) >= 3
     assert [a.option_strings[0] for a in actions if not (a.help or '').strip()] == []
-
-
-@pytest.mark.slow
-def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(dataset_dir, tmp_path):
-    """A real SIGINT to a real sweep of runs side by side (the pool, `--cluster auto`'s choice on a CPU): the finished
-    records survive intact, the workers go, and the rerun runs only the rest."""
-    results = tmp_path / 'r.jsonl'
-    args = ['--data', str(dataset_dir), '--results', str(results), '--strategy', 'full,feature_extract', '--seeds',
-            '3', *TINY, '--epochs', '4', '--cluster', 'pool']
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen([sys.executable, str(REPO / 'bench' / 'finetune.py'), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_at_a_terminal)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(records(results)) < 2:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert 'interrupted' in err and 'Traceback' not in err
-    kept = records(results)
-    assert 2 <= len(kept) < 6 and all(r['error'] is None for r in kept)
-    assert cli([*args[:-1], 'local']) == 0  # where the rest runs is no part of a run's identity
-    after = records(results)
-    assert len(after) == 6 and len({r['key'] for r in after}) == 6
 
 
 def test_the_gpu_check_runs_the_scripts_as_modules():

@@ -14,7 +14,7 @@ from bench import finetune
 from bench.declare import record
 from bench.declare.config import Config
 from bench.sweep.executor import Job, LocalExecutor, sweep
-from tests.helpers import TINY, run_script, tiny_config
+from tests.helpers import TINY, as_at_a_terminal, run_script, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,32 +111,41 @@ def test_ray_smoke_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_
 
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason='runs side by side need two cores')
-def test_a_pool_runs_side_by_side_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_dir, tmp_path, capsys):
-    """Two worker processes of one thread each (this machine's cores), a real SIGKILL of the worker running the first
-    job: an error row naming it, a new worker, the other runs recorded with the machine they shared; the local
-    executor then resumes the lost job alone."""
+def test_a_pool_survives_a_killed_worker_and_ctrl_c_keeps_its_finished_runs(dataset_dir, tmp_path, capsys):
+    """Two worker processes of one thread each (this machine's cores, `--cluster auto`'s choice on a CPU): a real
+    SIGKILL of the worker running the first job is an error row naming it, a new worker takes its place and the other
+    runs are recorded with the machine they shared; then a real Ctrl-C (the terminal's SIGINT to the whole process
+    group) stops the sweep with every finished record intact and the workers gone; the local executor resumes the
+    rest, the lost job included."""
     results = tmp_path / 'r.jsonl'
     argv = [sys.executable, '-u', str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir), '--results',
-            str(results), *TINY, '--strategy', 'full,feature_extract', '--seeds', '2', '--epochs', '6']
-    proc = subprocess.Popen([*argv, '--cluster', 'pool'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, killed, out = time.time() + 120, None, []
+            str(results), *TINY, '--strategy', 'full,feature_extract', '--seeds', '3', '--epochs', '6']
+    proc = subprocess.Popen([*argv, '--cluster', 'pool'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=as_at_a_terminal)
+    deadline, killed, interrupted, out = time.time() + 120, None, False, []
     try:
         for line in proc.stdout:
             out.append(line)
             if killed is None and ' -> worker pid ' in line:
                 killed = int(line.rsplit(' pid ', 1)[1])
                 os.kill(killed, signal.SIGKILL)
+            if not interrupted and len([r for r in record.read(results) if not r['error']]) >= 2:
+                os.killpg(proc.pid, signal.SIGINT)
+                interrupted = True
             if time.time() > deadline:
                 break
         proc.wait(timeout=max(1, deadline - time.time()))
     finally:
         proc.kill()
     text = ''.join(out)
-    assert killed and proc.returncode == 1 and 'pool: 2 runs at a time, 1 thread each' in text, text
-    recs = record.read(results)
-    lost = [r for r in recs if r['error']]
-    assert len(recs) == 4 and len(lost) == 1 and lost[0]['error'].startswith(f'worker lost (pid {killed}'), text
-    ran = [r for r in recs if not r['error']]
-    assert all(r['threads'] == 1 for r in ran) and max(r['side_by_side'] for r in ran) == 2
-    assert run_script(finetune, [*argv[3:], '--cluster', 'local']) == 0
-    assert '1 ran, 3 already recorded, 0 failed' in capsys.readouterr().out
+    assert killed and interrupted and proc.returncode == 130, text
+    assert 'pool: 2 runs at a time, 1 thread each' in text and 'interrupted' in text and 'Traceback' not in text, text
+    kept = record.read(results)
+    lost = [r for r in kept if r['error']]
+    ran = [r for r in kept if not r['error']]
+    assert len(lost) == 1 and lost[0]['error'].startswith(f'worker lost (pid {killed}'), text
+    assert 2 <= len(ran) < 5 and all(r['threads'] == 1 for r in ran) and max(r['side_by_side'] for r in ran) == 2
+    assert run_script(finetune, [*argv[3:], '--cluster', 'local']) == 0  # where runs ran is no part of their identity
+    assert f'{6 - len(ran)} ran, {len(ran)} already recorded, 0 failed' in capsys.readouterr().out
+    done = record.done(results)
+    assert len(done) == 6 and all(r['error'] is None for r in done.values())
