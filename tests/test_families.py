@@ -5,6 +5,7 @@ count their definition gives, and merged LoRA adapters give the model they were 
 
 Every timm family is checked by `python bench/tools/families.py` (build, plan and run on the meta device); a test here
 runs it on two families, so the checker itself is checked."""
+import copy
 from dataclasses import replace
 
 import pytest
@@ -33,6 +34,24 @@ def config(backbone, strategy, size):
                                epochs=2, bs=4, size=size, resize=size, unfreeze_at=(1,), lr=1e-3, head_lr=1e-2,
                                lora_dropout=0.0, device='cpu', precision='fp32', channels_last='off',
                                cache_features='off'))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_build_per_family():
+    """timm builds each family's model once; every strategy's run starts from a copy of it, as from a build of its
+    own (initializing VGG11's 7x7 classifier convolutions, which the body never uses, was most of this module's time)."""
+    real, built = backbones._pretrained_model, {}
+
+    def copied(spec, weights):
+        key = (spec.name, spec.img_size, str(weights))
+        if key not in built:
+            built[key] = real(spec, weights)
+        model, description = built[key]
+        return copy.deepcopy(model), description
+    patch = pytest.MonkeyPatch()
+    patch.setattr(backbones, '_pretrained_model', copied)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope='module')
