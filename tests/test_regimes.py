@@ -1,6 +1,7 @@
 """W8 (bench/analysis/regimes.py): regime agreement on a case known by hand, its section and figure; the regimes as runs
 (finetune --regime) and the dry run's time estimate (bench/analysis/estimate.py)."""
 import json
+import math
 
 import pytest
 
@@ -99,3 +100,24 @@ def test_the_estimate_scales_recorded_rates_by_pixels():
                                                     side_by_side=2)
     assert (seconds, runs, unknown) == (pytest.approx(one / 2), 1, 0)
     assert estimate.nearest(estimate.rates([r], r['device']), cfg, threads=2) is None  # other threads: no estimate
+
+
+def test_the_estimate_reads_how_fast_a_rate_falls_with_the_size_off_two_sizes_records():
+    """Records at 96 px and at 224 px, ten times slower: 160 px is estimated by that power of the size (2.72), not
+    by area; 224 px is what its own records say; above them, from 224 px by the same power."""
+    def at(size, train):
+        r = rec('full', 0, .5, backbone='tf_efficientnet_lite0')
+        r.update(wall_seconds=20., setup_seconds=1., warmup_seconds=1., train_seconds=10., images_per_second=train,
+                 eval_seconds=4., valid_images=200, test_images=400, threads=1, image_size=size, valid_curve=[{}] * 4)
+        return r
+    records = [at(96, 100.), at(96, 120.), at(96, 80.), at(224, 10.)]
+    known = estimate.rates(records, records[0]['device'])
+    k = math.log(10) / math.log(224 / 96)
+    near = lambda size: estimate.nearest(known, Config(backbone='tf_efficientnet_lite0', strategy='full', size=size),  # noqa: E731
+                                         threads=1)
+    assert near(224).train == pytest.approx(10.) and near(96).train == pytest.approx(100.)  # the median at 96 px
+    assert near(160).train == pytest.approx(10. * (224 / 160) ** k)                       # 160 px is nearer 224 px
+    assert near(128).train == pytest.approx(100. * (96 / 128) ** k)
+    assert near(288).train == pytest.approx(10. * (224 / 288) ** k)
+    # evaluation as fast at both sizes (the records say so): read as the slowest fall allowed, linear in the size
+    assert near(160).evaluate == pytest.approx(near(224).evaluate * (224 / 160) ** estimate.MIN_POWER)

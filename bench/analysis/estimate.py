@@ -3,12 +3,16 @@ estimate. Imports no torch.
 
 A run's wall clock is its fixed cost (building, warm-up) plus its training images over its training rate plus its
 evaluated images (every validation point, and the test where it is scored) over its evaluation rate. Both rates are
-read from the nearest record of the same backbone and strategy on the same hardware and threads (else of the same
-backbone), and scaled by pixels: a model's work grows with the image's area. A tuned sweep runs each strategy's grid
+read from the records of the same backbone and strategy on the same hardware and threads (else of the same
+backbone) at the image size nearest the run's (the median of that size's records), and scaled to the run's size:
+by the power of the size that the records at the next nearest size show, where there are some, else by area. (A
+model's work grows with the image's area, but its speed falls faster once its activations outgrow the caches:
+EfficientNet-Lite0 trained 7-13x slower at 224 px than at 96 px on a 2-core Intel Xeon, for 5.4x the pixels.) A tuned sweep runs each strategy's grid
 (GRID_RUNS, extensions counted as the records show them on average), the chosen point's test, and the other seeds;
 runs side by side divide the sum by how many run at once.
 """
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Optional
@@ -26,10 +30,29 @@ class Rate:
     size: int
     threads: Optional[int]
 
-    def at(self, size):
-        """The rates at another image size, by area."""
-        scale = (self.size / size) ** 2
-        return Rate(self.train * scale, self.evaluate * scale, self.fixed, size, self.threads)
+    def at(self, size, train_power=2., evaluate_power=2.):
+        """The rates at another image size: each falls as the size to its power (2: by area)."""
+        ratio = self.size / size
+        return Rate(self.train * ratio ** train_power, self.evaluate * ratio ** evaluate_power, self.fixed, size,
+                    self.threads)
+
+
+MIN_POWER, MAX_POWER = 1., 4.   # how fast a rate may fall with the image size, as read off two sizes' records
+
+
+def power(near, far, rate):
+    """The power of the size by which `rate` ('train' or 'evaluate') falls from `near` to `far` (two sizes' Rates),
+    within [MIN_POWER, MAX_POWER]; area (2) where either is unknown."""
+    a, b = getattr(near, rate), getattr(far, rate)
+    if not (0 < a < math.inf and 0 < b < math.inf) or near.size == far.size:
+        return 2.
+    return min(MAX_POWER, max(MIN_POWER, math.log(a / b) / math.log(far.size / near.size)))
+
+
+def typical(rates):
+    """One Rate for records at one size: the median of each."""
+    return Rate(statistics.median(r.train for r in rates), statistics.median(r.evaluate for r in rates),
+                statistics.median(r.fixed for r in rates), rates[0].size, rates[0].threads)
 
 
 def rates(records, device):
@@ -49,13 +72,22 @@ def rates(records, device):
 
 
 def nearest(known, cfg, threads):
-    """The known Rate closest in size to `cfg`'s, of its backbone and strategy (else its backbone), on `threads`."""
+    """The rates at `cfg`'s size, from the known ones of its backbone and strategy (else its backbone) on `threads`:
+    those of the nearest size, scaled by how the next nearest size's differ (else by area)."""
     same = [r for r in known.get((cfg.backbone, cfg.strategy), []) if r.threads == threads and r.size]
     if not same:
         same = [r for (b, _), rs in known.items() if b == cfg.backbone for r in rs if r.threads == threads and r.size]
     if not same:
         return None
-    return min(same, key=lambda r: abs(math.log(r.size / cfg.size))).at(cfg.size)
+    by_size = defaultdict(list)
+    for r in same:
+        by_size[r.size].append(r)
+    order = sorted(by_size, key=lambda s: (abs(math.log(s / cfg.size)), s))
+    near = typical(by_size[order[0]])
+    if len(order) == 1:
+        return near.at(cfg.size)
+    far = typical(by_size[order[1]])
+    return near.at(cfg.size, power(near, far, 'train'), power(near, far, 'evaluate'))
 
 
 def run_seconds(rate, cfg, n_train, n_valid, n_test, tested=True):
