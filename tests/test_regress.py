@@ -15,7 +15,7 @@ import os
 
 
 def test_work(calibrated):
-    n = int(200_000 * float(os.environ.get('SLOW') or 1))   # SLOW: that many times the work, a deliberate regression
+    n = int(600_000 * float(os.environ.get('SLOW') or 1))   # SLOW: that many times the work, a deliberate regression
     calibrated(lambda: sum(i * i for i in range(n)))
 '''
 
