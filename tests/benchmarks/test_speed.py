@@ -6,14 +6,11 @@ import random
 
 import pytest
 import torch
-from fastai.basics import DataLoaders
-from fastai.callback.progress import ProgressCallback
 
-import backbones
 from bench.declare.config import Config
 from bench.images import data
 from bench.report import leaderboard
-from bench.train import learner as learners
+from bench.train import run as runs
 from bench.train.resolve import resolve_auto
 from tests.helpers import rec
 
@@ -28,32 +25,32 @@ def cifar_like():
                        name='bench', fingerprint='0' * 40)
 
 
-def learner(images, n_train=256, bs=64):
-    cfg = resolve_auto(Config(backbone='cifar_resnet32', weights='none', head='linear', strategy='full',
-                                        bs=bs, size=0, resize=0, normalize='unit', device='cpu'))
-    spec = backbones.describe(cfg.backbone)
-    torch.manual_seed(0)
-    net, _ = backbones.build(cfg.backbone, 10, cfg.head, weights='none')
-    train = data.batches(images, torch.arange(n_train), learners.prepare_for(cfg, spec, True), bs, train=True)
-    valid = data.batches(images, torch.arange(n_train, n_train + 512), learners.prepare_for(cfg, spec, False), bs)
-    learn = learners.learner(cfg, DataLoaders(train, valid), net)
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda row: None
-    learn.unfreeze()
-    return learn
+def built(images, n_train=256, bs=64):
+    """The run a sweep would build (bench/train/run.py: model, batches, Learner, memory fit) for cifar_resnet32 on
+    `n_train` training and 512 validation images; its Learner without the run's log, so that an epoch is fastai's
+    (its training pass, then one validation pass), not a run's validation points."""
+    cfg = resolve_auto(Config(backbone='cifar_resnet32', weights='none', head='linear', strategy='full', bs=bs, size=0,
+                              resize=0, normalize='unit', device='cpu', subset=n_train, eval_subset=512,
+                              valid_frac=0.25))
+    run = runs.build(cfg, images, data.split_for(images, cfg), log=lambda line: None)
+    run.learn.remove_cb(run.runlog)
+    run.learn.logger = lambda row: None
+    run.learn.unfreeze()
+    return run
 
 
 def test_learner_training_epoch(calibrated, cifar_like):
-    learn = learner(cifar_like, n_train=128)
+    learn = built(cifar_like, n_train=128).learn
     learn.fit(1, 1e-3)  # warm-up
     calibrated(lambda: learn.fit(1, 1e-3))
     assert learn.recorder.values[-1][0] > 0
 
 
 def test_evaluation(calibrated, cifar_like):
-    learn = learner(cifar_like)
-    loss, acc, class_acc = calibrated(learn.validate)
-    assert 0 <= acc <= 1
+    """The validation split as a run evaluates it: inference mode, in the run's evaluation batches."""
+    run = built(cifar_like)
+    loss, acc, class_acc = calibrated(run.evaluate, args=(run.valid_dl,))
+    assert 0 <= acc <= 1 and run.valid_dl.n == 512
 
 
 @pytest.mark.parametrize('size', [32, 224])
