@@ -20,6 +20,7 @@ _IGNORED = ('num_batches_tracked',)
 
 class WeightsError(Exception):
     """Pretrained weights cannot be had or do not fit; the message says what to do."""
+    user_mistake = True   # a script ends it in that sentence and exit code 2 (bench/command/exits.py)
 
 
 def local_file(arch, tag, folder=None):

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from bench.command import cli
+from bench.command import exits
 from bench.command.flags import add_cluster_flags, split_list
 from bench.declare.config import PROFILES, RESULTS, UsageError
 from bench.declare.experiments import EXPERIMENTS
@@ -86,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli.main(main)
+    exits.main(main)

@@ -336,3 +336,26 @@ def test_a_declared_dataset_is_found_by_name_in_the_data_folder(dataset_tgz, tmp
     with pytest.raises(data.DataError, match='caltech101 has no download'):
         monkeypatch.setenv('FTBENCH_DATA', str(tmp_path))
         data.resolve_source('caltech101')
+
+
+def test_the_suite_starts_without_torch_and_every_kind_of_mistake_ends_in_one_sentence(capsys):
+    """bench/suite.py only starts the experiments' scripts: it imports no torch (seconds per `make bench`); how a
+    script ends is decided without importing the modules whose errors are mistakes."""
+    done = subprocess.run([sys.executable, '-c', 'import sys, bench.suite; print("torch" in sys.modules)'],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stdout.strip() == 'False', done.stderr
+    from backbones import WeightsError
+    from bench.command import exits
+    from bench.declare.config import UsageError
+    from bench.images.data import DataError
+    for error in (UsageError, DataError, WeightsError):
+        def fail():
+            raise error('what to do')
+        with pytest.raises(SystemExit) as e:
+            exits.main(fail)
+        assert e.value.code == 2 and capsys.readouterr().err == 'error: what to do\n'
+
+    def bug():
+        raise RuntimeError('a bug')
+    with pytest.raises(RuntimeError):  # not a mistake: its traceback is shown
+        exits.main(bug)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import backbones
+from bench.command.exits import main  # noqa: F401  (every script ends through cli.main)
 from bench.command.flags import flag_overrides
 from bench.declare import record
 from bench.declare.config import RESULTS, UsageError, image_size, validate_numbers
@@ -51,18 +52,6 @@ class Options:
     @property
     def show_bar(self):
         return sys.stdout.isatty() if self.bar is None else self.bar
-
-
-def main(fn):
-    """Run `fn()` and turn its outcome into an exit code."""
-    try:
-        sys.exit(fn())
-    except (UsageError, data.DataError, backbones.WeightsError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print('\ninterrupted: every finished run is kept in the results file; rerun to resume', file=sys.stderr)
-        sys.exit(130)
 
 
 def expand_strategies(text, default):

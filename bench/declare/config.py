@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 
 class UsageError(Exception):
     """A mistake in the user's input, found before anything runs; the message is one sentence."""
+    user_mistake = True   # a script ends it in that sentence and exit code 2 (bench/command/exits.py)
 
 
 def setting(default, help, choices=None, flag=True, identity=True, added=False):

@@ -38,6 +38,7 @@ CHUNK = 32                     # images per task handed to a decoding process
 
 class DataError(Exception):
     """The data source is missing, malformed or corrupt; the message says what to do."""
+    user_mistake = True   # a script ends it in that sentence and exit code 2 (bench/command/exits.py)
 
 
 # ---- one image ------------------------------------------------------------------------------------------
