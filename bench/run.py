@@ -202,7 +202,7 @@ def build(cfg, images, split, log=print, plan=True):
     return Run(cfg, spec, net, weights, train_dl, valid_dl, test_dl, learn, phases, fit, runlog)
 
 
-EVAL_BS_MAX = {'cpu': 64, 'cuda': 512}  # images per evaluation batch at most: past these, throughput stops growing
+EVAL_BS_MAX = {'cpu': 32, 'cuda': 512}  # images per evaluation batch at most: past these, throughput stops growing
 
 
 def planned(cfg, n_classes):
