@@ -75,9 +75,10 @@ def test_the_regimes_are_runs_of_their_own_and_a_regime_can_be_chosen(capsys):
                                  '96px,224px', '--seeds', '1', '--dry-run', '--cluster', 'local']) == 0
     configs = [json.loads(line[len('config: '):]) for line in capsys.readouterr().out.splitlines()
                if line.startswith('config: ')]
-    assert [(c['variant'], c['size'], c['epochs']) for c in configs] == [('96px', 96, 2), ('224px', 224, 4)]
+    assert [(c['variant'], c['size'], c['epochs'], c['sched']) for c in configs] == [('96px', 96, 2, 'flat'),
+                                                                                   ('224px', 224, 3, 'one_cycle')]
     assert run_script(finetune, ['--preset', 'w8', '--regime', '128px', '--dry-run']) == 2
-    assert "unknown regime '128px'; w8 declares 96px, 160px, 224px" in capsys.readouterr().err
+    assert "unknown regime '128px'; w8 declares 96px, 160px, 224px-flat, 224px" in capsys.readouterr().err
 
 
 def test_the_estimate_scales_recorded_rates_by_pixels():
