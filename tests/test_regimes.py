@@ -121,3 +121,19 @@ def test_the_estimate_reads_how_fast_a_rate_falls_with_the_size_off_two_sizes_re
     assert near(288).train == pytest.approx(10. * (224 / 288) ** k)
     # evaluation as fast at both sizes (the records say so): read as the slowest fall allowed, linear in the size
     assert near(160).evaluate == pytest.approx(near(224).evaluate * (224 / 160) ** estimate.MIN_POWER)
+
+
+def test_a_regime_still_running_is_set_aside_and_named():
+    """A regime that has not run every strategy the native one ran (its sweep still going) is neither compared nor
+    allowed to shrink the others' comparison: it is named, with what it lacks."""
+    records = regime_records() + [r for r in regime_records() if r['variant'] == '224px' and r['strategy'] == 'b']
+    for r in records[-3:]:  # the same runs under the flat schedule: a regime of their own, with b alone
+        r['variant'] = r['config']['variant'] = '224px-flat'
+        r['config']['sched'] = 'flat'
+        r['key'] = record.run_key(r['config'], tune.IDENTITY, r['device'])
+    comp, = regimes.comparisons(stats.tables(records))
+    assert [r.name for r in comp.regimes] == ['96px', '160px', '224px'] and comp.partial == {'224px-flat': ['a', 'c']}
+    assert comp.strategies == ['a', 'b', 'c']
+    section = '\n'.join(regimes.section([comp]))
+    assert '**224px-flat** is not compared yet: it has no tuned table of a, c' in section
+    assert 'Verdict: the cheapest regime that agrees with the native one on every dataset is 160px' in section

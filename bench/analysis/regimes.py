@@ -12,7 +12,7 @@ A regime **agrees** with the native one on a dataset when no pair flips with a s
 tau is at least AGREE_TAU; the verdict names the cheapest regime that agrees on every dataset. Imports no torch.
 """
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 from scipy import stats as sps
@@ -56,7 +56,8 @@ class Comparison:
     backbone: str
     device: str
     profile: str
-    regimes: list         # Regime, cheapest first
+    regimes: list         # Regime, cheapest first: the native one, and those that ran every strategy it ran
+    partial: dict = field(default_factory=dict)   # regime name -> the native strategies it has not run (yet)
 
     @property
     def native(self):
@@ -64,9 +65,8 @@ class Comparison:
 
     @property
     def strategies(self):
-        """The strategies every regime has."""
-        common = set.intersection(*(set(r.rows) for r in self.regimes))
-        return sorted(common)
+        """The strategies compared: the native regime's (every regime compared has them)."""
+        return sorted(self.native.rows)
 
 
 def comparisons(tables):
@@ -88,8 +88,12 @@ def comparisons(tables):
             groups[key][table.regime].rows[rec['strategy']] = row
     out = []
     for (_, dataset, backbone, device, profile), by in sorted(groups.items()):
-        if len(by) >= 2:
-            out.append(Comparison(dataset, backbone, device, profile, sorted(by.values(), key=lambda r: r.order)))
+        ordered = sorted(by.values(), key=lambda r: r.order)
+        native = ordered[-1]
+        whole = [r for r in ordered if set(native.rows) <= set(r.rows)]  # a regime still running is set aside
+        partial = {r.name: sorted(set(native.rows) - set(r.rows)) for r in ordered if r not in whole}
+        if len(whole) >= 2:
+            out.append(Comparison(dataset, backbone, device, profile, whole, partial))
     return out
 
 
@@ -182,6 +186,8 @@ def section(comps, figures=None):
                        f'the native best ({comp.native.table.rows[0].records[0]["strategy"]}) is '
                        f'{"best or tied with the best" if a.best_holds else "behind the best, with significance,"} '
                        f'here. **{"Agrees" if a.agrees else "Does not agree"}.**')
+        out += [f'- **{name}** is not compared yet: it has no tuned table of {", ".join(missing)}, which the native '
+                f'regime ran.' for name, missing in comp.partial.items()]
         out.append('')
         out += [line for caption, path in made for line in (f'![{caption}]({path})', '')]
     best, fails = verdict(comps)
@@ -192,9 +198,10 @@ def section(comps, figures=None):
                    '. Rankings measured in those regimes are theirs, not the native one\'s.')
     else:
         regime = next(r for c in comps for r in c.regimes if r.name == best)
+        compared = sorted({c.dataset for c in comps})
         out.append(f'- **Verdict: the cheapest regime that agrees with the native one on every dataset is {best} '
                    f'({regime.words()})**' + ''.join(f'; {n} fails on {", ".join(d)}' for n, d in fails.items() if d)
-                   + '.')
+                   + f' (datasets compared: {", ".join(compared)}).')
     return out + ['']
 
 
