@@ -39,7 +39,8 @@ def config(backbone, strategy, size):
 @pytest.fixture(scope='module', autouse=True)
 def one_build_per_family():
     """timm builds each family's model once; every strategy's run starts from a copy of it, as from a build of its
-    own (initializing VGG11's 7x7 classifier convolutions, which the body never uses, was most of this module's time)."""
+    own (initializing VGG11's 7x7 classifier convolutions, which the body never uses, was most of this module's
+    time)."""
     real, built = backbones._pretrained_model, {}
 
     def copied(spec, weights):

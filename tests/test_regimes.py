@@ -113,8 +113,9 @@ def test_the_estimate_reads_how_fast_a_rate_falls_with_the_size_off_two_sizes_re
     records = [at(96, 100.), at(96, 120.), at(96, 80.), at(224, 10.)]
     known = estimate.rates(records, records[0]['device'])
     k = math.log(10) / math.log(224 / 96)
-    near = lambda size: estimate.nearest(known, Config(backbone='tf_efficientnet_lite0', strategy='full', size=size),  # noqa: E731
-                                         threads=1)
+
+    def near(size):
+        return estimate.nearest(known, Config(backbone='tf_efficientnet_lite0', strategy='full', size=size), threads=1)
     assert near(224).train == pytest.approx(10.) and near(96).train == pytest.approx(100.)  # the median at 96 px
     assert near(160).train == pytest.approx(10. * (224 / 160) ** k)                       # 160 px is nearer 224 px
     assert near(128).train == pytest.approx(100. * (96 / 128) ** k)

@@ -7,9 +7,9 @@ read from the records of the same backbone and strategy on the same hardware and
 backbone) at the image size nearest the run's (the median of that size's records), and scaled to the run's size:
 by the power of the size that the records at the next nearest size show, where there are some, else by area. (A
 model's work grows with the image's area, but its speed falls faster once its activations outgrow the caches:
-EfficientNet-Lite0 trained 7-13x slower at 224 px than at 96 px on a 2-core Intel Xeon, for 5.4x the pixels.) A tuned sweep runs each strategy's grid
-(GRID_RUNS, extensions counted as the records show them on average), the chosen point's test, and the other seeds;
-runs side by side divide the sum by how many run at once.
+EfficientNet-Lite0 trained 7-13x slower at 224 px than at 96 px on a 2-core Intel Xeon, for 5.4x the pixels.)
+A tuned sweep runs each strategy's grid (GRID_RUNS, extensions counted as the records show them on average), the
+chosen point's test, and the other seeds; runs side by side divide the sum by how many run at once.
 """
 import math
 import statistics
