@@ -234,7 +234,8 @@ def dry_run(opts, cfgs, tuned=False, where=None):
         print(f'estimate: about {round(counted)} runs, {total / 3600:.1f} h on {where.hardware.name} '
               f'({where.slots} at a time)' + (f'; {unknown} configurations have no record to estimate from and are '
                                               f'left out of it' if unknown else '') +
-              f' (bench/analysis/estimate.py: from the records in {opts.results} of this hardware, scaled by pixels)')
+              f' (bench/analysis/estimate.py: from the records in {opts.results} of this hardware, scaled to each '
+              f'image size as records at two sizes show, else by pixels)')
     return 0
 
 
