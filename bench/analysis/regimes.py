@@ -90,8 +90,9 @@ def comparisons(tables):
     for (_, dataset, backbone, device, profile), by in sorted(groups.items()):
         ordered = sorted(by.values(), key=lambda r: r.order)
         native = ordered[-1]
-        whole = [r for r in ordered if set(native.rows) <= set(r.rows)]  # a regime still running is set aside
-        partial = {r.name: sorted(set(native.rows) - set(r.rows)) for r in ordered if r not in whole}
+        lacking = {r.name: sorted(s for s in native.rows if s not in r.rows or not r.rows[s].n) for r in ordered}
+        whole = [r for r in ordered if not lacking[r.name]]  # a regime still running (or still tuning) is set aside
+        partial = {r.name: lacking[r.name] for r in ordered if r not in whole}
         if len(whole) >= 2:
             out.append(Comparison(dataset, backbone, device, profile, whole, partial))
     return out
@@ -186,8 +187,8 @@ def section(comps, figures=None):
                        f'the native best ({comp.native.table.rows[0].records[0]["strategy"]}) is '
                        f'{"best or tied with the best" if a.best_holds else "behind the best, with significance,"} '
                        f'here. **{"Agrees" if a.agrees else "Does not agree"}.**')
-        out += [f'- **{name}** is not compared yet: it has no tuned table of {", ".join(missing)}, which the native '
-                f'regime ran.' for name, missing in comp.partial.items()]
+        out += [f'- **{name}** is not compared yet: it has no test scores of {", ".join(missing)}, which the native '
+                f'regime ranks.' for name, missing in comp.partial.items()]
         out.append('')
         out += [line for caption, path in made for line in (f'![{caption}]({path})', '')]
     best, fails = verdict(comps)
