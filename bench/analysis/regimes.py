@@ -32,7 +32,11 @@ class Regime:
     name: str
     order: int            # its place in the experiment's declaration: cheapest first, native last
     table: stats.Table
-    rows: dict            # strategy -> stats.Row
+
+    @property
+    def rows(self):
+        """{strategy: stats.Row}"""
+        return {row.records[0]['strategy']: row for row in self.table.rows}
 
     @property
     def means(self):
@@ -57,7 +61,7 @@ class Comparison:
     device: str
     profile: str
     regimes: list         # Regime, cheapest first: the native one, and those that ran every strategy it ran
-    partial: dict = field(default_factory=dict)   # regime name -> the native strategies it has not run (yet)
+    partial: dict = field(default_factory=dict)   # regime name -> the native strategies it has no test score of
 
     @property
     def native(self):
@@ -83,9 +87,8 @@ def comparisons(tables):
             if table.regime not in groups[key]:
                 sub = stats.Table(table.experiment, table.device, table.profile, [], table.dataset, table.metric, True,
                                   table.regime)
-                groups[key][table.regime] = Regime(table.regime, list(declared.regimes).index(table.regime), sub, {})
+                groups[key][table.regime] = Regime(table.regime, list(declared.regimes).index(table.regime), sub)
             groups[key][table.regime].table.rows.append(row)
-            groups[key][table.regime].rows[rec['strategy']] = row
     out = []
     for (_, dataset, backbone, device, profile), by in sorted(groups.items()):
         ordered = sorted(by.values(), key=lambda r: r.order)
