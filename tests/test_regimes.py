@@ -13,24 +13,25 @@ from bench.report import leaderboard
 from bench.sweep import tune
 from tests.helpers import rec, run_script
 
-# Caltech-101-like scores (mean per-class accuracy, %) by regime: the cheap one reverses the native order, the
-# middle one keeps it with b and c tied
-MEANS = {'96px': dict(a=60, b=70, c=80), '160px': dict(a=79, b=70.2, c=70), '224px': dict(a=80, b=70, c=60)}
+# Caltech-101-like scores (mean per-class accuracy, %) by regime: the cheap one reverses the native order (W8's native
+# regime: 224px-flat), the middle one keeps it with b and c tied
+MEANS = {'96px': dict(a=60, b=70, c=80), '160px': dict(a=79, b=70.2, c=70), '224px-flat': dict(a=80, b=70, c=60)}
 NOISE = (0.0, 0.8, -0.8)  # per seed: the same for every strategy, so pairs within a regime are paired exactly
 JITTER = {'a': (0, 0.3, -0.3), 'b': (0, -0.4, 0.4), 'c': (0, 0.6, -0.6)}
 
 
-def regime_records():
+def regime_records(means_by=MEANS):
     out = []
-    for regime, means in MEANS.items():
-        size = int(regime[:-2])
+    for regime, means in means_by.items():
+        size = int(regime[:3].rstrip('p'))
         for strategy, mean in means.items():
             for seed in range(3):
                 score = (mean + NOISE[seed] + JITTER[strategy][seed]) / 100
                 r = rec(strategy, seed, score, experiment='w8', backbone='tf_efficientnet_lite0',
                         dataset='caltech101:abc', class_acc=score)
                 r['variant'] = r['config']['variant'] = regime
-                r['config'].update(size=size, bs=32, epochs=2, head_lr=1e-3, sched='flat')
+                r['config'].update(size=size, bs=32, epochs=2, head_lr=1e-3,
+                                   sched='one_cycle' if regime == '224px' else 'flat')
                 r.update(key=record.run_key(r['config'], tune.IDENTITY, r['device']), image_size=size,
                          train_images=800, valid_class_acc=score,
                          tune=dict(kind='body', field='lr', head_mult=10, grid=[1e-4], role='grid' if seed == 0 else 'seed'))
@@ -40,7 +41,7 @@ def regime_records():
 
 def test_agreement_on_a_case_known_by_hand():
     comp, = regimes.comparisons(stats.tables(regime_records()))
-    assert [r.name for r in comp.regimes] == ['96px', '160px', '224px'] and comp.native.name == '224px'
+    assert [r.name for r in comp.regimes] == ['96px', '160px', '224px-flat'] and comp.native.name == '224px-flat'
     cheap, middle = (regimes.agreement(comp, r) for r in comp.regimes[:2])
     assert cheap.tau == pytest.approx(-1) and not cheap.agrees and not cheap.best_holds
     assert sorted(cheap.flips) == [('b', 'a'), ('c', 'a'), ('c', 'b')]  # each reversed, significant in both
@@ -64,7 +65,7 @@ def test_the_section_and_figure_render_from_the_records(tmp_path):
     records = regime_records()
     text = leaderboard.render(records)
     section = text.split('### Across regimes')[1]
-    assert '**96px** against 224px: tau = -1.00' in section and 'Does not agree' in section
+    assert '**96px** against 224px-flat: tau = -1.00' in section and 'Does not agree' in section
     assert 'Verdict: the cheapest regime that agrees with the native one on every dataset is 160px (160 px, 50 ' \
            'steps, flat LR)' in section
     assert 'regime 96px' in text.split('### Across regimes')[0]  # a table per regime
@@ -127,18 +128,31 @@ def test_the_estimate_reads_how_fast_a_rate_falls_with_the_size_off_two_sizes_re
 def test_a_regime_still_running_is_set_aside_and_named():
     """A regime that has not scored every strategy the native one ranks (its sweep still going) is neither compared nor
     allowed to shrink the others' comparison: it is named, with what it lacks."""
-    records = regime_records() + [r for r in regime_records() if r['variant'] == '224px' and r['strategy'] == 'b']
-    for r in records[-3:]:  # the same runs under the flat schedule: a regime of their own, with b alone
-        r['variant'] = r['config']['variant'] = '224px-flat'
-        r['config']['sched'] = 'flat'
-        r['key'] = record.run_key(r['config'], tune.IDENTITY, r['device'])
+    records = regime_records() + regime_records({'224px': dict(b=70)})  # the one-cycle contrast, with b alone
     comp, = regimes.comparisons(stats.tables(records))
-    assert [r.name for r in comp.regimes] == ['96px', '160px', '224px'] and comp.partial == {'224px-flat': ['a', 'c']}
+    assert [r.name for r in comp.regimes] == ['96px', '160px', '224px-flat'] and comp.partial == {'224px': ['a', 'c']}
     assert comp.strategies == ['a', 'b', 'c']
     section = '\n'.join(regimes.section([comp]))
-    assert '**224px-flat** is not compared yet: it has no test scores of a, c' in section
-    for r in records[-3:]:  # b's flat runs scored on validation only (its grid, still choosing its LR)
+    assert '**224px** is not compared yet: it has no test scores of a, c' in section
+    for r in records[-3:]:  # b's one-cycle runs scored on validation only (its grid, still choosing its LR)
         r['test_acc'] = r['test_class_acc'] = None
     comp, = regimes.comparisons(stats.tables(records))
-    assert comp.partial == {'224px-flat': ['a', 'b', 'c']}
+    assert comp.partial == {'224px': ['a', 'b', 'c']}
     assert 'Verdict: the cheapest regime that agrees with the native one on every dataset is 160px' in section
+
+
+def test_a_contrast_is_compared_with_the_native_regime_but_never_a_candidate():
+    """W8's one-cycle runs at the native budget: ranked the same as the native flat ones (tau 1), 2 pp lower for a and
+    b, 1 pp higher for c, every seed; compared strategy by strategy, yet never the verdict's 'cheapest regime'."""
+    records = regime_records() + regime_records({'224px': dict(a=78, b=68, c=61)})
+    comp, = regimes.comparisons(stats.tables(records))
+    assert [r.name for r in comp.cheaper] == ['96px', '160px'] and [r.name for r in comp.contrasts] == ['224px']
+    assert regimes.verdict([comp]) == ('160px', {'96px': ['caltech101'], '160px': []})
+    line = regimes.contrast_line(comp, comp.contrasts[0])
+    assert line.startswith('- **224px** (224 px, 50 steps, one-cycle (warm-up, then a cosine decay to 0)), a contrast '
+                           'with 224px-flat: tau = +1.00')
+    assert 'a +2.0 pp (+2.0 to +2.0); b +2.0 pp (+2.0 to +2.0); c -1.0 pp (-1.0 to -1.0)' in line
+    assert '224px-flat scores higher with significance on 2 of 3 strategies and lower on 1' in line
+    assert line in regimes.section([comp])
+    text = leaderboard.render(records)
+    assert 'cheapest regime agreeing with the native one: 160px' in text

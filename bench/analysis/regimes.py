@@ -3,7 +3,8 @@ predict the ranking in the backbone's native one?
 
 An experiment that declares `regimes` (bench/declare/experiments.py) runs every strategy in each, each tuned on validation by
 the same rule and confirmed over seeds, on each of its datasets. Per dataset and backbone, against the native regime
-(the most expensive one):
+(`Experiment.native_regime`; those declared before it are cheaper candidates, those after it contrasts: its budget with
+one thing changed, such as the schedule, compared the same way but never a candidate for the verdict):
 - Kendall's tau-b between each regime's ranking (mean test metric over seeds) and the native one (scipy);
 - the pairs that change order with a difference significant in both regimes (each a paired 95% t interval over
   seeds that excludes 0: bench/analysis/stats.py), and those significant in one regime only;
@@ -60,12 +61,24 @@ class Comparison:
     backbone: str
     device: str
     profile: str
-    regimes: list         # Regime, cheapest first: the native one, and those that ran every strategy it ran
+    regimes: list         # Regime, as declared (cheapest first, the native one, its contrasts): those that ran every
+                          # strategy the native one ran
+    native_order: int     # the native regime's place in the declaration
     partial: dict = field(default_factory=dict)   # regime name -> the native strategies it has no test score of
 
     @property
     def native(self):
-        return self.regimes[-1]
+        return next(r for r in self.regimes if r.order == self.native_order)
+
+    @property
+    def cheaper(self):
+        """The regimes that are candidates for the verdict: cheaper than the native one, cheapest first."""
+        return [r for r in self.regimes if r.order < self.native_order]
+
+    @property
+    def contrasts(self):
+        """The native budget with one thing changed (W8: the schedule)."""
+        return [r for r in self.regimes if r.order > self.native_order]
 
     @property
     def strategies(self):
@@ -90,14 +103,16 @@ def comparisons(tables):
                 groups[key][table.regime] = Regime(table.regime, list(declared.regimes).index(table.regime), sub)
             groups[key][table.regime].table.rows.append(row)
     out = []
-    for (_, dataset, backbone, device, profile), by in sorted(groups.items()):
+    for (exp, dataset, backbone, device, profile), by in sorted(groups.items()):
         ordered = sorted(by.values(), key=lambda r: r.order)
-        native = ordered[-1]
+        native = by.get(EXPERIMENTS[exp].native_regime)
+        if native is None:  # nothing to compare with yet
+            continue
         lacking = {r.name: sorted(s for s in native.rows if s not in r.rows or not r.rows[s].n) for r in ordered}
         whole = [r for r in ordered if not lacking[r.name]]  # a regime still running (or still tuning) is set aside
         partial = {r.name: lacking[r.name] for r in ordered if r not in whole}
         if len(whole) >= 2:
-            out.append(Comparison(dataset, backbone, device, profile, whole, partial))
+            out.append(Comparison(dataset, backbone, device, profile, whole, native.order, partial))
     return out
 
 
@@ -150,9 +165,9 @@ def agreement(comparison, regime):
 def verdict(comps):
     """(the cheapest regime that agrees with the native one on every dataset, or None; {regime: datasets where it
     does not})."""
-    names = sorted({r.name for c in comps for r in c.regimes[:-1]},
+    names = sorted({r.name for c in comps for r in c.cheaper},
                    key=lambda n: min(r.order for c in comps for r in c.regimes if r.name == n))
-    fails = {n: [c.dataset for c in comps for r in c.regimes[:-1] if r.name == n and not agreement(c, r).agrees]
+    fails = {n: [c.dataset for c in comps for r in c.cheaper if r.name == n and not agreement(c, r).agrees]
              for n in names}
     agreeing = [n for n in names if not fails[n]]
     return (agreeing[0] if agreeing else None), fails
@@ -167,10 +182,11 @@ def section(comps, figures=None):
         return []
     out = ['### Across regimes', '',
            f'Each regime ranks the strategies by their mean test score over seeds (each strategy at the LR it chose on '
-           f'validation in that regime). Against the native regime (the last): Kendall\'s tau-b of the two rankings; '
+           f'validation in that regime). Against the native regime: Kendall\'s tau-b of the two rankings; '
            f'a **flip** is a pair ordered one way with a paired 95% interval over seeds excluding 0 in one regime and '
            f'the other way, equally significant, in the native one; a regime **agrees** with the native one on a '
-           f'dataset when nothing flips and tau >= {AGREE_TAU:g}.', '']
+           f'dataset when nothing flips and tau >= {AGREE_TAU:g}. A contrast (declared after the native regime) is its '
+           f'budget with one thing changed: compared the same way, never a candidate for the verdict.', '']
     for comp, made in zip(comps, figures or [[]] * len(comps)):
         short = BY_FIELD[comp.native.table.metric].words
         out += [f'#### {comp.dataset} · {comp.backbone} · {comp.device} · profile {comp.profile}', '']
@@ -181,7 +197,7 @@ def section(comps, figures=None):
                          tablefmt='github', disable_numparse=True), '',
                 f'{short.capitalize()} %, mean ± std over seeds, by regime; ↑ still improving at the end of its run '
                 f'(its verdicts hold at that budget only).', '']
-        for r in comp.regimes[:-1]:
+        for r in comp.cheaper:
             a = agreement(comp, r)
             flips = ', '.join(f'{x} > {y}' for x, y in a.flips) or 'none'
             one = ', '.join(f'{x} > {y}' for x, y in a.one_sided) or 'none'
@@ -190,23 +206,44 @@ def section(comps, figures=None):
                        f'the native best ({comp.native.table.rows[0].records[0]["strategy"]}) is '
                        f'{"best or tied with the best" if a.best_holds else "behind the best, with significance,"} '
                        f'here. **{"Agrees" if a.agrees else "Does not agree"}.**')
+        out += [contrast_line(comp, r) for r in comp.contrasts]
         out += [f'- **{name}** is not compared yet: it has no test scores of {", ".join(missing)}, which the native '
                 f'regime ranks.' for name, missing in comp.partial.items()]
         out.append('')
         out += [line for caption, path in made for line in (f'![{caption}]({path})', '')]
     best, fails = verdict(comps)
     native = comps[0].native
-    if best is None:
+    if fails and best is None:  # (no fails: no cheaper regime compared yet, contrasts only)
         out.append(f'- **Verdict: no cheaper regime agrees with the native one ({native.name}: {native.words()}) on '
                    f'every dataset**: ' + '; '.join(f'{n} fails on {", ".join(d)}' for n, d in fails.items()) +
                    '. Rankings measured in those regimes are theirs, not the native one\'s.')
-    else:
+    elif best is not None:
         regime = next(r for c in comps for r in c.regimes if r.name == best)
         compared = sorted({c.dataset for c in comps})
         out.append(f'- **Verdict: the cheapest regime that agrees with the native one on every dataset is {best} '
                    f'({regime.words()})**' + ''.join(f'; {n} fails on {", ".join(d)}' for n, d in fails.items() if d)
                    + f' (datasets compared: {", ".join(compared)}).')
     return out + ['']
+
+
+def contrast_line(comp, regime):
+    """A contrast against the native regime: the rankings' agreement, then each strategy's paired difference."""
+    native, a = comp.native, agreement(comp, regime)
+    flips = ', '.join(f'{x} > {y}' for x, y in a.flips) or 'none'
+    diffs, higher, lower = [], 0, 0
+    for s in sorted(comp.strategies, key=lambda s: -native.means[s]):
+        iv, _ = stats.paired_difference(native.rows[s], regime.rows[s], native.table.metric)
+        if iv is None:
+            diffs.append(f'{s} {native.means[s] - regime.means[s]:+.1f} pp (too few paired seeds)')
+            continue
+        higher, lower = higher + (iv.lo > 0), lower + (iv.hi < 0)
+        diffs.append(f'{s} {iv.mean:+.1f} pp ({iv.lo:+.1f} to {iv.hi:+.1f})')
+    still = lambda r: sum(rising(row) for row in r.rows.values())  # noqa: E731
+    return (f'- **{regime.name}** ({regime.words()}), a contrast with {native.name}: tau = {a.tau:+.2f} (p = {a.p:.2f}); '
+            f'significant flips: {flips}. {native.name} minus {regime.name}, paired over seeds (95% CI): '
+            f'{"; ".join(diffs)}. {native.name} scores higher with significance on {higher} of '
+            f'{len(comp.strategies)} strategies and lower on {lower}; rows still improving: {still(native)} in '
+            f'{native.name}, {still(regime)} in {regime.name}.')
 
 
 def std(row):

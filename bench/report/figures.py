@@ -12,7 +12,7 @@ Per leaderboard table (one experiment on one hardware and profile), into the `fi
 Per across-datasets block (bench/analysis/across.py), `<experiment>-across-<backbone>-...-cd.png`: the critical-difference
 diagram of the strategies' mean ranks (scikit-posthocs, from Nemenyi's p-values), from 4 datasets on.
 Per across-regimes comparison (bench/analysis/regimes.py, W8), `<experiment>-regimes-<dataset>-...png`: each strategy's score in
-each regime, cheapest to native, ±1 std over seeds.
+each regime, cheapest to native (then its contrasts), ±1 std over seeds.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
 from pathlib import Path
@@ -231,8 +231,8 @@ def critical_difference(block, path):
 
 
 def regimes(comparison, path):
-    """W8's across-regime figure: each strategy's test score in each regime (cheapest left, native right), mean with
-    ±1 std bars over seeds, one line per strategy; None with fewer than two regimes."""
+    """W8's across-regime figure: each strategy's test score in each regime (cheapest left, then the native one, then
+    its contrasts), mean with ±1 std bars over seeds, one line per strategy; None with fewer than two regimes."""
     if len(comparison.regimes) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
@@ -244,7 +244,8 @@ def regimes(comparison, path):
         stds = [100 * np.std(list(row.by_seed(row.metric).values()), ddof=1) if row.n > 1 else 0. for row in rows]
         ax.errorbar(x + (i - len(comparison.strategies) / 2) * 0.02, means, yerr=stds, marker='o', ms=4, capsize=3,
                     label=s)
-    ax.set_xticks(x, [f'{r.name}\n{r.words()}' for r in comparison.regimes], fontsize=8)
+    ax.set_xticks(x, [f'{r.name}{" (native)" * (r is comparison.native)}\n{r.words()}' for r in comparison.regimes],
+                  fontsize=7)
     ax.set_ylabel(stats.words(comparison.native.table.metric) + ' %')
     ax.set_title(f'{comparison.dataset} · {comparison.backbone}: each strategy at its tuned LR in each regime\n'
                  f'{comparison.device}, profile {comparison.profile}', fontsize=9)

@@ -74,13 +74,13 @@ def rows(records, pages):
         tables = stats.tables(plain)
         if declared is not None and declared.regimes:
             comps = regimes.comparisons(tables)
-            if comps:
+            if comps and regimes.verdict(comps)[1]:  # a cheaper regime compared with the native one
                 best, fails = regimes.verdict(comps)
                 verdict = (f'cheapest regime agreeing with the native one: {best}' if best else
                            'no cheaper regime agrees with the native one')
                 out.append([f'[{label}]({page})', ', '.join(c.dataset for c in comps), f'{comps[0].device} · '
                             f'{comps[0].profile}', verdict, '-', '-', '-'])
-            tables = [t for t in tables if t.regime == list(declared.regimes)[-1]]  # the native regime's
+            tables = [t for t in tables if t.regime == declared.native_regime]
         for dataset, table in sorted(headline(tables).items()):
             out.append(cells(table, page, label))
         for block in across.experiment_blocks(records, exp):
