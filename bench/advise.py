@@ -6,12 +6,15 @@ evidence.
     python bench/advise.py --data uc_merced --backbone tf_efficientnet_lite0 --budget 15m --plan-only
 
 1. Probe: a few steps of each strategy on this machine measure its step time, setup and memory (a strategy that does
-   not fit --memory-limit-mb is left out, as the memory planner refuses it).
-2. Plan: the richest level the budget affords (bench/race.py): every strategy at one LR, or at every LR of its grid,
-   then longer runs; a budget too small for an answer is refused with the smallest that would do.
+   not fit --memory-limit-mb is left out, as the memory planner refuses it), at the profile's image size and at the
+   largest up to the backbone's pretrained one that the budget could afford (bench/sweep/budget.py).
+2. Plan: the richest level the budget affords (bench/sweep/budget.py): every strategy at one LR, or at every LR of
+   its grid, then at larger images up to the pretrained size (`--size` fixes it), then longer runs; a budget too
+   small for an answer is refused with the smallest that would do.
 3. Race: successive halving over (strategy, LR) on the validation split; the finalists run 3 seeds on test.
 4. Answer: the cheapest finalist not practically worse than the best, with its LR, expected accuracy and interval,
-   time and memory; the contenders, the Pareto figure and W7's view of the backbone, in the leaderboard.
+   time and memory; its regime (px, steps, schedule) and what W8 says of rankings measured there; the contenders,
+   the Pareto figure and W7's view of the backbone, in the leaderboard.
 
 Settings are W7's (VTAB-1k: 1,000 images of the train folder, 800 train / 200 validation; the test folder scores,
 or every 5th image of a folder of class folders), with its `cpu` profile on a CPU; flags override them. Every run
@@ -33,7 +36,7 @@ from bench.declare.datasets import metric_of
 from bench.declare.experiments import ADVISE
 from bench.images import data
 from bench.report import advice
-from bench.sweep import race, tune
+from bench.sweep import budget, race, tune
 from bench.sweep.executor import Job
 
 PROBE_STEPS = 5   # training steps a probe times (after the warm-up, which every run has off the clock)
@@ -86,7 +89,7 @@ def clock(seconds):
 # ---- probe and plan ---------------------------------------------------------------------------------------
 
 def probe(cfgs, where, per_epoch, n_valid, n_test):
-    """Each strategy's race.Probe: a run stopped after PROBE_STEPS steps, at its grid's middle LR, recorded nowhere."""
+    """Each strategy's budget.Probe: a run stopped after PROBE_STEPS steps, at its grid's middle LR, recorded nowhere."""
     total = cfgs[0].epochs * per_epoch
     jobs = [Job(replace(tune.at(c, tune.grid_of(c.strategy).exponents[1]), stop_at=min(1., PROBE_STEPS / total)),
                 test=False) for c in cfgs]
@@ -94,21 +97,63 @@ def probe(cfgs, where, per_epoch, n_valid, n_test):
     for job, result in where.run(jobs):
         res = result.get('results')
         if res is None:
-            out.append(race.Probe(job.cfg.strategy, 0, 0, 0, 0, 0, result['error']))
+            out.append(budget.Probe(job.cfg.strategy, 0, 0, 0, 0, 0, result['error']))
             continue
         steps = round(res['epochs'][-1]['epoch'] * per_epoch)  # where RunLog stopped it
         trained = sum(e['train_seconds'] for e in res['epochs'])
         valid_s = res['eval_seconds']
-        out.append(race.Probe(job.cfg.strategy, max(0., res['wall_seconds'] - trained - valid_s), trained / steps,
-                              valid_s, valid_s * n_test / max(n_valid, 1), res['peak_memory_mb']))
+        out.append(budget.Probe(job.cfg.strategy, max(0., res['wall_seconds'] - trained - valid_s), trained / steps,
+                                valid_s, valid_s * n_test / max(n_valid, 1), res['peak_memory_mb']))
     return out
 
 
-def plan_lines(plan, probes, base, budget_s, spent_s, per_epoch):
-    ok = [p for p in probes if p.error is None]
-    lines = [f'probed {len(probes)} strategies in {clock(spent_s)} (setup s, ms per step, peak MB): ' + ', '.join(
-        f'{p.strategy} {p.setup_s:.1f}/{1000 * p.step_s:.0f}/{p.peak_mb:,.0f}' for p in ok)]
-    lines += [f'left out {p.strategy}: {p.error}' for p in probes if p.error is not None]
+def at_size(cfg, size):
+    return cfg if size == cfg.size else replace(cfg, size=size, resize=size)
+
+
+def race_configs(cfgs, level, probes):
+    """{strategy: config} the race runs at `level`: its image size and run length, the strategies whose probes at
+    that size trained."""
+    fit = {p.strategy for p in probes if p.error is None}
+    return {c.strategy: replace(at_size(c, level.size), epochs=level.epochs) for c in cfgs if c.strategy in fit}
+
+
+def probe_sizes(cfgs, sizes, where, per_epoch, n_valid, n_test, left_s, parallel):
+    """{size: [Probe]}: measured at the smallest of `sizes`, and at the largest whose cost scaled by area (a bound
+    from below) fits in `left_s()` seconds; the sizes between read off the two (budget.between). Sizes above that
+    get no probes: no level of theirs can fit."""
+    first = sizes[0]
+    measured = {first: probe(cfgs, where, per_epoch, n_valid, n_test)}
+    if not any(p.error is None for p in measured[first]):
+        return measured
+    bound = {s: budget.estimate(budget.Level(s, 3, cfgs[0].epochs), budget.area_bound(measured[first], first, s),
+                                per_epoch) / max(1, parallel) for s in sizes[1:]}
+    top = max((s for s in sizes[1:] if bound[s] <= left_s()), default=None)
+    if top is None:
+        return measured
+    measured[top] = probe([at_size(c, top) for c in cfgs], where, per_epoch, n_valid, n_test)
+    return {s: budget.between(measured, s) for s in sizes if s <= top}
+
+
+def plan_lines(plan, probes, sizes, base, budget_s, spent_s, per_epoch):
+    """The probes, every level with its estimate (the chosen one marked), and the plan."""
+    first = probes[sizes[0]]
+    ok = [p for p in first if p.error is None]
+    lines = [f'probed {len(first)} strategies in {clock(spent_s)} (setup s, ms per step, peak MB):']
+    for size, measured in sorted(probes.items()):
+        read_off = ' (read off the sizes around it)' if min(probes) < size < max(probes) else ''
+        lines.append(f'  {size} px{read_off}: ' + ', '.join(
+            f'{p.strategy} {p.setup_s:.1f}/{1000 * p.step_s:.0f}/{p.peak_mb:,.0f}' for p in measured if p.error is None))
+    lines += [f'left out {p.strategy}: {p.error}' for p in first if p.error is not None]
+    unprobed = [s for s in sizes if s not in probes]
+    lines.append('levels, poorest first (bench/sweep/budget.py: the LR grid, then image size up to the backbone\'s '
+                 'pretrained one, then longer runs):')
+    for level, seconds in plan.options:
+        mark = '  <- the plan' if level == plan.level else (' (over the budget)' if seconds > budget_s - spent_s else '')
+        lines.append(f'  {level.words(base.epochs)}: about {clock(seconds)}{mark}')
+    if unprobed:
+        lines.append(f'  {", ".join(f"{s} px" for s in unprobed)}: not probed: even scaled by area from '
+                     f'{sizes[0]} px (a bound from below), no level there fits the budget')
     if plan.level is not None:
         level = plan.level
         n = len(race.candidates([p.strategy for p in ok], level.lr_points))
@@ -118,9 +163,6 @@ def plan_lines(plan, probes, base, budget_s, spent_s, per_epoch):
                      f'{", ".join(f"{s:g}" for s in shares)} of a run, then up to {race.MAX_FINALISTS} finalists x '
                      f'{race.SEEDS} seeds on test; about {clock(plan.seconds)} (at the mean cost of a candidate), '
                      f'{clock(budget_s - spent_s)} of the budget left')
-        richer = [lv for lv in race.levels(base.epochs) if (lv.lr_points, lv.epochs) > (level.lr_points, level.epochs)]
-        if richer:
-            lines.append(f'skipped for the budget: {richer[0].words(base.epochs)} and beyond')
     return lines
 
 
@@ -164,7 +206,7 @@ class Progress:
 
 
 def stage(progress, policy, jobs):
-    """What the bar says of the round `jobs` begin, with the plan's estimate (race.expected_s) of what comes after:
+    """What the bar says of the round `jobs` begin, with the plan's estimate (budget.expected_s) of what comes after:
     the later rungs and the finals, over the candidates alive."""
     share = jobs[0].cfg.stop_at
     if jobs[0].cfg.seed or jobs[0].test_only:
@@ -175,12 +217,16 @@ def stage(progress, policy, jobs):
     later = policy.shares[rung + 1:]
     final_s = sum(progress.cost[c.strategy].final_s(progress.steps) for c in alive) / len(alive)
     progress.begin(f'rung {rung + 1} of {len(policy.shares)} ({share:g} of a run)', jobs,
-                   race.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:],
+                   budget.expected_s(mean_s, later, race.halved(len(alive), len(later))[1:],
                                len({c.strategy for c in alive}), final_s))
 
 
-def w7_blocks(results):
-    return across.experiment_blocks(record.read(results), 'w7')
+def plan_sizes(cfg, fixed):
+    """The image sizes the plan weighs (budget.image_sizes): from the profile's up to the backbone's pretrained one;
+    the run's alone where `fixed` (--size) or the model takes one size only."""
+    import backbones
+    spec = backbones.describe(cfg.backbone, cfg.size)
+    return [cfg.size] if fixed or spec.fixed_size else budget.image_sizes(cfg.size, spec.img_size)
 
 
 def main(argv=None):
@@ -202,25 +248,29 @@ def main(argv=None):
         split = data.split_for(images, cfgs[0])
         per_epoch = steps_per_epoch(len(split.train), cfgs[0].bs)
         where.start(images, bar=False)
-        probes = probe(cfgs, where, per_epoch, len(split.valid), len(split.test))
-        fits = [p for p in probes if p.error is None]
+        sizes = plan_sizes(cfgs[0], fixed=args.size is not None)
+        parallel = getattr(where, 'slots', 1)
+        probes = probe_sizes(cfgs, sizes, where, per_epoch, len(split.valid), len(split.test),
+                             lambda: budget_s - (time.monotonic() - start), parallel)
+        fits = [p for p in probes[sizes[0]] if p.error is None]
         if not fits:
-            raise UsageError(f'{args.backbone} cannot train here with any strategy: {probes[0].error}')
+            raise UsageError(f'{args.backbone} cannot train here with any strategy: {probes[sizes[0]][0].error}')
         spent = time.monotonic() - start
-        plan = race.plan(probes, per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None,
-                         parallel=getattr(where, 'slots', 1))
+        plan = budget.plan(probes, per_epoch, cfgs[0].epochs, budget_s, spent, longer=args.epochs is None,
+                           parallel=parallel)
         print(f'{images.key.split(":")[0]}: {len(images.classes)} classes; {len(split.train):,} training, '
-              f'{len(split.valid):,} validation and {len(split.test):,} test images at {cfgs[0].size or "stored"} px')
-        print('\n'.join(plan_lines(plan, probes, cfgs[0], budget_s, spent, per_epoch)))
+              f'{len(split.valid):,} validation and {len(split.test):,} test images, stored at '
+              f'{images.stored or "their own size"} px; image sizes the plan weighs: '
+              f'{", ".join(f"{s} px" for s in sizes)}' + (' (--size)' if args.size is not None else ''))
+        print('\n'.join(plan_lines(plan, probes, sizes, cfgs[0], budget_s, spent, per_epoch)))
         if plan.level is None:
             raise UsageError(f'a budget of {clock(budget_s)} is too small for an answer here: the smallest (every '
                              f'strategy at one LR, {race.SEEDS} seeds for the finalists) needs about '
                              f'{clock(plan.smallest_s)}; pass --budget {math.ceil(plan.smallest_s / 60)}m or more')
         if args.plan_only:
             return 0
-        base = {c.strategy: replace(c, epochs=plan.level.epochs) for c in cfgs
-                if c.strategy in {p.strategy for p in fits}}
-        progress = Progress(budget_s, start, probes, plan.level.epochs * per_epoch)
+        base = race_configs(cfgs, plan.level, probes[plan.level.size])
+        progress = Progress(budget_s, start, probes[plan.level.size], plan.level.epochs * per_epoch)
         policy = race.Race(base, plan.level, budget_s, metric_of(images.key.split(':')[0]).valid, len(split.valid),
                            lambda c: progress.scaled(progress.cost[c.strategy].final_s(progress.steps)),
                            lambda: budget_s - (time.monotonic() - progress.start))
@@ -228,11 +278,14 @@ def main(argv=None):
                               begin=lambda jobs: stage(progress, policy, jobs)).failed)
     print(f'done in {clock(time.monotonic() - start)} of a {clock(budget_s)} budget')
     found = [a for a in advice.advices(record.read(opts.results))
-             if (a.dataset, a.backbone, a.epochs) == (images.key.split(':')[0], cfgs[0].backbone, plan.level.epochs)
+             if (a.dataset, a.backbone, a.epochs, a.size) == (images.key.split(':')[0], cfgs[0].backbone,
+                                                              plan.level.epochs, plan.level.size)
              and a.device == where.hardware.name]
+    recs = record.read(opts.results)
     for adv in found:
         print('\n'.join(['', f'advice for {adv.name}:', *advice.answer(adv), '', advice.contenders_table(adv), '',
-                         *advice.context_lines(adv, w7_blocks(opts.results))]))
+                         *advice.regime_lines(adv, advice.w8_comparisons(recs)),
+                         *advice.context_lines(adv, across.experiment_blocks(recs, 'w7'))]))
     cli.render(opts)
     return 1 if failed else 0
 

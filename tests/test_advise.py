@@ -32,7 +32,9 @@ def test_the_race_recommends_from_its_records_and_a_rerun_resumes(dataset_dir, t
     assert cli(['--data', str(dataset_dir), '--budget', '10m', '--results', str(results), *TINY, '--cluster',
                 'pool']) == 0
     out = capsys.readouterr().out
-    assert 'plan: 3 strategies, every LR of its grid (3); whole runs of 4 epochs' in out
+    assert 'plan: 3 strategies, 16 px, every LR of its grid (3); whole runs of 4 epochs' in out
+    assert 'image sizes the plan weighs: 16 px (--size)' in out
+    assert '- Regime: 16 px, 16 steps, flat LR. W8 has no records here' in out  # the answer names its regime
     assert 'pool: ' in out and max(r['side_by_side'] for r in record.read(results)) >= 2
     assert 'of a 10:00 budget' in out and 'left · finals' in out  # the bar, over the whole answer
     recs = record.read(results)

@@ -33,7 +33,7 @@ def test_a_run_stopped_early_is_the_whole_runs_prefix(images, strategy, stop_at)
     assert part['valid_acc'] == here[0]['valid_acc']
     assert part['test_acc'] is not None  # a stopped run is still tested where asked
     assert sum(e['train_seconds'] for e in part['epochs']) == pytest.approx(part['train_seconds'])
-    assert part['train_seconds'] < whole['train_seconds']
+    assert part['epochs'][-1]['epoch'] < whole['epochs'][-1]['epoch']  # (steps, not seconds: a loaded machine)
 
 
 # ---- successive halving --------------------------------------------------------------------------------------
@@ -62,23 +62,6 @@ def test_finalists_are_the_strategies_validation_cannot_tell_from_the_leader():
     assert race.finalists(scores, 100_000) == [c('lora', -7), c('bitfit', -7)]  # two at least
     close = {c(s, -7): .9 for s in ('a', 'b', 'c', 'd', 'e')}
     assert len(race.finalists(close, 200)) == race.MAX_FINALISTS
-
-
-def probes(step_s=0.1, error=None):
-    return [race.Probe(s, 1.0, step_s, 0.5, 1.0, 900, error if s == 'full' else None)
-            for s in ('feature_extract', 'bitfit', 'full')]
-
-
-def test_the_plan_is_the_richest_level_that_fits_and_a_small_budget_is_told_the_smallest():
-    cheap, costly = race.estimate(race.Level(1, 2), probes(), 25), race.estimate(race.Level(3, 2), probes(), 25)
-    assert cheap < costly < race.estimate(race.Level(3, 4), probes(), 25)
-    assert race.plan(probes(), 25, 2, budget_s=costly + 10, spent_s=10).level == race.Level(3, 2)
-    assert race.plan(probes(), 25, 2, budget_s=1e6, spent_s=10).level == race.Level(3, 2 * race.MAX_LONGER)
-    assert race.plan(probes(), 25, 2, budget_s=1e6, spent_s=10, longer=False).level == race.Level(3, 2)
-    refused = race.plan(probes(), 25, 2, budget_s=cheap, spent_s=10)
-    assert refused.level is None and refused.smallest_s == pytest.approx(cheap + 10)
-    # a strategy that did not fit the memory costs nothing: it is not raced
-    assert race.estimate(race.Level(3, 2), probes(error='too big'), 25) < costly
 
 
 def test_the_finals_keep_the_finalists_whose_seeds_fit_the_budget_left_the_best_two_always():

@@ -156,3 +156,24 @@ def test_a_contrast_is_compared_with_the_native_regime_but_never_a_candidate():
     assert line in regimes.section([comp])
     text = leaderboard.render(records)
     assert 'cheapest regime agreeing with the native one: 160px' in text
+
+
+def test_the_advisors_answer_says_what_w8_found_at_its_image_size():
+    from bench.report import advice
+    comps = advice.w8_comparisons(regime_records())
+
+    def said(size, backbone='tf_efficientnet_lite0'):
+        adv = advice.Advice('caltech101', backbone, 'cpu', 'cpu', 2, size, {}, [],
+                            stats.Table('advise', 'cpu', 'cpu', [], 'caltech101', 'test_class_acc', True), 0, 0, 200)
+        line, = advice.regime_lines(adv, comps)
+        return line
+    assert said(96) == ('- Regime: 96 px. W8: on caltech101 its 96px regime (96 px, 50 steps, flat LR) does not agree '
+                        'with the native ranking (224 px, 50 steps, flat LR): tau -1.00, 3 significant flips.')
+    assert 'its 160px regime (160 px, 50 steps, flat LR) agrees with the native ranking' in said(160)
+    assert said(224).startswith('- Regime: 224 px. W8\'s native regime trains at this size (224 px, 50 steps')
+    assert 'W8 measured no regime at 128 px: whether this ranking holds at 224 px is not known.' in said(128)
+    assert said(96, 'test_resnet').endswith('W8 measured tf_efficientnet_lite0, not test_resnet: how far its finding '
+                                            'carries is not known.')
+    assert 'W8 has no records here' in advice.regime_lines(
+        advice.Advice('x', 'y', 'cpu', 'cpu', 2, 96, {}, [], stats.Table('advise', 'cpu', 'cpu', [], 'x'), 0, 0, 9),
+        [])[0]

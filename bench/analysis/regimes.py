@@ -43,12 +43,22 @@ class Regime:
     def means(self):
         return {s: 100 * row.mean(self.table.metric) for s, row in self.rows.items()}
 
+    @property
+    def size(self):
+        """The image size its runs trained at, px."""
+        rec = self.table.rows[0].records[0]
+        return rec.get('image_size') or rec['config'].get('size')
+
     def words(self):
-        """'96 px, 50 steps, flat': what the regime is, from its records."""
-        rec = next(iter(self.rows.values())).records[0]
-        cfg = rec['config']
-        steps = cfg['epochs'] * steps_per_epoch(rec.get('train_images') or 0, cfg['bs'])
-        return f'{rec.get("image_size") or cfg.get("size")} px, {steps} steps, {SCHEDULES.get(cfg.get("sched"), "flat")}'
+        """'96 px, 50 steps, flat LR': what the regime is, from its records."""
+        return regime_words(self.table.rows[0].records[0])
+
+
+def regime_words(rec):
+    """'96 px, 50 steps, flat LR': the regime a record trained in."""
+    cfg = rec['config']
+    steps = cfg['epochs'] * steps_per_epoch(rec.get('train_images') or 0, cfg['bs'])
+    return f'{rec.get("image_size") or cfg.get("size")} px, {steps} steps, {SCHEDULES.get(cfg.get("sched"), "flat LR")}'
 
 
 SCHEDULES = {'flat': 'flat LR', 'one_cycle': 'one-cycle (warm-up, then a cosine decay to 0)'}

@@ -1,5 +1,6 @@
 """The advisor's answer, from its records: the race re-derived (bench/race.py), the finalists compared over seeds,
-the recommendation, and what W7's datasets say about the same backbone. The leaderboard's advice section and the
+the recommendation, its regime and what W8 says of rankings measured there, and what W7's datasets say about the same
+backbone. The leaderboard's advice section and the
 end of `bench/advise.py` print the same words. Imports no torch.
 """
 from collections import defaultdict
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from bench.analysis import across, stats
+from bench.analysis import across, regimes, stats
 from bench.declare import record
 from bench.declare.datasets import BY_FIELD, DATASETS
 from bench.declare.strategies import HYPERPARAMETERS
@@ -25,6 +26,7 @@ class Advice:
     device: str
     profile: str
     epochs: int
+    size: int             # image size, px
     scores: dict          # {share: {Candidate: validation score}}
     finalists: list       # race.Candidate, best first at the last rung
     table: stats.Table    # the finalists' seeds at their LR, on test
@@ -34,7 +36,12 @@ class Advice:
 
     @property
     def name(self):
-        return f'{self.dataset} · {self.backbone} · {self.device} · profile {self.profile} · {self.epochs} epochs'
+        return (f'{self.dataset} · {self.backbone} · {self.device} · profile {self.profile} · {self.size} px · '
+                f'{self.epochs} epochs')
+
+    def regime(self):
+        """'160 px, 50 steps, flat LR': what its whole runs trained."""
+        return regimes.regime_words(self.table.rows[0].records[0]) if self.table.rows else f'{self.size} px'
 
     def block(self):
         """The finalists as an across.Block of one dataset, for the recommendation rule W7 uses."""
@@ -76,7 +83,7 @@ def advices(records):
         table = stats.Table('advise', *stats.hardware_key(first), stats.rows(kept, metric=metric), dataset, metric,
                             True)
         out.append(Advice(dataset, first['backbone'], *stats.hardware_key(first), first['config']['epochs'],
-                          dict(scores), finals, table, max(r['advise'].get('budget_s') or 0 for r in recs),
+                          first.get('image_size') or first['config']['size'], dict(scores), finals, table, max(r['advise'].get('budget_s') or 0 for r in recs),
                           sum(r.get('wall_seconds') or 0 for r in recs), n_valid))
     return out
 
@@ -166,6 +173,39 @@ def contenders_table(adv):
     return tables.columns_table(cells, adv.table.metric, tables.DECISION + [('train_s', 'train s')])
 
 
+def w8_comparisons(records):
+    """W8's comparisons of regimes (bench/analysis/regimes.py) from `records`."""
+    ok, _ = stats.latest_per_run([r for r in records if r.get('experiment') == 'w8'])
+    return regimes.comparisons(stats.tables(ok))
+
+
+def regime_lines(adv, comps):
+    """The answer's regime, and what W8 (`comps`) says of rankings measured there: whether W8's regime at this image
+    size ranks the strategies as the native one does, on each dataset it ran."""
+    head = f'- Regime: {adv.regime()}.'
+    if not comps:
+        return [head + ' W8 has no records here to say whether a ranking at this regime holds at the backbone\'s '
+                'pretrained size (`python bench/finetune.py --preset w8 --seeds 3` adds them).']
+    native = comps[0].native
+    other = ('' if all(c.backbone == adv.backbone for c in comps) else
+             f' W8 measured {comps[0].backbone}, not {adv.backbone}: how far its finding carries is not known.')
+    if adv.size >= native.size:
+        return [head + f' W8\'s native regime trains at this size ({native.words()}): the one W8 compares the cheap '
+                f'regimes with.' + other]
+    said = []
+    for comp in comps:
+        for r in comp.cheaper:
+            if r.size == adv.size:
+                a = regimes.agreement(comp, r)
+                said.append(f'on {comp.dataset} its {r.name} regime ({r.words()}) {"agrees" if a.agrees else "does not agree"} '
+                            f'with the native ranking ({comp.native.words()}): tau {a.tau:+.2f}, {len(a.flips)} '
+                            f'significant flip{"s" * (len(a.flips) != 1)}')
+    if not said:
+        return [head + f' W8 measured no regime at {adv.size} px: whether this ranking holds at {native.size} px is '
+                f'not known.' + other]
+    return [head + ' W8: ' + '; '.join(said) + '.' + other]
+
+
 def context_lines(adv, blocks):
     """What W7's datasets say about this backbone: each one's best, W7's recommendation, and where this data's
     best stands in W7's mean ranks."""
@@ -198,9 +238,9 @@ def context_lines(adv, blocks):
     return [line]
 
 
-def section(advs, blocks, figures=None):
-    """Markdown lines: per race, the answer, the contenders, the race, and W7's context; `figures`: per race, in the
-    same order, its [(caption, path)]."""
+def section(advs, blocks, comps=(), figures=None):
+    """Markdown lines: per race, the answer, the contenders, its regime (W8's `comps`), the race, and W7's context;
+    `figures`: per race, in the same order, its [(caption, path)]."""
     out = ['How to read this: each strategy trained at each LR of its grid on the training split and was scored on '
            'the validation split, in the dataset\'s declared metric; at each rung the better half went on to train '
            'longer (successive halving; a rung\'s run is the first part of the whole run, so the scores are the whole '
@@ -217,7 +257,7 @@ def section(advs, blocks, figures=None):
                 f'{", ".join(f"{s:g}" for s in sorted(adv.scores))} of a run; {len(adv.finalists)} finalists; {runs} '
                 f'runs recorded, {minutes(adv.wall_s)} of run time' +
                 (f' (budget {minutes(adv.budget_s)})' if adv.budget_s else '') + '.', '']
-        out += answer(adv) + ['']
+        out += answer(adv) + regime_lines(adv, comps) + ['']
         if adv.table.rows:
             out += [contenders_table(adv), '']
         out += ['What the other datasets say:', '', *context_lines(adv, blocks), '']

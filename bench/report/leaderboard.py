@@ -173,7 +173,7 @@ def experiment_page(exp, recs, records, figures):
         out += [declared.question, '']
     advs = advice.advices([r for r in ok if r.get('advise')])
     if advs:
-        out += advice.section(advs, across.experiment_blocks(records, 'w7'),
+        out += advice.section(advs, across.experiment_blocks(records, 'w7'), advice.w8_comparisons(records),
                               [figures.get(advice_slug(a), []) for a in advs])
     for table in stats.tables([r for r in ok if not r.get('advise')]):
         rows_ = [r for row in table.rows for r in row.records]

@@ -18,9 +18,7 @@ fit a time budget. Imports no torch.
   2.1 pp), the best two at least and MAX_FINALISTS at most. Their whole run is their first seed's (the last rung is
   scored on validation alone and keeps its weights: a finalist's test is scored from them); the other seeds run at
   the same LR, and the test split scores them.
-- **Levels**: what the budget buys, richest last: every strategy at one LR with 3 seeds for the finalists, then the
-  whole grid, then runs 2, 3, 4 ... times longer. `plan` picks the richest level whose estimate fits, from probes
-  of each strategy on this machine; none fits: the smallest budget that would.
+- **What a budget buys** (the level: image size, LR points, run length) is bench/sweep/budget.py's.
 
 Every run is a record (`IDENTITY`, with the candidate's role in `advise`), so a race resumes after Ctrl-C, spreads
 over Ray, and the leaderboard re-derives it from the records.
@@ -28,7 +26,6 @@ over Ray, and the leaderboard re-derives it from the records.
 import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Optional
 
 from bench.sweep import tune
 
@@ -36,7 +33,6 @@ ETA = 2                   # each rung keeps the better 1/ETA of its candidates
 RUNGS = (0.25, 0.5, 1.0)  # the share of a whole run's steps each rung trains (those of one epoch or more)
 MAX_FINALISTS = 4         # strategies confirmed over seeds on test, at most (2 at least)
 SEEDS = 3                 # the finalists' seeds: stats.MIN_SEEDS, the fewest a paired verdict needs
-MAX_LONGER = 6            # runs at most this many times the profile's epochs
 IDENTITY = {'advise': 'race'}  # race runs are never the same runs as another script's
 
 
@@ -124,68 +120,7 @@ def finalists(scores, n_valid):
     return best[:max(2, min(len(close), MAX_FINALISTS))]
 
 
-# ---- the plan ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Probe:
-    """One strategy's cost on this machine, measured by a short run."""
-    strategy: str
-    setup_s: float        # building, loading weights, memory planning, warm-up: every run pays it
-    step_s: float         # one training step
-    valid_s: float        # one pass over the validation split
-    test_s: float         # one pass over the test split (scaled from the validation pass)
-    peak_mb: float
-    error: Optional[str] = None
-
-    def run_s(self, steps, share=1.0, test=False):
-        """A run of `steps` whole steps stopped at `share` of them: setup, training, its validation points (about
-        four in a whole run), and the test pass where tested."""
-        return (self.setup_s + share * steps * self.step_s + (1 + 4 * share) * self.valid_s
-                + (self.test_s if test else 0))
-
-    def retest_s(self):
-        """A finished run's test scored from its kept weights: building the run, and the test pass."""
-        return self.setup_s + self.test_s
-
-    def final_s(self, steps):
-        """A finalist's confirmation: its other seeds' whole runs, tested, and its race run's test."""
-        return (SEEDS - 1) * self.run_s(steps, 1., test=True) + self.retest_s()
-
-
-@dataclass(frozen=True)
-class Level:
-    lr_points: int        # 1 (the grid's middle) or 3 (the grid)
-    epochs: int
-
-    def words(self, base_epochs):
-        lrs = 'every LR of its grid (3)' if self.lr_points > 1 else 'the middle of its LR grid only'
-        longer = f', {self.epochs // base_epochs}x the profile\'s' if self.epochs != base_epochs else ''
-        return f'{lrs}; whole runs of {self.epochs} epoch{"s" * (self.epochs != 1)}{longer}'
-
-
-def levels(base_epochs):
-    """What a budget buys, poorest first."""
-    return [Level(1, base_epochs)] + [Level(3, base_epochs * m) for m in range(1, MAX_LONGER + 1)]
-
-
-def estimate(level, probes, steps_per_epoch):
-    """Seconds the race and the finals take at `level` (`expected_s`, at the mean cost of its candidates)."""
-    ok = [p for p in probes if p.error is None]
-    steps = level.epochs * steps_per_epoch
-    pool = [p for p in ok for _ in candidates([p.strategy], level.lr_points)]
-    mean_s = lambda share: sum(p.run_s(steps, share) for p in pool) / len(pool)  # noqa: E731
-    return expected_s(mean_s, rungs(level.epochs), sizes(len(pool), level.epochs), len(ok),
-                      sum(p.final_s(steps) for p in ok) / len(ok))
-
-
-def expected_s(mean_s, shares, counts, strategies, final_s):
-    """Seconds of rungs at `shares` running `counts` candidates, every run at `mean_s(share)`, a candidate's mean cost
-    (scored on validation alone), then of the finals (MAX_FINALISTS of `strategies` at most, each `final_s`): what is
-    expected where a candidate's cost says nothing of its score (the finals shrink where the race ran long:
-    `affordable`)."""
-    race_s = sum(n * mean_s(share) for share, n in zip(shares, counts))
-    return race_s + min(MAX_FINALISTS, strategies) * final_s
-
+# ---- the finals ----------------------------------------------------------------------------------------
 
 def affordable(finals, cost_s, left_s):
     """The finalists whose confirmation fits in `left_s` seconds, best first (`cost_s(candidate)`: its seeds and its
@@ -196,25 +131,6 @@ def affordable(finals, cost_s, left_s):
             break
         out.append(c)
     return out
-
-
-@dataclass(frozen=True)
-class Plan:
-    level: Optional[Level]    # None: no level fits
-    seconds: float            # the chosen level's estimate (or the poorest level's, where none fits)
-    smallest_s: float         # the budget the poorest level needs, counting what was spent already
-
-
-def plan(probes, steps_per_epoch, base_epochs, budget_s, spent_s, longer=True, parallel=1):
-    """The richest level whose estimate fits in what is left of the budget; `longer` False: the profile's epochs
-    only (the user set them); `parallel`: runs at a time (a Ray cluster's slots), which divide the estimate."""
-    options = [lv for lv in levels(base_epochs) if longer or lv.epochs == base_epochs]
-    costs = [estimate(lv, probes, steps_per_epoch) / max(1, parallel) for lv in options]
-    fitting = [(lv, c) for lv, c in zip(options, costs) if c <= budget_s - spent_s]
-    if not fitting:
-        return Plan(None, costs[0], spent_s + costs[0])
-    level, cost = fitting[-1]
-    return Plan(level, cost, spent_s + costs[0])
 
 
 # ---- the policy -------------------------------------------------------------------------------------------
