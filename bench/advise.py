@@ -135,7 +135,7 @@ def probe_sizes(cfgs, sizes, where, per_epoch, n_valid, n_test, left_s, parallel
     return {s: budget.between(measured, s) for s in sizes if s <= top}
 
 
-def plan_lines(plan, probes, sizes, base, budget_s, spent_s, per_epoch):
+def plan_lines(plan, probes, sizes, base, budget_s, spent_s, per_epoch, parallel=1):
     """The probes, every level with its estimate (the chosen one marked), and the plan."""
     first = probes[sizes[0]]
     ok = [p for p in first if p.error is None]
@@ -151,9 +151,11 @@ def plan_lines(plan, probes, sizes, base, budget_s, spent_s, per_epoch):
     for level, seconds in plan.options:
         mark = '  <- the plan' if level == plan.level else (' (over the budget)' if seconds > budget_s - spent_s else '')
         lines.append(f'  {level.words(base.epochs)}: about {clock(seconds)}{mark}')
-    if unprobed:
-        lines.append(f'  {", ".join(f"{s} px" for s in unprobed)}: not probed: even scaled by area from '
-                     f'{sizes[0]} px (a bound from below), no level there fits the budget')
+    for size in unprobed:
+        bound = budget.estimate(budget.Level(size, 3, base.epochs), budget.area_bound(first, sizes[0], size),
+                                per_epoch) / max(1, parallel)
+        lines.append(f'  {budget.Level(size, 3, base.epochs).words(base.epochs)}: at least {clock(bound)} (not '
+                     f'probed: {sizes[0]} px\'s costs scaled by area, a bound from below, are over the budget)')
     if plan.level is not None:
         level = plan.level
         n = len(race.candidates([p.strategy for p in ok], level.lr_points))
@@ -262,7 +264,7 @@ def main(argv=None):
               f'{len(split.valid):,} validation and {len(split.test):,} test images, stored at '
               f'{images.stored or "their own size"} px; image sizes the plan weighs: '
               f'{", ".join(f"{s} px" for s in sizes)}' + (' (--size)' if args.size is not None else ''))
-        print('\n'.join(plan_lines(plan, probes, sizes, cfgs[0], budget_s, spent, per_epoch)))
+        print('\n'.join(plan_lines(plan, probes, sizes, cfgs[0], budget_s, spent, per_epoch, parallel)))
         if plan.level is None:
             raise UsageError(f'a budget of {clock(budget_s)} is too small for an answer here: the smallest (every '
                              f'strategy at one LR, {race.SEEDS} seeds for the finalists) needs about '

@@ -93,3 +93,16 @@ def test_the_race_runs_at_the_planned_size_without_the_strategies_that_do_not_fi
     base = advise.race_configs(cfgs, budget.Level(224, 3, 4), probes(error='does not fit 1024 MB'))
     assert sorted(base) == ['bitfit', 'feature_extract']
     assert {(c.size, c.resize, c.epochs) for c in base.values()} == {(224, 224, 4)}
+
+
+def test_the_plan_names_the_sizes_it_could_not_afford_with_their_cost_bound_by_area():
+    from bench.declare.config import Config
+    at96 = {96: probes(0.1)}
+    grid96 = budget.estimate(budget.Level(96, 3, 2), probes(0.1), 25)
+    plan = budget.plan(at96, 25, 2, budget_s=grid96 + 5, spent_s=0)
+    lines = advise.plan_lines(plan, at96, [96, 160, 224], Config(bs=32, epochs=2), grid96 + 5, 0, 25)
+    assert '  96 px, every LR of its grid (3); whole runs of 2 epochs: about ' in '\n'.join(lines)
+    bound = budget.estimate(budget.Level(160, 3, 2), budget.area_bound(probes(0.1), 96, 160), 25)
+    assert (f'  160 px, every LR of its grid (3); whole runs of 2 epochs: at least {advise.clock(bound)} (not probed: '
+            f'96 px\'s costs scaled by area, a bound from below, are over the budget)') in lines
+    assert lines[-1].startswith('plan: 3 strategies, 96 px, every LR of its grid (3); whole runs of 2 epochs')
