@@ -68,7 +68,7 @@ TINY = ['--backbone', 'test_resnet', '--weights', 'none', '--bs', '16', '--epoch
         '--strategy', 'feature_extract,bitfit', '--profile', 'cpu', '--no-render', '--cluster', 'local', '--plan-only']
 
 
-def test_plan_only_weighs_image_sizes_up_to_the_pretrained_one_and_size_fixes_it(dataset_dir, tmp_path, capsys):
+def test_plan_only_weighs_image_sizes_up_to_the_pretrained_one(dataset_dir, tmp_path, capsys):
     """test_resnet's pretrained size is 160 px: the plan weighs 96 (the cpu profile's), 128 and 160 px, probes at 96
     and 160, reads 128 off them, and a budget this tiny model cannot exhaust buys the pretrained size (at the
     --epochs given: no longer runs)."""
@@ -80,10 +80,13 @@ def test_plan_only_weighs_image_sizes_up_to_the_pretrained_one_and_size_fixes_it
     assert '160 px, every LR of its grid (3); whole runs of 2 epochs: about' in out
     assert 'plan: 2 strategies, 160 px, every LR of its grid (3); whole runs of 2 epochs' in out  # --epochs: no longer
     assert not results.exists()  # a plan writes nothing
-    assert run_script(advise, ['--data', str(dataset_dir), '--budget', '30m', '--results', str(results), *TINY,
-                               '--size', '96', '--resize', '96']) == 0
-    out = capsys.readouterr().out
-    assert 'image sizes the plan weighs: 96 px (--size)' in out and '160 px' not in out
+
+
+def test_size_fixes_the_plans_image_size_and_a_model_of_one_size_has_that_alone():
+    from bench.declare.config import Config
+    assert advise.plan_sizes(Config(backbone='tf_efficientnet_lite0', size=96), fixed=False) == [96, 160, 224]
+    assert advise.plan_sizes(Config(backbone='tf_efficientnet_lite0', size=128), fixed=True) == [128]
+    assert advise.plan_sizes(Config(backbone='vit_tiny_patch16_224', size=224), fixed=False) == [224]
 
 
 def test_the_race_runs_at_the_planned_size_without_the_strategies_that_do_not_fit_there():
