@@ -57,6 +57,8 @@ def test_a_size_between_two_probed_ones_is_read_off_them_by_the_power_they_show(
     assert mid[0].step_s == pytest.approx(0.1 * (160 / 96) ** k)
     assert mid[0].valid_s == pytest.approx(0.5 * (160 / 96) ** 2) and mid[0].setup_s == pytest.approx(1.0)
     assert budget.between(measured, 224) == measured[224]
+    measured[224] = measured[224][::-1]  # the probes come back in the order they finished: paired by strategy
+    assert budget.between(measured, 160) == mid
     # a strategy that does not fit at the larger size is taken not to fit between
     measured[224] = probes(1.0, error='does not fit 1024 MB')
     assert [p.error for p in budget.between(measured, 160)] == [None, None, 'does not fit 1024 MB']

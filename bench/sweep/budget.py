@@ -73,15 +73,16 @@ def area_bound(probes, size_from, size):
 
 
 def between(measured, size):
-    """[Probe] at `size` from `measured` ({size: [Probe]}, the same strategies in the same order at two sizes or
-    more): each cost by the power of the size its two nearest measurements around `size` show; a strategy that
-    failed at the larger of them is taken to fail here too."""
+    """[Probe] at `size` from `measured` ({size: [Probe]}, the same strategies at two sizes or more, in any order):
+    each cost by the power of the size its two nearest measurements around `size` show; a strategy that failed at
+    the larger of them is taken to fail here too."""
     lo = max(s for s in measured if s <= size)
     hi = min(s for s in measured if s >= size)
     if lo == hi:
         return list(measured[lo])
     out = []
-    for a, b in zip(measured[lo], measured[hi]):
+    larger = {p.strategy: p for p in measured[hi]}
+    for a, b in ((p, larger[p.strategy]) for p in measured[lo]):
         if a.error or b.error:
             out.append(a if a.error else b)
             continue
