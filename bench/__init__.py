@@ -2,9 +2,9 @@
 layer, lowest first (each imports only those below it):
 
     declare/   what a run is: config, experiments, datasets, strategies, the record            (no torch)
-    data/      files -> a memory-mapped image cache -> splits -> batches
+    images/    files -> a memory-mapped image cache -> splits -> batches
     train/     one run: resolved, built once, trained, timed, evaluated
-    sweep/     many runs: the one loop, its policies (tuning, search, the race), executors
+    sweep/     many runs: the one loop, its policies (tuning, search, the race), what a budget buys, executors
     analysis/  records -> verdicts: tables, across datasets, across regimes, costs             (no torch)
     report/    verdicts -> the leaderboard's pages and figures, the advisor's answer           (no torch)
     command/   the command line the scripts share: flags, and flags -> runs -> the leaderboard
