@@ -1,6 +1,5 @@
 """Classifier heads on a body's features: a (B, C, H, W) feature map, or (B, C) features the model pooled itself."""
 import torch.nn as nn
-from fastai.vision.learner import create_head
 
 HEADS = ('auto', 'fastai', 'linear', 'mlp')
 
@@ -29,6 +28,7 @@ def make_head(kind, n_features, n_classes, hidden=256, dropout=0.3, features='ma
     `linear`: pool -> Linear (the seed's W1). `mlp`: pool -> Linear(hidden) -> ReLU -> Dropout -> Linear (W2, W3)."""
     kind = resolve_head(kind, features)
     if kind == 'fastai':
+        from fastai.vision.learner import create_head  # here: a command that builds no model need not import fastai
         return create_head(n_features, n_classes)
     if kind == 'linear':
         return nn.Sequential(GlobalPool(), nn.Linear(n_features, n_classes))
