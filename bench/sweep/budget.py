@@ -5,10 +5,11 @@ probes, the levels a budget can buy, poorest first, and the richest that fits. I
 1. every strategy at the middle of its LR grid, at the profile's image size (W7's 96 px on a CPU), 3 seeds for the
    finalists: the least that answers at all;
 2. every LR of its grid: a ranking at one hand-set LR measures the LR, not the strategy;
-3. the grid at larger images, up to the backbone's pretrained size (the native one): W8 finds the image size, not
-   the run length, is what a cheap regime's ranking lacks (docs/w8.md: at 160 px, W7's 50 steps rank the
-   strategies as Lite0's native 224 px does on Caltech-101 where 96 px does not; four times the steps at 96 px kept
-   96 px's order), so pixels come before longer runs;
+3. the grid at larger images, up to the backbone's pretrained size (the native one), before longer runs: what W8
+   measured (docs/w8.md) is that the image size is what a cheap regime's ranking lacks. At W7's 50 steps, 96 px
+   reverses pairs of strategies with significance against Lite0's native 224 px on both of its datasets and 160 px
+   on neither (tau +0.20 and +0.47 -> +0.47 and +0.47); four times the steps at 96 px kept 96 px's order (issue
+   33's table). The native size itself is the only regime that agrees with the native ranking;
 4. runs 2, 3 ... MAX_LONGER times the profile's epochs at the largest size: fewer rows still improving.
 
 **Costs at a size** are measured at that size: rates do not scale with the pixels (Lite0 at 224 px trains 7-13x
