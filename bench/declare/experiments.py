@@ -208,7 +208,8 @@ ADVISE = Experiment(
              'the cheapest strategy not practically worse than the best recommended.',
     settings=dict(head='linear', pool=1000),  # W7's protocol (VTAB-1k: 800 train / 200 choose), so that the answer
                                               # sits beside W7's four datasets; size: the backbone's pretrained one
-    cpu=W7.cpu,                               # W7's 2-core budget: 96 px, 2 epochs of 32 (a budget buys longer runs)
+    cpu=W7.cpu,                               # W7's 2-core budget: 96 px, 2 epochs of 32 (a budget buys larger
+                                              # images up to the pretrained size, then longer runs: sweep/budget.py)
     strategies=W5.strategies,
     bench=(),                                 # runs on the user's data and backbone, never in the suite
     in_make_bench=False,
