@@ -44,6 +44,15 @@ def test_pixels_come_before_longer_runs_and_each_size_is_costed_by_its_own_probe
     assert at[96] < at[160] < at[224]
     assert budget.plan(by_size, 25, 2, budget_s=(at[160] + at[224]) / 2, spent_s=0).level == budget.Level(160, 3, 2)
     assert budget.plan(by_size, 25, 2, budget_s=at[224] + 1, spent_s=0).level == budget.Level(224, 3, 2)
+    # 224 px past the budget: longer runs at 160 px, as long as they fit, listed after it and before 224 px
+    longer160 = budget.estimate(budget.Level(160, 3, 4), by_size[160], 25)
+    assert at[160] < longer160 < at[224]
+    middle = budget.plan(by_size, 25, 2, budget_s=longer160 + 0.1, spent_s=0)
+    assert middle.level == budget.Level(160, 3, 4)
+    assert [lv for lv, _ in middle.options][2:6] == [budget.Level(160, 3, 2), budget.Level(160, 3, 4),
+                                                     budget.Level(160, 3, 6), budget.Level(224, 3, 2)]
+    assert budget.plan(by_size, 25, 2, budget_s=longer160 + 0.1, spent_s=0, longer=False).level == \
+        budget.Level(160, 3, 2)
     chosen = budget.plan(by_size, 25, 2, budget_s=at[224] + 1, spent_s=0)
     assert [lv for lv, _ in chosen.options][:4] == budget.levels(2, [96, 160, 224])[:4]
     assert dict(chosen.options)[budget.Level(160, 3, 2)] == pytest.approx(at[160])

@@ -10,7 +10,8 @@ probes, the levels a budget can buy, poorest first, and the richest that fits. I
    reverses pairs of strategies with significance against Lite0's native 224 px on both of its datasets and 160 px
    on neither (tau +0.20 and +0.47 -> +0.47 and +0.47); four times the steps at 96 px kept 96 px's order (issue
    33's table). The native size itself is the only regime that agrees with the native ranking;
-4. runs 2, 3 ... MAX_LONGER times the profile's epochs at the largest size: fewer rows still improving.
+4. runs 2, 3 ... MAX_LONGER times the profile's epochs at the largest size the budget affords (the backbone's own
+   where it can): fewer rows still improving.
 
 **Costs at a size** are measured at that size: rates do not scale with the pixels (Lite0 at 224 px trains 7-13x
 slower than at 96 px for 5.4x the pixels, W8's records), so an estimate by area would buy a native level the budget
@@ -149,10 +150,18 @@ def plan(probes, steps_per_epoch, base_epochs, budget_s, spent_s, longer=True, p
     """The richest level whose estimate fits in what is left of the budget. `probes`: {image size: [Probe]} (a size
     without probes is not a level); `longer` False: the profile's epochs only (the user set them); `parallel`: runs
     at a time (a pool's or a Ray cluster's slots), which divide the estimate."""
-    options = [lv for lv in levels(base_epochs, sorted(probes)) if longer or lv.epochs == base_epochs]
-    costs = [estimate(lv, probes[lv.size], steps_per_epoch) / max(1, parallel) for lv in options]
-    fitting = [(lv, c) for lv, c in zip(options, costs) if c <= budget_s - spent_s]
+    cost = lambda lv: estimate(lv, probes[lv.size], steps_per_epoch) / max(1, parallel)  # noqa: E731
+    options = [(lv, cost(lv)) for lv in levels(base_epochs, sorted(probes)) if longer or lv.epochs == base_epochs]
+    fitting = [i for i, (_, c) in enumerate(options) if c <= budget_s - spent_s]
     if not fitting:
-        return Plan(None, costs[0], spent_s + costs[0], tuple(zip(options, costs)))
-    level, cost = fitting[-1]
-    return Plan(level, cost, spent_s + costs[0], tuple(zip(options, costs)))
+        return Plan(None, options[0][1], spent_s + options[0][1], tuple(options))
+    at = fitting[-1]
+    level = options[at][0]
+    if longer and level.size != max(probes):  # the next size is past the budget: longer runs at this one
+        for m in range(2, MAX_LONGER + 1):
+            options.insert(at + 1, (Level(level.size, 3, base_epochs * m), cost(Level(level.size, 3, base_epochs * m))))
+            at += 1
+            if options[at][1] > budget_s - spent_s:
+                break
+            level = options[at][0]
+    return Plan(level, dict(options)[level], spent_s + options[0][1], tuple(options))
