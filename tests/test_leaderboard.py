@@ -94,6 +94,16 @@ def test_fewer_than_three_seeds_give_no_verdict():
     assert '| no verdict ' in rows[1]
 
 
+def test_a_table_with_no_test_score_yet_names_no_best():
+    records = [rec('full', 0, 0.9), rec('partial', 0, 0.8)]
+    for r in records:  # grid runs of a tuned sweep still choosing its LRs: scored on validation only
+        r['test_acc'] = None
+    text = leaderboard.render(records)
+    assert '- No test accuracy yet: its runs are scored on validation only so far' in text
+    rows = table_lines(text, '# W1')
+    assert all('| best ' not in row for row in rows) and all('| no verdict ' in row for row in rows[1:])
+
+
 def test_the_same_configuration_on_two_devices_is_never_pooled():
     records = three_seeds('full', [0.9, 0.9, 0.9], device='cpu: A (2 cores)') + \
         three_seeds('full', [0.5, 0.5, 0.5], device='NVIDIA H100')

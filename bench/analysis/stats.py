@@ -238,6 +238,8 @@ def trend(row, metric='test_acc'):
 
 def verdict(row, best, metric='test_acc'):
     """('best' | 'tied' | 'worse' | 'no verdict', sentence) for `row` against its table's `best` row, in `metric`."""
+    if not best.n:  # nothing scored yet (a tuned sweep still choosing its LRs): no row is best
+        return 'no verdict', None
     if row is best:
         return 'best', None
     iv, n = paired_difference(row, best, metric)

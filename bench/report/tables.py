@@ -146,6 +146,9 @@ def markdown_table(rows, metric='test_acc'):
 def verdict_lines(table):
     """The table's verdicts in words, best first; or why there are none."""
     best = table.best
+    if not best.n:
+        return [f'- No {stats.words(table.metric)} yet: its runs are scored on validation only so far (a tuned sweep '
+                f'scores test once each strategy\'s LR is chosen).']
     lines = [f'- Best: **{best.label}**, {stats.words(table.metric)} '
              f'{mean_std([r.get(table.metric) for r in best.records], scale=100)} % (n = {best.n}).']
     if len(table.rows) == 1:
