@@ -15,6 +15,7 @@ Per across-regimes comparison (bench/analysis/regimes.py, W8), `<experiment>-reg
 each regime, cheapest to native (then its contrasts), ±1 std over seeds.
 No figure is drawn for a table without what it needs. Every axis has labelled ticks, log axes included.
 """
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -244,8 +245,8 @@ def regimes(comparison, path):
         stds = [100 * np.std(list(row.by_seed(row.metric).values()), ddof=1) if row.n > 1 else 0. for row in rows]
         ax.errorbar(x + (i - len(comparison.strategies) / 2) * 0.02, means, yerr=stds, marker='o', ms=4, capsize=3,
                     label=s)
-    ax.set_xticks(x, [f'{r.name}{" (native)" * (r is comparison.native)}\n{r.words()}' for r in comparison.regimes],
-                  fontsize=7)
+    ax.set_xticks(x, [f'{r.name}{" (native)" * (r is comparison.native)}\n{textwrap.fill(r.words(), 24)}'
+                      for r in comparison.regimes], fontsize=7)
     ax.set_ylabel(stats.words(comparison.native.table.metric) + ' %')
     ax.set_title(f'{comparison.dataset} · {comparison.backbone}: each strategy at its tuned LR in each regime\n'
                  f'{comparison.device}, profile {comparison.profile}', fontsize=9)
