@@ -126,9 +126,8 @@ def probe_sizes(cfgs, sizes, where, per_epoch, n_valid, n_test, left_s, parallel
     measured = {first: probe(cfgs, where, per_epoch, n_valid, n_test)}
     if not any(p.error is None for p in measured[first]):
         return measured
-    bound = {s: budget.estimate(budget.Level(s, 3, cfgs[0].epochs), budget.area_bound(measured[first], first, s),
-                                per_epoch) / max(1, parallel) for s in sizes[1:]}
-    top = max((s for s in sizes[1:] if bound[s] <= left_s()), default=None)
+    top = max((s for s in sizes[1:] if budget.least_s(budget.Level(s, 3, cfgs[0].epochs), measured[first], first,
+                                                     per_epoch, parallel) <= left_s()), default=None)
     if top is None:
         return measured
     measured[top] = probe([at_size(c, top) for c in cfgs], where, per_epoch, n_valid, n_test)
@@ -151,11 +150,10 @@ def plan_lines(plan, probes, sizes, base, budget_s, spent_s, per_epoch, parallel
     for level, seconds in plan.options:
         mark = '  <- the plan' if level == plan.level else (' (over the budget)' if seconds > budget_s - spent_s else '')
         lines.append(f'  {level.words(base.epochs)}: about {clock(seconds)}{mark}')
-    for size in unprobed:
-        bound = budget.estimate(budget.Level(size, 3, base.epochs), budget.area_bound(first, sizes[0], size),
-                                per_epoch) / max(1, parallel)
-        lines.append(f'  {budget.Level(size, 3, base.epochs).words(base.epochs)}: at least {clock(bound)} (not '
-                     f'probed: {sizes[0]} px\'s costs scaled by area, a bound from below, are over the budget)')
+    for level in (budget.Level(size, 3, base.epochs) for size in unprobed):
+        bound = budget.least_s(level, first, sizes[0], per_epoch, parallel)
+        lines.append(f'  {level.words(base.epochs)}: at least {clock(bound)} (not probed: {sizes[0]} px\'s costs '
+                     f'scaled by area, a bound from below, are over the budget)')
     if plan.level is not None:
         level = plan.level
         n = len(race.candidates([p.strategy for p in ok], level.lr_points))

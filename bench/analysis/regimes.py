@@ -20,6 +20,7 @@ from scipy import stats as sps
 from tabulate import tabulate
 
 from bench.analysis import stats
+from bench.declare import record
 from bench.declare.config import steps_per_epoch
 from bench.declare.datasets import BY_FIELD
 from bench.declare.experiments import EXPERIMENTS
@@ -46,8 +47,7 @@ class Regime:
     @property
     def size(self):
         """The image size its runs trained at, px."""
-        rec = self.table.rows[0].records[0]
-        return rec.get('image_size') or rec['config'].get('size')
+        return record.trained_px(self.table.rows[0].records[0])
 
     def words(self):
         """'96 px, 50 steps, flat LR': what the regime is, from its records."""
@@ -58,7 +58,7 @@ def regime_words(rec):
     """'96 px, 50 steps, flat LR': the regime a record trained in."""
     cfg = rec['config']
     steps = cfg['epochs'] * steps_per_epoch(rec.get('train_images') or 0, cfg['bs'])
-    return f'{rec.get("image_size") or cfg.get("size")} px, {steps} steps, {SCHEDULES.get(cfg.get("sched"), "flat LR")}'
+    return f'{record.trained_px(rec)} px, {steps} steps, {SCHEDULES.get(cfg.get("sched"), "flat LR")}'
 
 
 SCHEDULES = {'flat': 'flat LR', 'one_cycle': 'one-cycle (warm-up, then a cosine decay to 0)'}

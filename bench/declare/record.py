@@ -207,6 +207,11 @@ def run_key(config, extra=None, device=None):
     return hashlib.sha1(group_key(config, device, extra=extra or {}).encode()).hexdigest()[:16]
 
 
+def trained_px(rec):
+    """The image size a record's run trained at, px: as measured, else as configured."""
+    return rec.get('image_size') or rec['config'].get('size')
+
+
 def make(cfg, key, started_at, env, code_version, results=None, error=None, extra=None):
     """A record: who ran (config, environment, code) and what came out (results, or the error)."""
     if results is not None and set(results) != set(RESULT_FIELDS):

@@ -83,7 +83,8 @@ def advices(records):
         table = stats.Table('advise', *stats.hardware_key(first), stats.rows(kept, metric=metric), dataset, metric,
                             True)
         out.append(Advice(dataset, first['backbone'], *stats.hardware_key(first), first['config']['epochs'],
-                          first.get('image_size') or first['config']['size'], dict(scores), finals, table, max(r['advise'].get('budget_s') or 0 for r in recs),
+                          record.trained_px(first), dict(scores), finals, table,
+                          max(r['advise'].get('budget_s') or 0 for r in recs),
                           sum(r.get('wall_seconds') or 0 for r in recs), n_valid))
     return out
 

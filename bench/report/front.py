@@ -74,8 +74,8 @@ def rows(records, pages):
         tables = stats.tables(plain)
         if declared is not None and declared.regimes:
             comps = regimes.comparisons(tables)
-            if comps and regimes.verdict(comps)[1]:  # a cheaper regime compared with the native one
-                best, fails = regimes.verdict(comps)
+            best, fails = regimes.verdict(comps)
+            if fails:  # a cheaper regime compared with the native one
                 verdict = (f'cheapest regime agreeing with the native one: {best}' if best else
                            'no cheaper regime agrees with the native one')
                 out.append([f'[{label}]({page})', ', '.join(c.dataset for c in comps), f'{comps[0].device} · '

@@ -6,6 +6,7 @@ from collections import defaultdict
 from tabulate import tabulate
 
 from bench.analysis import stats
+from bench.declare import record
 from bench.declare.datasets import BY_FIELD, METRICS
 
 # The columns a decision needs, in the table itself; the rest folded below it, so that no table is wider than a
@@ -96,7 +97,6 @@ def short_weights(w):
 
 def table_row(row, best, metric='test_acc'):
     recs, first = row.records, row.records[0]
-    cfg = first['config']
     column = {name: [r.get(name) for r in recs] for name in ('train_seconds', 'images_per_second', 'peak_memory_mb',
                                                                'optimizer_state_mb', 'valid_acc', 'test_acc',
                                                                'test_class_acc', 'test_loss')}
@@ -106,7 +106,7 @@ def table_row(row, best, metric='test_acc'):
     other = other_metric(metric).test
     return dict(
         label=row.label, strategy=first['strategy'], backbone=first['backbone'], variant=first.get('variant') or '',
-        weights=short_weights(first.get('weights')), size=first.get('image_size') or cfg.get('size'),
+        weights=short_weights(first.get('weights')), size=record.trained_px(first),
         epochs=len(first.get('epochs') or []), lr=lr_cell(row),
         params=f'{first["params_trainable"]:,} / {first["params_total"]:,}',
         n=row.n, train_s=mean_std(column['train_seconds'], '{:.1f}'),

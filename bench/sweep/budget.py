@@ -74,6 +74,11 @@ def area_bound(probes, size_from, size):
     return [replace(p, step_s=p.step_s * k, valid_s=p.valid_s * k, test_s=p.test_s * k) for p in probes]
 
 
+def least_s(level, probes, size_from, steps_per_epoch, parallel=1):
+    """What `level` costs at the least, from `probes` measured at a smaller size, scaled by area (`area_bound`)."""
+    return estimate(level, area_bound(probes, size_from, level.size), steps_per_epoch) / max(1, parallel)
+
+
 def between(measured, size):
     """[Probe] at `size` from `measured` ({size: [Probe]}, the same strategies at two sizes or more, in any order):
     each cost by the power of the size its two nearest measurements around `size` show; a strategy that failed at
@@ -150,18 +155,20 @@ def plan(probes, steps_per_epoch, base_epochs, budget_s, spent_s, longer=True, p
     """The richest level whose estimate fits in what is left of the budget. `probes`: {image size: [Probe]} (a size
     without probes is not a level); `longer` False: the profile's epochs only (the user set them); `parallel`: runs
     at a time (a pool's or a Ray cluster's slots), which divide the estimate."""
+    left = budget_s - spent_s
     cost = lambda lv: estimate(lv, probes[lv.size], steps_per_epoch) / max(1, parallel)  # noqa: E731
     options = [(lv, cost(lv)) for lv in levels(base_epochs, sorted(probes)) if longer or lv.epochs == base_epochs]
-    fitting = [i for i, (_, c) in enumerate(options) if c <= budget_s - spent_s]
+    fitting = [i for i, (_, c) in enumerate(options) if c <= left]
     if not fitting:
         return Plan(None, options[0][1], spent_s + options[0][1], tuple(options))
     at = fitting[-1]
-    level = options[at][0]
-    if longer and level.size != max(probes):  # the next size is past the budget: longer runs at this one
+    level, seconds = options[at]
+    if longer and level.size != max(probes):  # the next size is past the budget: longer runs at this one, listed
+        here = []                             # up to the first that does not fit
         for m in range(2, MAX_LONGER + 1):
-            options.insert(at + 1, (Level(level.size, 3, base_epochs * m), cost(Level(level.size, 3, base_epochs * m))))
-            at += 1
-            if options[at][1] > budget_s - spent_s:
+            here.append((Level(level.size, 3, base_epochs * m), cost(Level(level.size, 3, base_epochs * m))))
+            if here[-1][1] > left:
                 break
-            level = options[at][0]
-    return Plan(level, dict(options)[level], spent_s + options[0][1], tuple(options))
+            level, seconds = here[-1]
+        options[at + 1:at + 1] = here
+    return Plan(level, seconds, spent_s + options[0][1], tuple(options))
