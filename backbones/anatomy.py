@@ -29,6 +29,7 @@ from timm.layers import Conv2dSame
 from timm.models import split_model_name_tag
 from timm.models._manipulate import group_with_matcher
 
+from backbones.same_pad import SamePadConv2d, unpadded
 from backbones.weights import local_file
 
 TRACE_SIZE = 64   # px: the input a model without a fixed input size is traced at
@@ -88,8 +89,9 @@ def size_to_build(name, img_size):
 
 
 def create(name, img_size=None, **kwargs):
-    """timm.create_model(name), at `img_size` if the model has a fixed input size; a pretrained tag timm does not
-    know is accepted when the weights folder holds `<arch>.<tag>.safetensors` (the offline copies do)."""
+    """timm.create_model(name), at `img_size` if the model has a fixed input size, its 'same' padding computed
+    without a padded copy (backbones/same_pad.py); a pretrained tag timm does not know is accepted when the weights
+    folder holds `<arch>.<tag>.safetensors` (the offline copies do)."""
     arch, tag = split_model_name_tag(name)
     if tag and pretrained_cfg(name) is None:
         if local_file(arch, tag) is None:
@@ -98,7 +100,7 @@ def create(name, img_size=None, **kwargs):
         name = arch
     if size_to_build(name, img_size):
         kwargs['img_size'] = img_size
-    return timm.create_model(name, **kwargs)
+    return unpadded(timm.create_model(name, **kwargs))
 
 
 @lru_cache(maxsize=None)
@@ -264,7 +266,7 @@ def _lora_targets(model, used):
     targets, skipped = [], []
     for n, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and f'{n}.weight' in used:
-            plain = type(m).forward in (nn.Linear.forward, nn.Conv2d.forward) or type(m) is Conv2dSame
+            plain = type(m).forward in (nn.Linear.forward, nn.Conv2d.forward) or type(m) in (Conv2dSame, SamePadConv2d)
             (targets if plain and not (isinstance(m, nn.Conv2d) and m.groups > 1) else skipped).append(n)
     return tuple(targets), tuple(skipped)
 
