@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.images import data
+from bench.images import data, loader
 from tests.conftest import CLASSES, N_TEST, N_TRAIN
 
 
@@ -142,21 +142,21 @@ def test_folds_cover_train_and_valid(images):
 
 def test_prepare_resizes_crops_and_normalizes():
     xb = torch.full((2, 32, 32, 3), 255, dtype=torch.uint8)
-    out = data.Prepare(size=224, resize=256, mean=(0.5,) * 3, std=(0.5,) * 3)(xb)
+    out = loader.Prepare(size=224, resize=256, mean=(0.5,) * 3, std=(0.5,) * 3)(xb)
     assert out.shape == (2, 3, 224, 224) and torch.allclose(out, torch.ones_like(out))
 
 
 def test_augmentation_keeps_shape_and_shifts_content():
     torch.manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
-    out = data.random_crop_flip(x, pad=4)
+    out = loader.random_crop_flip(x, pad=4)
     assert out.shape == x.shape
     assert not torch.equal(out, x)
 
 
 def test_batches_cover_every_image_once(images):
     s = data.split(images)
-    dl = data.batches(images, s.train, data.Prepare(), bs=10, train=True)
+    dl = loader.batches(images, s.train, loader.Prepare(), bs=10, train=True)
     seen = torch.cat([y for _, y in dl])
     assert len(dl) == 7 and len(seen) == len(s.train) == 64
     assert sorted(seen.tolist()) == sorted(np.asarray(images.train_y)[s.train].tolist())
@@ -164,8 +164,45 @@ def test_batches_cover_every_image_once(images):
 
 def test_a_lone_last_training_image_is_dropped(images):
     s = data.split(images)
-    assert len(data.batches(images, s.train, data.Prepare(), bs=7, train=True)) == 9  # 64 = 9 * 7 + 1
-    assert len(data.batches(images, s.valid, data.Prepare(), bs=15)) == 2  # evaluation keeps every image
+    assert len(loader.batches(images, s.train, loader.Prepare(), bs=7, train=True)) == 9  # 64 = 9 * 7 + 1
+    assert len(loader.batches(images, s.valid, loader.Prepare(), bs=15)) == 2  # evaluation keeps every image
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_an_evaluation_split_is_prepared_once_per_process_with_the_numbers_batch_by_batch(images, channels_last,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(loader, '_kept', type(loader._kept)())
+    s = data.split(images)
+    prepare = loader.Prepare(size=24, resize=28, mean=(0.4,) * 3, std=(0.2,) * 3, channels_last=channels_last)
+    plain = loader.batches(images, s.test, prepare, bs=5, test=True)
+    kept = loader.batches(images, s.test, prepare, bs=5, test=True, keep=True)
+    pairs = list(zip(plain, kept))
+    assert len(pairs) == len(plain) == len(kept) and len(loader._kept) == 1
+    for (xa, ya), (xb, yb) in pairs:
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xb.is_contiguous(memory_format=torch.channels_last) == channels_last
+    again = loader.batches(images, s.test, prepare, bs=5, test=True, keep=True)
+    assert again.x is kept.x  # the next run reads what the first prepared
+    other = loader.Prepare(size=20, resize=28, mean=(0.4,) * 3, std=(0.2,) * 3, channels_last=channels_last)
+    assert loader.batches(images, s.test, other, bs=5, test=True, keep=True).x is not kept.x
+    assert loader.batches(images, s.valid, prepare, bs=5, keep=True).x is not kept.x  # another split, its own
+
+
+def test_only_what_fits_is_kept_and_the_least_recently_used_goes_first(images, monkeypatch):
+    monkeypatch.setattr(loader, '_kept', type(loader._kept)())
+    s = data.split(images)
+    prepare = loader.Prepare(size=16)
+    one_mb = len(s.test) * 3 * 16 * 16 * 4 / 2**20
+    monkeypatch.setattr(loader, 'KEEP_MB', one_mb * 1.5)  # room for one split's images, not two
+    first = loader.batches(images, s.test, prepare, bs=4, test=True, keep=True)
+    second = loader.batches(images, s.test[:len(s.test)], loader.Prepare(size=16, resize=16), bs=4, test=True,
+                            keep=True)
+    assert list(loader._kept.values()) == [second.x] and first.x is not second.x
+    monkeypatch.setattr(loader, 'KEEP_MB', one_mb / 2)  # too large to keep: prepared batch by batch, as always
+    third = loader.batches(images, s.test, prepare, bs=4, test=True, keep=True)
+    assert third.x is images.test_x and isinstance(third.prepare, loader.Prepare)
+    training = loader.batches(images, s.train, prepare, bs=4, train=True, keep=True)
+    assert training.x is images.train_x  # a training split is drawn anew each epoch: never kept
 
 
 def test_the_aerial_and_medical_sets_are_declared_with_their_metric_size_and_attribution():

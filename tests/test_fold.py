@@ -122,3 +122,5 @@ def test_a_bf16_run_is_evaluated_folded_and_checked_in_bf16():
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         a, b = net(x).float(), twin(x).float()
     assert (a - b).norm() <= 0.05 * a.norm()
+    gpu = SimpleNamespace(device='cuda', precision='bf16')
+    assert fold.folded(net, lambda: x, gpu) is net  # a GPU evaluates the model itself: no copy in its memory

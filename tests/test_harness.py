@@ -95,9 +95,10 @@ def test_channels_last_reaches_the_model_and_the_batches(images):
 
 
 @pytest.mark.parametrize('strategy', ['full', 'feature_extract'])
-def test_warm_up_sees_every_training_batch_shape_and_leaves_no_trace(images, strategy):
+def test_warm_up_sees_every_training_batch_shape_and_leaves_no_trace(images, strategy, monkeypatch):
     """Training's shapes, forward and backward; on cached features (feature_extract) the body's forward at each shape
     extraction reads. Evaluation is off the training clock: it pays for its own first batch."""
+    monkeypatch.setattr(run, '_warmed', set())  # a process's first run of its kind
     torch.manual_seed(0)
     built = run.build(tiny_config(CPU, augment=strategy == 'full', strategy=strategy, head_lr=1e-2), images,
                       data.split(images, valid_frac=0.25), log=lambda line: None)  # 60 train, 20 valid, 24 test
@@ -120,7 +121,18 @@ def test_warm_up_sees_every_training_batch_shape_and_leaves_no_trace(images, str
                                                       torch.Generator().manual_seed(0).get_state())
 
 
-def test_warm_up_is_recorded_apart_from_training(images):
+def test_warm_up_is_recorded_apart_from_training(images, monkeypatch):
+    monkeypatch.setattr(run, '_warmed', set())
     out = runner.train(tiny_config(CPU, bs=8), images, data.split(images, valid_frac=0.25), log=lambda line: None)
     assert out['warmup_seconds'] > 0 and out['train_seconds'] > 0
     assert out['train_seconds'] == pytest.approx(sum(e['train_seconds'] for e in out['epochs']))
+
+
+def test_on_a_cpu_only_a_processs_first_run_of_a_kind_warms_up(images, monkeypatch):
+    """A run like one this process warmed up already (backbone, strategy, sizes, batch shapes) skips the warm-up;
+    another strategy or batch size warms up again."""
+    monkeypatch.setattr(run, '_warmed', set())
+    split = data.split(images, valid_frac=0.25)
+    seconds = [run.build(tiny_config(CPU, **kw), images, split, log=lambda line: None).warm_up()
+               for kw in ({}, {}, {'strategy': 'feature_extract', 'head_lr': 1e-2}, {'bs': 8}, {'bs': 8})]
+    assert seconds[0] > 0 and seconds[1] == 0 and seconds[2] > 0 and seconds[3] > 0 and seconds[4] == 0

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from bench import finetune
-from bench.images import data, decode
+from bench.images import data, decode, loader
 from tests.helpers import run_script
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -124,7 +124,7 @@ def test_class_folders_without_a_split_hold_out_every_fifth_image(tmp_path):
 
 def test_batches_gather_from_the_map_without_copying_the_split(images):
     s = data.split(images, subset=0.5)
-    dl = data.batches(images, s.train, data.Prepare(), bs=8, train=True)
+    dl = loader.batches(images, s.train, loader.Prepare(), bs=8, train=True)
     assert dl.x is images.train_x  # the split is an index, the images stay mapped
     xb, yb = next(iter(dl))
     assert xb.shape == (8, 3, 16, 16) and yb.shape == (8,)

@@ -5,7 +5,7 @@ import pytest
 
 from bench import search
 from bench.declare import record
-from bench.images import data
+from bench.images import loader
 from bench.sweep.search import GRID, RANDOM, describe_space, draws, parse_space
 from tests.helpers import rendered, run_script
 
@@ -59,14 +59,14 @@ def test_bad_search_input_exits_2(args, message, dataset_dir, tmp_path, capsys):
 
 def spy_on_test_loaders(monkeypatch):
     made = []
-    real = data.batches
+    real = loader.batches
 
     def batches(*args, **kwargs):
         dl = real(*args, **kwargs)
         if kwargs.get('test'):
             made.append(dl)
         return dl
-    monkeypatch.setattr(data, 'batches', batches)
+    monkeypatch.setattr(loader, 'batches', batches)
     return made
 
 

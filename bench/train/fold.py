@@ -1,6 +1,7 @@
-"""Evaluation at the cost of the layers that compute: on a copy of the model made for evaluation, each LoRA
-adapter merged into the layer it adapts, and each BatchNorm that normalizes a convolution's output alone folded
-into that convolution.
+"""Evaluation at the cost of the layers that compute: on a CPU, on a copy of the model made for evaluation, each
+LoRA adapter merged into the layer it adapts, and each BatchNorm that normalizes a convolution's output alone
+folded into that convolution. (On a GPU evaluation is a small share of a run, and the copy would take memory the
+run's memory fit did not plan for.)
 
 In eval mode a BatchNorm is an affine map per channel (running mean and variance, weight, bias), so the conv
 before it can absorb it: weight * g, bias * g + (beta - mean * g), with g = weight / sqrt(var + eps). What is
@@ -151,9 +152,11 @@ class Twin:
 
 def folded(model, sample, cfg=None):
     """The evaluation copy of `model` (its LoRA merged, its BatchNorms folded), up to date with it, or `model`
-    itself where nothing merges or folds (or where a hook on it is an object's method, which a copy would drag
-    along). `sample()`: a batch of its input, asked for the first time a model is seen (what merges and folds is
-    found and checked on two images of it)."""
+    itself: on a GPU, where nothing merges or folds, or where a hook on it is an object's method (which a copy would
+    drag along). `cfg`: the run's (device, precision); None: fp32 on a CPU. `sample()`: a batch of its input, asked
+    for the first time a model is seen (what merges and folds is found and checked on two images of it)."""
+    if cfg is not None and torch.device(cfg.device).type != 'cpu':
+        return model  # a GPU evaluates fast, and the copy would take memory the run's memory fit did not plan for
     hooks = [h for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks)
              for h in d.values()]
     if not all(inspect.isfunction(h) for h in hooks):

@@ -17,7 +17,7 @@ from fastai.torch_core import norm_bias_params
 
 import backbones
 from bench.declare.strategies import STRATEGIES
-from bench.images import data
+from bench.images import loader
 from bench.train import optim
 
 
@@ -37,19 +37,8 @@ def timed(fn, device):
 
 def prepare_for(cfg, spec, train):
     mean, std = (spec.mean, spec.std) if cfg.normalize == 'backbone' else ((0., 0., 0.), (1., 1., 1.))
-    return data.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
+    return loader.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
                         channels_last=cfg.channels_last == 'on')
-
-
-def loaders(cfg, images, split, spec, bs=None):
-    """Training, validation and test batches, of `bs` images (default cfg.bs; a run that accumulates gradients over
-    smaller passes evaluates in passes of that size too, so that evaluation never needs more memory than a step)."""
-    bs = bs or cfg.bs
-    train = data.batches(images, split.train, prepare_for(cfg, spec, True), bs, train=True, seed=cfg.seed,
-                         device=cfg.device)
-    valid = data.batches(images, split.valid, prepare_for(cfg, spec, False), bs, device=cfg.device)
-    test = data.batches(images, split.test, prepare_for(cfg, spec, False), bs, test=True, device=cfg.device)
-    return train, valid, test
 
 
 def learner(cfg, dls, net, cbs=(), head_only=False):

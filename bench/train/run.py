@@ -26,7 +26,7 @@ from fastai.callback.training import GradientAccumulation
 import backbones
 from bench.declare.config import Config, image_size
 from bench.declare.strategies import STRATEGIES, prepare
-from bench.images import data
+from bench.images import loader
 from bench.train import memory
 from bench.train.learner import apply_precision, autocast, group_names, learner, prepare_for, show_progress, sync
 from bench.train.runlog import RunLog, evaluate
@@ -68,15 +68,22 @@ def phases_of(learn, cfg):
     return planner.phases
 
 
+# What a CPU warm-up is for: a process's first step of a backbone pays for the kernels' set-up (EfficientNet-Lite0 at
+# 96 px, 1 thread: 829 ms against 600 for the steps after); a second model of the same backbone and batch shapes in
+# the same process, whether it trains the whole net or a head alone, pays nothing extra (578 ms, then 550). The kinds
+# of run (backbone, strategy, sizes, precision, memory format, batch shapes) this process has warmed up:
+_warmed = set()
+
+
 @dataclass
 class Run:
     cfg: Config
     spec: backbones.Spec
     net: backbones.Net
     weights: str                    # the weights loaded, as the record says them
-    train_dl: data.Batches          # the body's input batches (on cached features, what extraction reads)
-    valid_dl: data.Batches
-    test_dl: data.Batches
+    train_dl: loader.Batches        # the body's input batches (on cached features, what extraction reads)
+    valid_dl: loader.Batches
+    test_dl: loader.Batches
     learn: Optional[Learner]        # None on cached features until the features are extracted (`train`)
     phases: list                    # the strategy's plan (empty on cached features: only the head trains)
     fit: memory.Fit
@@ -95,10 +102,19 @@ class Run:
 
     def warm_up(self):
         """The run's warm-up (`warm_up`): every training batch shape, forward and backward; on cached features the
-        body's forward at each extraction shape instead. Returns its seconds."""
+        body's forward at each extraction shape instead. Returns its seconds. On a CPU only a process's first run of
+        its kind pays a first step (`_warmed`): a later one skips it (0 s)."""
+        loaders = [self.train_dl, self.valid_dl] if self.cached else [self.train_dl]
+        cfg = self.cfg
+        kind = (cfg.backbone, cfg.strategy, cfg.size, cfg.resize, cfg.precision, cfg.channels_last, self.cached,
+                tuple((tuple(dl.x.shape[1:]), dl.bs, 0 if dl.drop_last else dl.n % dl.bs) for dl in loaders))
+        if torch.device(cfg.device).type == 'cpu' and not cfg.compile and kind in _warmed:
+            return 0.
+        _warmed.add(kind)
         if self.cached:
-            return warm_up(self.net.body, self.cfg, [self.train_dl, self.valid_dl], backward=False)
-        return warm_up(self.net, self.cfg, [self.train_dl])
+            return warm_up(self.net.body, cfg, loaders, backward=False)
+        return warm_up(self.net, cfg, loaders)
+
 
     def train(self, bar=False, log=print):
         """The strategy's fit on the Learner (on cached features: the body's outputs first, on the training clock)."""
@@ -139,8 +155,8 @@ class Run:
 
 def warm_up(model, cfg, loaders, backward=True):
     """Forward and backward (`backward`; else forward in eval mode) at each batch shape of `loaders`, then every
-    weight, buffer, gradient and random state (an augmentation's draws included) back as it was: what a first step costs (cuDNN autotuning, lazy CUDA initialisation,
-    compilation, allocator growth) is paid here, off the clock. Evaluation is off the training clock and pays its
+    weight, buffer, gradient and random state (an augmentation's draws included) back as it was: what a first step
+    costs (cuDNN autotuning, lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock. Evaluation is off the training clock and pays its
     own first batches. Returns its seconds."""
     t = time.perf_counter()
     weights = copy.deepcopy(model.state_dict())
@@ -172,8 +188,8 @@ def build(cfg, images, split, log=print, plan=True):
     net.to(cfg.device)
     if cfg.channels_last == 'on':
         net.to(memory_format=torch.channels_last)
-    train_dl = data.batches(images, split.train, prepare_for(cfg, spec, True), cfg.bs, train=True, seed=cfg.seed,
-                            device=cfg.device)
+    train_dl = loader.batches(images, split.train, prepare_for(cfg, spec, True), cfg.bs, train=True, seed=cfg.seed,
+                              device=cfg.device)
     runlog = RunLog(cfg.device, cfg)
     cached = cfg.cache_features == 'on'
     learn, phases = None, []
@@ -186,18 +202,19 @@ def build(cfg, images, split, log=print, plan=True):
     trains = max((set(ph['names']) for ph in phases), key=len, default=set())
     two = train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n))))
     fit = memory.plan_batches(net, cfg, two, autocast(cfg), trains, eval_cap=EVAL_BS_MAX[torch.device(cfg.device).type])
-    evaluation = dict(prepare=prepare_for(cfg, spec, False), bs=fit.eval_bs, device=cfg.device)
+    # evaluation reads the same images in every run of a process: prepared once and kept (bench/images/loader.py)
+    evaluation = dict(prepare=prepare_for(cfg, spec, False), bs=fit.eval_bs, device=cfg.device, keep=True)
     if cached:  # what extraction reads: every training image once, in evaluation-sized batches
-        train_dl = data.batches(images, split.train, **evaluation)
+        train_dl = loader.batches(images, split.train, **evaluation)
     if plan and fit.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
-        train_dl = data.batches(images, split.train, prepare_for(cfg, spec, True), fit.micro_bs, train=True,
-                                seed=cfg.seed, device=cfg.device)
+        train_dl = loader.batches(images, split.train, prepare_for(cfg, spec, True), fit.micro_bs, train=True,
+                                  seed=cfg.seed, device=cfg.device)
         learn.add_cb(GradientAccumulation(cfg.bs))
         log(f'    batches of {cfg.bs} as {fit.accumulate} passes of {fit.micro_bs}: about {fit.estimate_mb:,.0f} '
             f'MB, of {fit.free_mb:,.0f} MB free')
     runlog.accumulate = fit.accumulate
-    valid_dl = data.batches(images, split.valid, **evaluation)
-    test_dl = data.batches(images, split.test, test=True, **evaluation)
+    valid_dl = loader.batches(images, split.valid, **evaluation)
+    test_dl = loader.batches(images, split.test, test=True, **evaluation)
     if learn is not None:
         learn.dls = DataLoaders(train_dl, valid_dl, device=cfg.device)
     return Run(cfg, spec, net, weights, train_dl, valid_dl, test_dl, learn, phases, fit, runlog)
@@ -213,8 +230,8 @@ def planned(cfg, n_classes):
     net, _ = backbones.build(cfg.backbone, n_classes, cfg.head, cfg.head_hidden, cfg.head_dropout, 'none', meta=True,
                              img_size=size)
     prepare(net, cfg)
-    empty = data.Batches(torch.zeros(0, 1, 1, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
-                         data.Prepare(), 1)
+    empty = loader.Batches(torch.zeros(0, 1, 1, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                           loader.Prepare(), 1)
     learn = learner(cfg, DataLoaders(empty, empty), net)
     learn.remove_cb(ProgressCallback)
     phases = phases_of(learn, cfg)
@@ -235,6 +252,6 @@ def cached_features(body, cfg, train_dl, valid_dl):
             out.append(torch.cat([body(dl.prepare(dl.gather(np.arange(i, min(i + dl.bs, dl.n))))).float()
                                   for i in range(0, dl.n, dl.bs)]))
     sync(cfg.device)
-    return (data.Batches(out[0], train_dl.y, data.Unchanged(), cfg.bs, shuffle=True, drop_last=train_dl.n % cfg.bs == 1,
-                         seed=cfg.seed, device=cfg.device),
-            data.Batches(out[1], valid_dl.y, data.Unchanged(), valid_dl.bs, device=cfg.device))
+    return (loader.Batches(out[0], train_dl.y, loader.Unchanged(), cfg.bs, shuffle=True,
+                           drop_last=train_dl.n % cfg.bs == 1, seed=cfg.seed, device=cfg.device),
+            loader.Batches(out[1], valid_dl.y, loader.Unchanged(), valid_dl.bs, device=cfg.device))

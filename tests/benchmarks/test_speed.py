@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.declare.config import Config
-from bench.images import data
+from bench.images import data, loader
 from bench.report import leaderboard
 from bench.train import run as runs
 from bench.train.resolve import resolve_auto
@@ -55,9 +55,9 @@ def test_evaluation(calibrated, cifar_like):
 
 @pytest.mark.parametrize('size', [32, 224])
 def test_batch_pipeline(calibrated, cifar_like, size):
-    prepare = data.Prepare(size=size, resize=size * 8 // 7 if size > 32 else 0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    prepare = loader.Prepare(size=size, resize=size * 8 // 7 if size > 32 else 0, mean=(0.5,) * 3, std=(0.25,) * 3)
     n = 1024 if size == 32 else 128
-    dl = data.batches(cifar_like, torch.arange(n), prepare, 64, train=True)
+    dl = loader.batches(cifar_like, torch.arange(n), prepare, 64, train=True)
     shapes = calibrated(lambda: [x.shape for x, _ in dl], rounds=20)
     assert shapes[0] == (64, 3, size, size)
 
