@@ -114,6 +114,8 @@ def test_warm_up_sees_every_training_batch_shape_and_leaves_no_trace(images, str
         assert sorted(set(shapes)) == [(True, 12), (True, 16)]
     else:  # extraction in evaluation-sized batches (32 on a CPU): the 60 training images, then the 20 validation ones
         assert built.cached and sorted(set(shapes)) == [(False, 20), (False, 28), (False, 32)]  # batches of 32
+        # the training images extraction reads are prepared on its clock, as every strategy's are: never kept
+        assert built.train_dl.x is images.train_x and built.valid_dl.x is not images.train_x
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in net.parameters())

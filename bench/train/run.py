@@ -204,8 +204,9 @@ def build(cfg, images, split, log=print, plan=True):
     fit = memory.plan_batches(net, cfg, two, autocast(cfg), trains, eval_cap=EVAL_BS_MAX[torch.device(cfg.device).type])
     # evaluation reads the same images in every run of a process: prepared once and kept (bench/images/loader.py)
     evaluation = dict(prepare=prepare_for(cfg, spec, False), bs=fit.eval_bs, device=cfg.device, keep=True)
-    if cached:  # what extraction reads: every training image once, in evaluation-sized batches
-        train_dl = loader.batches(images, split.train, **evaluation)
+    if cached:  # what extraction reads: every training image once, in evaluation-sized batches, prepared on the
+        # training clock as every other strategy's training images are (never kept: its time stays comparable)
+        train_dl = loader.batches(images, split.train, **dict(evaluation, keep=False))
     if plan and fit.accumulate > 1:  # the same optimizer steps on the same batches of cfg.bs, in smaller passes
         train_dl = loader.batches(images, split.train, prepare_for(cfg, spec, True), fit.micro_bs, train=True,
                                   seed=cfg.seed, device=cfg.device)
