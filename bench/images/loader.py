@@ -27,24 +27,26 @@ class Prepare:
         return (self.size, self.resize, self.augment, self.channels_last, tuple(self.mean.flatten().tolist()),
                 tuple(self.std.flatten().tolist()))
 
-    def out_pixels(self, hw):
-        """Pixels per channel of a prepared image stored at `hw`."""
-        h, w = hw
+    def resized(self, h, w):
+        """(h, w) an image stored at h x w is resized to, before the crop: its shorter side to `resize` (0: as
+        stored, unless smaller than `size`)."""
         target = self.resize or (self.size if min(h, w) < self.size else 0)
         if target and min(h, w) != target:
-            h, w = round(h * target / min(h, w)), round(w * target / min(h, w))
+            return round(h * target / min(h, w)), round(w * target / min(h, w))
+        return h, w
+
+    def out_pixels(self, hw):
+        """Pixels per channel of a prepared image stored at `hw`."""
+        h, w = self.resized(*hw)
         return self.size * self.size if self.size else h * w
 
     def __call__(self, xb):
         x = xb.permute(0, 3, 1, 2).float().div_(255)
         if self.augment:
             x = random_crop_flip(x, pad=4)
-        h, w = x.shape[-2:]
-        target = self.resize or (self.size if min(h, w) < self.size else 0)  # resize 0: as stored, unless smaller
-        if target and min(h, w) != target:
-            scale = target / min(h, w)
-            x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode='bilinear', antialias=True,
-                              align_corners=False)
+        size = self.resized(*x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False)
         if self.size:
             h, w = x.shape[-2:]
             top, left = (h - self.size) // 2, (w - self.size) // 2
@@ -126,7 +128,11 @@ class Batches:
         sizes = {min(self.bs, self.n)}
         if not self.drop_last and self.n % self.bs:
             sizes.add(self.n % self.bs)
-        return [(self.prepare(self.gather(np.arange(k))), self.y[:k]) for k in sorted(sizes) if k]
+        return [(self.head(k), self.y[:k]) for k in sorted(sizes) if k]
+
+    def head(self, k):
+        """The first `k` images (all, where fewer), prepared, leaving the order and `passes` untouched."""
+        return self.prepare(self.gather(np.arange(min(k, self.n))))
 
     def to_detach(self, b, cpu=True, gather=True):
         """fastai's metrics detach every batch's values through the loader: detached here without the copy to the
@@ -158,7 +164,7 @@ def batches(images, idx, prepare, bs, test=False, train=False, seed=0, device='c
     the images prepared once per process and kept for the runs after (`kept`), where they fit KEEP_MB."""
     x, y = (images.test_x, images.test_y) if test else (images.train_x, images.train_y)
     if keep and not train and torch.device(device).type == 'cpu' and not prepare.augment:
-        ready = kept(images, x, idx, prepare, test)
+        ready = kept(images, x, y, idx, prepare, test)
         if ready is not None:
             return Batches(ready, y[np.asarray(idx)], Unchanged(), bs, device=device)
     return Batches(x, y, prepare, bs, index=idx, shuffle=train, drop_last=train and len(idx) % bs == 1,
@@ -171,7 +177,7 @@ KEEP_MB = 768  # prepared images a process keeps at most (W7 at 96 px: 2,200 per
 _kept = OrderedDict()  # key -> prepared images, the most recently used last
 
 
-def kept(images, x, idx, prepare, test):
+def kept(images, x, y, idx, prepare, test):
     """The images at `idx` of `x` prepared as `prepare` does, one float tensor, made once per process and kept while
     they fit KEEP_MB (the least recently used dropped first); None where they alone would not fit. Every run of a
     sweep evaluates the same validation and test images: they are resized and normalized once, not once per run
@@ -188,10 +194,6 @@ def kept(images, x, idx, prepare, test):
         return _kept[key]
     while _kept and sum(t.numel() * 4 for t in _kept.values()) / 2**20 + mb > KEEP_MB:
         _kept.popitem(last=False)
-    chunks = []
-    for i in range(0, len(idx), 256):
-        chunks.append(prepare(torch.from_numpy(np.ascontiguousarray(x[idx[i:i + 256]]))))
-        release(x)
-    _kept[key] = torch.cat(chunks).contiguous(memory_format=torch.channels_last if prepare.channels_last
-                                               else torch.contiguous_format)
+    fmt = torch.channels_last if prepare.channels_last else torch.contiguous_format
+    _kept[key] = torch.cat([xb for xb, _ in Batches(x, y, prepare, 256, index=idx)]).contiguous(memory_format=fmt)
     return _kept[key]

@@ -29,7 +29,7 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d, Conv2dSame
 
 from backbones.same_pad import SamePadConv2d
-from bench.train.learner import autocast
+from bench.train.learner import autocast, eval_mode
 
 _twins = weakref.WeakKeyDictionary()  # model -> its Twin (None: evaluated as it is), made once per model
 
@@ -62,16 +62,12 @@ def find_pairs(model, x, context=contextlib.nullcontext):
             handles.append(m.register_forward_hook(after_conv))
         elif _foldable_norm(m):
             handles.append(m.register_forward_pre_hook(before_norm))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad(), context():
+        with eval_mode(model), torch.no_grad(), context():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.train(mode)
     return tuple(pairs)
 
 
@@ -127,7 +123,6 @@ class Twin:
             _set(self.net, norm, nn.Sequential(norm_module.drop, norm_module.act)
                  if isinstance(norm_module, BatchNormAct2d) else nn.Identity())
         self.computed = {*self.merged, *self.pairs}
-        self.net.eval()
 
     def __bool__(self):
         return bool(self.computed)
@@ -181,14 +176,8 @@ def folded(model, sample, cfg=None):
 def _checks_out(model, twin, x, context, exact):
     """Whether `twin` computes `model` on `x`: to float rounding in fp32; in bf16, where each rounds its own way,
     to 5% of the output's norm (a BatchNorm left out or applied twice moves it by far more)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), context():
-            a, b = model(x).float(), twin(x).float()
-    finally:
-        for m, mode in modes:
-            m.train(mode)
+    with eval_mode(model), torch.no_grad(), context():
+        a, b = model(x).float(), twin(x).float()
     if a.shape != b.shape:
         return False
     if exact:

@@ -5,6 +5,7 @@ Strategies differ only in which parameters train when and at what LR (bench/decl
 shared, so a comparison between strategies measures the strategy. Nothing reads a value back from the device
 during an epoch: the smoothed loss stays where it is computed.
 """
+import contextlib
 import time
 
 import torch
@@ -38,7 +39,7 @@ def timed(fn, device):
 def prepare_for(cfg, spec, train):
     mean, std = (spec.mean, spec.std) if cfg.normalize == 'backbone' else ((0., 0., 0.), (1., 1., 1.))
     return loader.Prepare(size=cfg.size, resize=cfg.resize, mean=mean, std=std, augment=train and cfg.augment,
-                        channels_last=cfg.channels_last == 'on')
+                          channels_last=cfg.channels_last == 'on')
 
 
 def learner(cfg, dls, net, cbs=(), head_only=False):
@@ -103,6 +104,18 @@ class Bar(ProgressCallback):
     """fastai's progress bar without the per-batch loss in its comment (reading it would stop the host)."""
     def after_batch(self):
         self.pbar.update(self.iter + 1)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode inside, every module's train/eval mode put back as it was afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.train(mode)
 
 
 def autocast(cfg):

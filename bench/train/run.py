@@ -115,7 +115,6 @@ class Run:
             return warm_up(self.net.body, cfg, loaders, backward=False)
         return warm_up(self.net, cfg, loaders)
 
-
     def train(self, bar=False, log=print):
         """The strategy's fit on the Learner (on cached features: the body's outputs first, on the training clock)."""
         if self.cached:
@@ -156,8 +155,8 @@ class Run:
 def warm_up(model, cfg, loaders, backward=True):
     """Forward and backward (`backward`; else forward in eval mode) at each batch shape of `loaders`, then every
     weight, buffer, gradient and random state (an augmentation's draws included) back as it was: what a first step
-    costs (cuDNN autotuning, lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock. Evaluation is off the training clock and pays its
-    own first batches. Returns its seconds."""
+    costs (cuDNN autotuning, lazy CUDA initialisation, compilation, allocator growth) is paid here, off the clock.
+    Evaluation is off the training clock and pays its own first batches. Returns its seconds."""
     t = time.perf_counter()
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
@@ -200,7 +199,7 @@ def build(cfg, images, split, log=print, plan=True):
         phases = phases_of(learn, cfg)
     # memory for the phase that trains the most; on cached features the body never sees a gradient
     trains = max((set(ph['names']) for ph in phases), key=len, default=set())
-    two = train_dl.prepare(train_dl.gather(np.arange(min(2, train_dl.n))))
+    two = train_dl.head(2)
     fit = memory.plan_batches(net, cfg, two, autocast(cfg), trains, eval_cap=EVAL_BS_MAX[torch.device(cfg.device).type])
     # evaluation reads the same images in every run of a process: prepared once and kept (bench/images/loader.py)
     evaluation = dict(prepare=prepare_for(cfg, spec, False), bs=fit.eval_bs, device=cfg.device, keep=True)

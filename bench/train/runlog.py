@@ -6,14 +6,13 @@ where they are computed and read once per epoch.
 import math
 import time
 
-import numpy as np
 import torch
 from fastai.basics import Callback, Recorder
 from fastai.torch_core import find_bs
 
 from bench.declare.config import steps_at
 from bench.train.fold import folded
-from bench.train.learner import autocast, sync
+from bench.train.learner import autocast, eval_mode, sync
 
 MIN_POINTS = 4  # validation points per run at least: with few epochs, more than one per epoch
 
@@ -31,19 +30,17 @@ def evaluate(model, dl, cfg):
     folded into their convs, on a copy: bench/train/fold.py), every module's train/eval mode put back afterwards.
     Counts stay on the device and are read once, at the end. The caller chooses
     no_grad (mid-run) or inference mode (a finished run)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     loss, preds, ys, net = 0., [], [], None
-    for xb, yb in dl:
-        net = net or folded(model, lambda: xb, cfg)
-        with autocast(cfg):
-            out = net(xb).float()
-        loss = loss + torch.nn.functional.cross_entropy(out, yb, reduction='sum')
-        preds.append(out.argmax(-1))
-        ys.append(yb)
-        n_classes = out.shape[-1]
-    for m, mode in modes:
-        m.train(mode)
+    with eval_mode(model):
+        for xb, yb in dl:
+            if net is None:
+                net = folded(model, lambda: xb, cfg)
+            with autocast(cfg):
+                out = net(xb).float()
+            loss = loss + torch.nn.functional.cross_entropy(out, yb, reduction='sum')
+            preds.append(out.argmax(-1))
+            ys.append(yb)
+            n_classes = out.shape[-1]
     pred, y = torch.cat(preds), torch.cat(ys)
     total = torch.bincount(y, minlength=n_classes)
     hits = torch.bincount(y[pred == y], minlength=n_classes)
@@ -134,9 +131,7 @@ class RunLog(Callback):
         self.t1 = time.perf_counter()
         self.train_s = self.t1 - self.t0 - self.mid_seconds
         self.training_model = self.learn.model  # fastai's validation runs the folded copy (bench/train/fold.py)
-        valid = self.learn.dls.valid
-        self.learn.model = folded(self.training_model, lambda: valid.prepare(valid.gather(np.arange(min(2, valid.n)))),
-                                  self.cfg)
+        self.learn.model = folded(self.training_model, lambda: self.learn.dls.valid.head(2), self.cfg)
 
     def after_validate(self):
         self.learn.model = self.training_model
