@@ -29,6 +29,7 @@ from timm.layers import Conv2dSame
 from timm.models import split_model_name_tag
 from timm.models._manipulate import group_with_matcher
 
+from backbones.activations import copy_free
 from backbones.same_pad import SamePadConv2d, unpadded
 from backbones.weights import local_file
 
@@ -90,7 +91,8 @@ def size_to_build(name, img_size):
 
 def create(name, img_size=None, **kwargs):
     """timm.create_model(name), at `img_size` if the model has a fixed input size, its 'same' padding computed
-    without a padded copy (backbones/same_pad.py); a pretrained tag timm does not know is accepted when the weights
+    without a padded copy (backbones/same_pad.py) and its in-place activations without autograd's copy of their
+    input (backbones/activations.py); a pretrained tag timm does not know is accepted when the weights
     folder holds `<arch>.<tag>.safetensors` (the offline copies do)."""
     arch, tag = split_model_name_tag(name)
     if tag and pretrained_cfg(name) is None:
@@ -100,7 +102,7 @@ def create(name, img_size=None, **kwargs):
         name = arch
     if size_to_build(name, img_size):
         kwargs['img_size'] = img_size
-    return unpadded(timm.create_model(name, **kwargs))
+    return copy_free(unpadded(timm.create_model(name, **kwargs)))
 
 
 @lru_cache(maxsize=None)
