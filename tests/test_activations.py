@@ -53,4 +53,5 @@ def test_models_are_built_with_them_and_compute_what_timms_in_place_modules_comp
         gb = torch.autograd.grad(b.square().sum(), list(timms.parameters()))
         for u, v in zip(ga, gb):
             torch.testing.assert_close(u, v, rtol=0, atol=0)
-        assert copies(lambda: net(x).sum().backward()) < copies(lambda: timms(x).sum().backward()) - len(ours) + 1
+        saved = copies(lambda: timms(x).sum().backward()) - copies(lambda: net(x).sum().backward())
+        assert saved >= len(ours)  # one copy fewer per activation at least
