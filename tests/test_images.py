@@ -93,15 +93,20 @@ def make_mixed(root, truncated=True):
     return root
 
 
-def test_a_truncated_file_is_named_and_nothing_is_half_written(tmp_path):
+@pytest.mark.parametrize('small', [decode.SMALL, 0])  # decoded here, and by decoding processes
+def test_a_truncated_file_is_named_and_nothing_is_half_written(tmp_path, monkeypatch, small):
     src = make_mixed(tmp_path / 'mixed')
+    monkeypatch.setattr(decode, 'SMALL', small)
     with pytest.raises(data.DataError, match=r'cut\.jpg'):
-        data.load(src, tmp_path / 'cache', log=lambda m: None)
+        data.load(src, tmp_path / 'cache', log=lambda m: None, workers=2)
     assert not list((tmp_path / 'cache').glob('*/meta.json'))
 
 
-def test_a_mixed_folder_is_stored_square_at_its_own_size_in_parallel(tmp_path):
+def test_a_mixed_folder_is_stored_square_at_its_own_size_in_parallel(tmp_path, monkeypatch):
     src = make_mixed(tmp_path / 'mixed', truncated=False)
+    small = data.load(src, tmp_path / 'cache0', workers=2, log=lambda m: None)
+    assert small.decode['workers'] == 1  # 12 images: decoded here, no processes forked
+    monkeypatch.setattr(decode, 'SMALL', 0)  # as if they were many
     said = []
     images = data.load(src, tmp_path / 'cache', log=said.append, workers=2)
     assert images.stored == 256  # the largest shorter side (260 px) capped at 256: no 16 px image blown up
@@ -111,6 +116,7 @@ def test_a_mixed_folder_is_stored_square_at_its_own_size_in_parallel(tmp_path):
     assert images.decode['workers'] == 2 and images.decode['seconds'] >= 0
     one = data.load(src, tmp_path / 'cache1', workers=1, log=lambda m: None)
     assert np.array_equal(np.asarray(one.train_x), np.asarray(images.train_x))  # parallel decoding changes nothing
+    assert np.array_equal(np.asarray(small.train_x), np.asarray(images.train_x))
 
 
 def test_class_folders_without_a_split_hold_out_every_fifth_image(tmp_path):

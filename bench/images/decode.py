@@ -3,7 +3,8 @@
 Every image becomes RGB (greyscale, CMYK and palette converted; RGBA, LA and transparent palettes composited on
 white; 16-bit greyscale scaled to 8 bits; EXIF orientation applied), its shorter side scaled to the dataset's
 stored size (aspect kept) and centre-cropped square. Images are decoded in parallel, one process per core, each
-writing its images straight into the cache file at their index: the whole dataset is never held in memory. The
+writing its images straight into the cache file at their index: the whole dataset is never held in memory (a source
+of at most SMALL images is decoded in this process: forking a process that holds torch costs more than that). The
 cache is written into a temporary folder and renamed when complete, so a crash or a corrupt file leaves nothing
 half-written.
 
@@ -11,6 +12,7 @@ Cache layout: `meta.json`, and `train.u8` / `test.u8`, raw uint8 arrays of shape
 bench/images/data.py memory-maps, plus `train_y.npy` / `test_y.npy`.
 """
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import io
 import json
@@ -34,6 +36,7 @@ IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.ti
 BACKGROUND = (255, 255, 255)   # what transparent pixels become
 TEST_EVERY = 5                 # a folder without train/test: every 5th image of a class (sorted) is a test image
 CHUNK = 32                     # images per task handed to a decoding process
+SMALL = 4 * CHUNK              # a source of this many images or fewer is decoded in this process
 
 
 class DataError(Exception):
@@ -169,7 +172,7 @@ def decode(source, folder, stored, drop=(), name='', workers=None, log=print):
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix='.tmp-'))
     t0 = time.perf_counter()
     try:
-        labels, worker_rss = _decode_into(source, tmp, stored, drop, workers, log)
+        labels, worker_rss, workers = _decode_into(source, tmp, stored, drop, workers, log)
         meta = _finish(source, tmp, stored, labels, name)
         meta['decode'] = dict(seconds=round(time.perf_counter() - t0, 2), workers=workers,
                               peak_rss_mb=round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -184,15 +187,30 @@ def decode(source, folder, stored, drop=(), name='', workers=None, log=print):
 
 
 def _decode_into(source, tmp, stored, drop, workers, log):
+    """(labels, each task's peak RSS, how many processes decoded): a source of SMALL images or fewer is decoded here,
+    once it is known to end; a larger one by `workers` processes."""
     labels = {'train': [], 'test': []}
-    chunk, pending, worker_rss = [], deque(), []
+    chunk, held, pending, worker_rss = [], [], deque(), []
     bar = Progress(log)
-    ctx = multiprocessing.get_context('fork')
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else _InProcess() as pool:
+    with contextlib.ExitStack() as stack:
+        pool = _InProcess()
+
         def submit(items):
-            pending.append((pool.submit(_write_chunk, str(tmp), stored, items), len(items)))
-            while len(pending) > 2 * workers:  # a bounded window: bytes in flight stay a few chunks
-                collect()
+            held.append(items)
+            if workers > 1 and isinstance(pool, _InProcess) and sum(map(len, held)) <= SMALL:
+                return  # small so far: held until the source ends or grows past SMALL
+            hand_out()
+
+        def hand_out():
+            nonlocal pool
+            if workers > 1 and isinstance(pool, _InProcess) and sum(map(len, held)) > SMALL:
+                fork = multiprocessing.get_context('fork')
+                pool = stack.enter_context(cf.ProcessPoolExecutor(workers, mp_context=fork))
+            while held:
+                items = held.pop(0)
+                pending.append((pool.submit(_write_chunk, str(tmp), stored, items), len(items)))
+                while len(pending) > 2 * workers:  # a bounded window: bytes in flight stay a few chunks
+                    collect()
 
         def collect():
             future, n = pending.popleft()
@@ -207,7 +225,8 @@ def _decode_into(source, tmp, stored, drop, workers, log):
                     submit(chunk)
                     chunk = []
             if chunk:
-                submit(chunk)
+                held.append(chunk)
+            hand_out()
             while pending:
                 collect()
         except BaseException:
@@ -215,7 +234,7 @@ def _decode_into(source, tmp, stored, drop, workers, log):
                 future.cancel()
             raise
     bar.done()
-    return labels, worker_rss
+    return labels, worker_rss, 1 if isinstance(pool, _InProcess) else workers
 
 
 class _InProcess:
