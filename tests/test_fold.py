@@ -100,12 +100,16 @@ class InPlace(Residual):
 
 
 @pytest.mark.parametrize('model', [Residual, InPlace])
-def test_a_model_whose_convs_do_not_feed_their_batchnorms_alone_is_evaluated_as_it_is(model):
+def test_a_model_whose_convs_do_not_feed_their_batchnorms_alone_is_evaluated_as_it_is(model, monkeypatch):
     torch.manual_seed(0)
     net = trained(model(), torch.randn(4, 3, 8, 8))
     with torch.no_grad():
         net.bn.running_mean.add_(0.5)  # away from the identity, so a wrong fold shows
+    copies = []
+    monkeypatch.setattr(fold, 'copy', SimpleNamespace(deepcopy=lambda m: copies.append(m) or copy.deepcopy(m)))
     assert fold.folded(net, lambda: torch.randn(2, 3, 8, 8)) is net
+    # a pair that folds wrongly is found out on a copy; where nothing would fold, no copy is made
+    assert len(copies) == (model is Residual)
 
 
 def test_a_bf16_run_is_evaluated_folded_and_checked_in_bf16():

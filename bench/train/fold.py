@@ -14,10 +14,11 @@ What merges and folds is read off the model once (forward hooks on two images): 
 over torch's own Linear or Conv2d (or timm's 'same'-padded one), its adapter reading the input as the base does;
 a BatchNorm whose input is the very tensor a Conv2d returned, not modified in place since (its version counter
 unchanged), using running statistics, of a class whose forward is known (`BatchNorm2d`; `BatchNormAct2d`, its
-drop and act kept). The copy is then checked against the model on those images, in the run's precision; a model
-that does not check out is evaluated as it is. Before each later evaluation the copy is brought up to date from
-the model: tensors copied where they stand, the merged and folded weights computed again (EfficientNet-Lite0:
-8-19 ms; a deep copy would cost 110 ms). The scores are the model's up to float rounding.
+drop and act kept). A model where nothing would merge or fold is evaluated as it is, uncopied. The copy is then
+checked against the model on those images, in the run's precision; a model that does not check out is evaluated
+as it is. Before each later evaluation the copy is brought up to date from the model: tensors copied where they
+stand, the merged and folded weights computed again (EfficientNet-Lite0: 8-19 ms; a deep copy would cost 110 ms).
+The scores are the model's up to float rounding.
 """
 import contextlib
 import copy
@@ -107,14 +108,21 @@ class Twin:
 
     @torch.no_grad()
     def __init__(self, model, x, context=contextlib.nullcontext):
+        self.merged = [n for n, m in model.named_modules() if mergeable(m)]
+        # conv -> its BatchNorm; where LoRA wraps a conv, only once it is merged (on the copy)
+        self.pairs = None if self.merged else dict(find_pairs(model, x, context))
+        self.net = None
+        if not self.merged and not self.pairs:
+            self.computed = set()
+            return  # nothing computes less: no copy (transformers, models without BatchNorm)
         self.net = copy.deepcopy(model).eval().requires_grad_(False)
-        self.merged = [n for n, m in self.net.named_modules() if mergeable(m)]
         for name in self.merged:
             weight, bias = effective(self.net, name)
             base = self.net.get_submodule(name).base_layer
             base.weight = nn.Parameter(weight, requires_grad=False)
             _set(self.net, name, base)
-        self.pairs = dict(find_pairs(self.net, x, context))  # conv -> its BatchNorm
+        if self.pairs is None:
+            self.pairs = dict(find_pairs(self.net, x, context))
         for conv, norm in self.pairs.items():
             m = self.net.get_submodule(conv)
             weight, bias = folded_weights(m.weight, m.bias, self.net.get_submodule(norm))
