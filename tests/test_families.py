@@ -40,13 +40,14 @@ def config(backbone, strategy, size):
 def one_build_per_family():
     """timm builds each family's model once; every strategy's run starts from a copy of it, as from a build of its
     own (initializing VGG11's 7x7 classifier convolutions, which the body never uses, was most of this module's
-    time)."""
+    time; they are pruned before the copies, as `backbones.build` prunes each build)."""
     real, built = backbones._pretrained_model, {}
 
     def copied(spec, weights):
         key = (spec.name, spec.img_size, str(weights))
         if key not in built:
             built[key] = real(spec, weights)
+            backbones.prune(built[key][0], spec.pruned)
         model, description = built[key]
         return copy.deepcopy(model), description
     patch = pytest.MonkeyPatch()
