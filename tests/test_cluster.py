@@ -149,3 +149,25 @@ def test_a_pool_survives_a_killed_worker_and_ctrl_c_keeps_its_finished_runs(data
     assert f'{6 - len(ran)} ran, {len(ran)} already recorded, 0 failed' in capsys.readouterr().out
     done = record.done(results)
     assert len(done) == 6 and all(r['error'] is None for r in done.values())
+
+
+def test_pool_workers_are_forked_from_one_server_and_run_in_the_drivers_environment(images, tmp_path, monkeypatch):
+    """Every worker, a second pool's too, is a fork of the one server that imported torch, fastai and timm (its
+    parent, not the driver); each pool's runs see the driver's environment of that moment, not the server's (a run's
+    kept weights land in the data cache the driver names now)."""
+    from bench.sweep.pool import PoolExecutor
+
+    def parent(pid):
+        return int(Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[1])
+    servers = set()
+    for i in range(2):
+        monkeypatch.setenv('FTBENCH_CACHE', str(tmp_path / f'cache{i}'))
+        job = Job(tiny_config(dataset=images.key, seed=i), keep=True)
+        with PoolExecutor(cpus_per_run=os.cpu_count()) as pool:  # one worker
+            (_, result), = pool.start(images).run([job])
+            servers |= {parent(w.process.pid) for w in pool.workers}
+        assert 'results' in result, result
+        assert record.checkpoint_path(job.key(result['env']['device_name'])).is_file()
+    server, = servers
+    assert server != os.getpid() and 'forkserver' in Path(f'/proc/{server}/cmdline').read_text()
+    assert 'libtorch' in Path(f'/proc/{server}/maps').read_text()  # torch is loaded before it forks

@@ -6,8 +6,10 @@
 On a CPU, small runs use two cores better as two single-threaded runs side by side than as one run with two
 threads: a run's host work (Python, fastai's callbacks, the optimizer's dispatch) is serial, and the small kernels of
 a 96 px model scale poorly past one thread (the README's Speed section has the measurement). Each worker is a
-process of its own (spawned, so torch's thread pools start clean), with `--cpus-per-run` torch threads for every
-run it does, whether or not its neighbours are busy, so that every run of a sweep trains under the same conditions
+process of its own, forked from a server process that imported torch, fastai and timm once (multiprocessing's
+forkserver, bench/sweep/preload.py): it starts in a fraction of a second, a replacement too, with torch's thread
+pools never started and none of the driver's memory; it runs in the driver's environment as it is when the pool
+starts it. It has `--cpus-per-run` torch threads for every run it does, whether or not its neighbours are busy, so that every run of a sweep trains under the same conditions
 and its training clock measures its own run; the record says how many runs shared the machine (`side_by_side`) and
 with how many threads each ran. Workers map the decoded images from the data cache (the page cache holds them
 once), run jobs one after another (bench.train.runner.work) and return plain values; the driver records. A worker that
@@ -25,9 +27,12 @@ from bench.declare import record
 from bench.declare.config import UsageError
 
 
-def serve(conn, threads, images, side_by_side):
-    """A worker's life: the images, then one job after another until the driver closes the pipe."""
+def serve(conn, threads, images, side_by_side, environ):
+    """A worker's life: the driver's environment, the images, then one job after another until the driver closes
+    the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it terminates us
+    os.environ.clear()
+    os.environ.update(environ)  # the server's was the driver's when the server started
     import torch
 
     from bench.images import data
@@ -65,13 +70,15 @@ class PoolExecutor:
         return self
 
     def spawn(self, n):
-        """`n` more workers, started together (each spends seconds importing torch, fastai and timm), then waited
-        for: one that cannot start stops the sweep with what it said."""
-        context = multiprocessing.get_context('spawn')
+        """`n` more workers, forked from the fork server (started by the first, which waits for its imports), then
+        waited for: one that cannot start stops the sweep with what it said."""
+        context = multiprocessing.get_context('forkserver')
+        context.set_forkserver_preload(['bench.sweep.preload'])  # read when the server starts: once per process
         new = []
         for _ in range(n):
             parent, child = context.Pipe()
-            process = context.Process(target=serve, args=(child, self.threads, self.images, self.size), daemon=True)
+            process = context.Process(target=serve, args=(child, self.threads, self.images, self.size,
+                                                          dict(os.environ)), daemon=True)
             process.start()
             child.close()
             new.append(Worker(process, parent))
