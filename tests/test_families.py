@@ -9,7 +9,9 @@ import copy
 from dataclasses import replace
 
 import pytest
+import timm
 import torch
+from timm.models import register_model
 
 import backbones
 from bench.declare.config import Config
@@ -19,14 +21,47 @@ from bench.tools.families import expected_trainable
 from bench.train import run
 from bench.train.resolve import resolve_auto
 
-FAMILIES = {  # family: its tiniest model in timm 1.0.31, and an input size (px) small enough to be quick
-    'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),
+
+def small_cfg(of):
+    """`of`'s pretrained cfg (its input size, whether that is fixed, mean and std), without its weights."""
+    return dict(timm.get_pretrained_cfg(of).to_dict(), url='', hf_hub_id=None, tag='')
+
+
+default_cfgs = {  # read by timm's register_model, below: timm's models of the family built small
+    'ftbench_tiny_swin': small_cfg('swin_tiny_patch4_window7_224'),
+    'ftbench_tiny_deit': small_cfg('deit_tiny_distilled_patch16_224'), 'ftbench_tiny_levit': small_cfg('levit_128s')}
+
+
+@register_model
+def ftbench_tiny_swin(pretrained=False, **kwargs):
+    """Swin-T's classes and layout (window attention, relative position bias, patch merging) at 1.0M parameters,
+    not 28M: timm has no test_ model of the family."""
+    return timm.create_model('swin_tiny_patch4_window7_224', pretrained=pretrained, embed_dim=24, depths=(1, 1, 2, 1),
+                             num_heads=(1, 1, 2, 2), **kwargs)
+
+
+@register_model
+def ftbench_tiny_deit(pretrained=False, **kwargs):
+    """DeiT-Ti distilled (a class and a distillation token, two heads) at 0.1M parameters, not 5.9M."""
+    return timm.create_model('deit_tiny_distilled_patch16_224', pretrained=pretrained, embed_dim=32, depth=2,
+                             num_heads=2, **kwargs)
+
+
+@register_model
+def ftbench_tiny_levit(pretrained=False, **kwargs):
+    """LeViT-128S's classes (conv stem, attention with BatchNorm'd linears, subsampling attention) at 0.26M
+    parameters, not 7.8M."""
+    return timm.create_model('levit_128s', pretrained=pretrained, embed_dim=(32, 48, 64), depth=(1, 1, 1),
+                             num_heads=(2, 2, 2), **kwargs)
+
+
+FAMILIES = {  # family: its tiniest model (in timm 1.0.31, or one of its models built small, above), and an input size
+    'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),  # (px) small enough to be quick
     'efficientnet-tf': ('tf_efficientnet_lite0', 32),  # W5's backbone: TensorFlow 'same' padding (Conv2dSame)
     'mobilenetv2': ('mobilenetv2_035', 32),
     'mobilenetv3': ('mobilenetv3_small_050', 32), 'regnet': ('regnetx_002', 32), 'convnext': ('test_convnext', 32),
-    'vgg': ('vgg11', 32), 'vit': ('test_vit', 32), 'deit': ('deit_tiny_distilled_patch16_224', 32),
-    'swin': ('swin_tiny_patch4_window7_224', 32),
-    'levit': ('levit_128s', 64)}  # at 32 px its last attention has one key: softmax gives q no gradient
+    'vgg': ('vgg11', 32), 'vit': ('test_vit', 32), 'deit': ('ftbench_tiny_deit', 32), 'swin': ('ftbench_tiny_swin', 32),
+    'levit': ('ftbench_tiny_levit', 64)}  # at 32 px its last attention has one key: softmax gives q no gradient
 
 
 def config(backbone, strategy, size):
