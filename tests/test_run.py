@@ -1,5 +1,6 @@
 """A run is built once (bench/train/run.py): one model, one Learner and one prepare step per run, whatever the strategy;
 its test, scored later from the weights it kept, is the test scored at its end."""
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,20 +89,26 @@ def test_a_test_only_job_without_kept_weights_trains_the_run_whole(images, tmp_p
 
 def test_a_run_frees_the_runs_before_it_without_walking_the_libraries_each_time(images, monkeypatch):
     """The first run freezes what the process held before it (the libraries, the images) out of the collector's
-    walk; the runs after it freeze nothing more, so their own models and Learners stay collectable."""
+    walk, and a later one freezes again only where the process imported more since (a library a run imported); the
+    runs in between freeze nothing, so their own models and Learners stay collectable."""
     import gc
+    import types
     import weakref
     cfg = tiny_config(CPU, backbone='cifar_resnet32', head='linear', strategy='full', epochs=1)
-    assert 'results' in runner.work(Job(cfg), images)
+    for seed in (0, 1):  # the second freezes whatever the first imported as it ran
+        assert 'results' in runner.work(Job(replace(cfg, seed=seed)), images)
     frozen = gc.get_freeze_count()
     assert frozen > 0
     built, real = [], run.build
     monkeypatch.setattr(run, 'build', lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     counted, count = [], gc.get_freeze_count
     monkeypatch.setattr(gc, 'get_freeze_count', lambda: counted.append(1) or count())
-    assert 'results' in runner.work(Job(replace(cfg, seed=1)), images)
-    assert not counted  # a walk of the frozen objects (50 ms in a real run's process): it remembers it froze them
+    assert 'results' in runner.work(Job(replace(cfg, seed=2)), images)
+    assert not counted  # a walk of the frozen objects (50 ms in a real run's process): it counts modules instead
     learner = weakref.ref(built.pop().learn)
-    assert gc.get_freeze_count() <= frozen  # (a frozen object freed by its count leaves it)
+    assert gc.get_freeze_count() <= frozen  # nothing imported since: nothing frozen (a frozen object freed leaves it)
     runner.collect_garbage()  # what the next run does first
     assert learner() is None
+    monkeypatch.setitem(sys.modules, 'ftbench_imported_since', types.ModuleType('ftbench_imported_since'))
+    runner.collect_garbage()
+    assert gc.get_freeze_count() > frozen  # imported since: what the process holds now is frozen too
