@@ -112,3 +112,18 @@ def test_a_run_frees_the_runs_before_it_without_walking_the_libraries_each_time(
     monkeypatch.setitem(sys.modules, 'ftbench_imported_since', types.ModuleType('ftbench_imported_since'))
     runner.collect_garbage()
     assert gc.get_freeze_count() > frozen  # imported since: what the process holds now is frozen too
+
+
+def test_a_runs_peak_memory_counts_what_it_allocates_and_leaves_out_the_files_it_maps(tmp_path):
+    """Library code and memory-mapped files are shared pages the OS can drop: a process that touched more of them (one
+    that imported the libraries itself, rather than a worker forked after the imports) must not report more."""
+    import numpy as np
+    mb = 2 ** 20
+    (tmp_path / 'file').write_bytes(b'\1' * (256 * mb))
+    runner.reset_peak_memory('cpu')
+    before = runner.peak_memory_mb('cpu')
+    mapped = np.memmap(tmp_path / 'file', mode='r')
+    assert int(mapped[::4096].sum()) == 256 * mb // 4096  # every page of it read: resident, file-backed
+    assert runner.peak_memory_mb('cpu') - before < 64
+    held = np.ones(256 * mb // 8)  # allocated and written: the process's own
+    assert runner.peak_memory_mb('cpu') - before > 200 and held[-1] == 1
