@@ -79,7 +79,7 @@ def test_ray_smoke_a_killed_worker_is_an_error_row_and_a_rerun_finishes(dataset_
     the local executor resumes: the same identities, so it runs only the lost job."""
     results = tmp_path / 'r.jsonl'
     argv = [sys.executable, '-u', str(REPO / 'bench' / 'finetune.py'), '--data', str(dataset_dir), '--results',
-            str(results), *TINY, '--strategy', 'full,feature_extract', '--seeds', '2', '--epochs', '15']
+            str(results), *TINY, '--strategy', 'full,feature_extract', '--seeds', '2', '--epochs', '6']
     env = dict(os.environ, FTBENCH_RAY_START_TIMEOUT='200')
     proc = subprocess.Popen([*argv, '--cluster', 'ray', '--cpus-per-run', '1'], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
