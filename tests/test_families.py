@@ -29,7 +29,8 @@ def small_cfg(of):
 
 default_cfgs = {  # read by timm's register_model, below: timm's models of the family built small
     'ftbench_tiny_swin': small_cfg('swin_tiny_patch4_window7_224'),
-    'ftbench_tiny_deit': small_cfg('deit_tiny_distilled_patch16_224'), 'ftbench_tiny_levit': small_cfg('levit_128s')}
+    'ftbench_tiny_deit': small_cfg('deit_tiny_distilled_patch16_224'), 'ftbench_tiny_levit': small_cfg('levit_128s'),
+    'ftbench_tiny_lite': small_cfg('tf_efficientnet_lite0')}
 
 
 @register_model
@@ -55,9 +56,18 @@ def ftbench_tiny_levit(pretrained=False, **kwargs):
                              num_heads=(2, 2, 2), **kwargs)
 
 
+@register_model
+def ftbench_tiny_lite(pretrained=False, **kwargs):
+    """EfficientNet-Lite0 (W5's and W7's backbone: TensorFlow 'same' padding, ReLU6, no squeeze-excite) at a quarter
+    of its width and a third of its depth: 1.5M parameters, not 4.7M, and 8 blocks, not 16."""
+    from timm.models.efficientnet import _gen_efficientnet_lite  # tf_efficientnet_lite0's own builder, narrower
+    return _gen_efficientnet_lite('tf_efficientnet_lite0', channel_multiplier=0.25, depth_multiplier=0.3,
+                                  pretrained=pretrained, bn_eps=1e-3, pad_type='same', **kwargs)
+
+
 FAMILIES = {  # family: its tiniest model (in timm 1.0.31, or one of its models built small, above), and an input size
     'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),  # (px) small enough to be quick
-    'efficientnet-tf': ('tf_efficientnet_lite0', 32),  # W5's backbone: TensorFlow 'same' padding (Conv2dSame)
+    'efficientnet-tf': ('ftbench_tiny_lite', 32),  # W5's backbone: TensorFlow 'same' padding (Conv2dSame)
     'mobilenetv2': ('mobilenetv2_035', 32),
     'mobilenetv3': ('mobilenetv3_small_050', 32), 'regnet': ('regnetx_002', 32), 'convnext': ('test_convnext', 32),
     'vgg': ('vgg11', 32), 'vit': ('test_vit', 32), 'deit': ('ftbench_tiny_deit', 32), 'swin': ('ftbench_tiny_swin', 32),
