@@ -30,7 +30,8 @@ def small_cfg(of):
 default_cfgs = {  # read by timm's register_model, below: timm's models of the family built small
     'ftbench_tiny_swin': small_cfg('swin_tiny_patch4_window7_224'),
     'ftbench_tiny_deit': small_cfg('deit_tiny_distilled_patch16_224'), 'ftbench_tiny_levit': small_cfg('levit_128s'),
-    'ftbench_tiny_lite': small_cfg('tf_efficientnet_lite0')}
+    'ftbench_tiny_lite': small_cfg('tf_efficientnet_lite0'), 'ftbench_tiny_mobilenetv2': small_cfg('mobilenetv2_035'),
+    'ftbench_tiny_mobilenetv3': small_cfg('mobilenetv3_small_050')}
 
 
 @register_model
@@ -65,11 +66,23 @@ def ftbench_tiny_lite(pretrained=False, **kwargs):
                                   pretrained=pretrained, bn_eps=1e-3, pad_type='same', **kwargs)
 
 
+@register_model
+def ftbench_tiny_mobilenetv2(pretrained=False, **kwargs):
+    """MobileNetV2-0.35 at a third of its depth: 8 inverted-residual blocks, not 17."""
+    return timm.create_model('mobilenetv2_035', pretrained=pretrained, depth_multiplier=0.3, **kwargs)
+
+
+@register_model
+def ftbench_tiny_mobilenetv3(pretrained=False, **kwargs):
+    """MobileNetV3-Small-0.5 (squeeze-excite, hard-swish) at a third of its depth: 8 blocks, not 12."""
+    return timm.create_model('mobilenetv3_small_050', pretrained=pretrained, depth_multiplier=0.3, **kwargs)
+
+
 FAMILIES = {  # family: its tiniest model (in timm 1.0.31, or one of its models built small, above), and an input size
     'resnet': ('test_resnet', 32), 'efficientnet': ('test_efficientnet', 32),  # (px) small enough to be quick
     'efficientnet-tf': ('ftbench_tiny_lite', 32),  # W5's backbone: TensorFlow 'same' padding (Conv2dSame)
-    'mobilenetv2': ('mobilenetv2_035', 32),
-    'mobilenetv3': ('mobilenetv3_small_050', 32), 'regnet': ('regnetx_002', 32), 'convnext': ('test_convnext', 32),
+    'mobilenetv2': ('ftbench_tiny_mobilenetv2', 32),
+    'mobilenetv3': ('ftbench_tiny_mobilenetv3', 32), 'regnet': ('regnetx_002', 32), 'convnext': ('test_convnext', 32),
     'vgg': ('vgg11', 32), 'vit': ('test_vit', 32), 'deit': ('ftbench_tiny_deit', 32), 'swin': ('ftbench_tiny_swin', 32),
     'levit': ('ftbench_tiny_levit', 64)}  # at 32 px its last attention has one key: softmax gives q no gradient
 
