@@ -9,11 +9,12 @@ a 96 px model scale poorly past one thread (the README's Speed section has the m
 process of its own, forked from a server process that imported torch, fastai and timm once (multiprocessing's
 forkserver, bench/sweep/preload.py): it starts in a fraction of a second, a replacement too, with torch's thread
 pools never started and none of the driver's memory; it runs in the driver's environment as it is when the pool
-starts it. It has `--cpus-per-run` torch threads for every run it does, whether or not its neighbours are busy, so that every run of a sweep trains under the same conditions
-and its training clock measures its own run; the record says how many runs shared the machine (`side_by_side`) and
-with how many threads each ran. Workers map the decoded images from the data cache (the page cache holds them
-once), run jobs one after another (bench.train.runner.work) and return plain values; the driver records. A worker that
-dies mid-run (killed, out of memory) is an error row naming it, a new one takes its place and the sweep goes on.
+starts it. It has `--cpus-per-run` torch threads for every run it does, whether or not its neighbours are busy, so
+that every run of a sweep trains under the same conditions and its training clock measures its own run; the record
+says how many runs shared the machine (`side_by_side`) and with how many threads each ran. Workers map the decoded
+images from the data cache (the page cache holds them once), run jobs one after another (bench.train.runner.work)
+and return plain values; the driver records. A worker that dies mid-run (killed, out of memory) is an error row
+naming it, a new one takes its place and the sweep goes on.
 Workers ignore Ctrl-C: the driver stops them, keeps every finished record and exits, as it does alone.
 """
 import multiprocessing
