@@ -1,10 +1,11 @@
 """`make bench-regress`'s verdict: calibrated benchmark runs compared in one line, a slowed benchmark caught."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench.tools import regress
 
@@ -19,25 +20,16 @@ def test_work(calibrated):
 '''
 
 
-def benchmark_run(folder, monkeypatch, capsys, slow=''):
-    """One real pytest-benchmark run of a tiny suite, saved under folder/.benchmarks as make bench-regress does; in
-    this process, where torch is imported already (a process of its own would spend most of its 3 s importing it).
+def benchmark_run(folder, slow=''):
+    """One real pytest-benchmark run of a tiny suite, saved under folder/.benchmarks as make bench-regress does.
     One thread, so that the calibration and the benchmark share the CPU alike with whatever else runs beside the
     test (torch's spinning thread pool would not)."""
-    threads = torch.get_num_threads()
-    with monkeypatch.context() as m:
-        m.chdir(folder)
-        m.setenv('SLOW', slow)
-        torch.set_num_threads(1)
-        try:
-            code = pytest.main(['-q', '-p', 'no:cacheprovider', 'test_work.py', '--benchmark-only',
-                                '--benchmark-autosave', '--benchmark-storage', str(folder / '.benchmarks')])
-        finally:
-            torch.set_num_threads(threads)
-            for name in ('conftest', 'test_work'):  # the tiny suite's, imported afresh by each run
-                sys.modules.pop(name, None)
-    said = capsys.readouterr()
-    assert code == 0, said.out + said.err
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}  # not an xdist worker's settings
+    env.update(SLOW=slow, OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'test_work.py',
+                           '--benchmark-only', '--benchmark-autosave', '--benchmark-storage', str(folder / '.benchmarks')],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def verdict(folder, capsys):
@@ -50,17 +42,17 @@ def test_a_slowed_benchmark_is_caught_in_both_passes_and_a_passing_slowdown_is_c
     (tmp_path / 'test_work.py').write_text(WORK)
     (tmp_path / 'conftest.py').write_text((REPO / 'tests' / 'benchmarks' / 'conftest.py').read_text())
     monkeypatch.delenv('PYTEST_XDIST_WORKER', raising=False)
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the confirmation passes' processes
-    benchmark_run(tmp_path, monkeypatch, capsys)
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    benchmark_run(tmp_path)
     assert verdict(tmp_path, capsys) == (0, f'speed: first saved run ({regress.saved_runs(tmp_path / ".benchmarks")[0].name}); '
                                             f'the next `make bench-regress` compares against it')
-    benchmark_run(tmp_path, monkeypatch, capsys)
+    benchmark_run(tmp_path)
     code, line = verdict(tmp_path, capsys)
     assert code == 0 and line.startswith('speed: no regression: 1 benchmarks within their thresholds')
-    benchmark_run(tmp_path, monkeypatch, capsys, slow='3')
+    benchmark_run(tmp_path, slow='3')
     code, line = verdict(tmp_path, capsys)  # the confirmation pass runs the benchmark as it now is: fast again
     assert code == 0 and line.endswith('1 looked slower and, timed again, were not'), line
-    benchmark_run(tmp_path, monkeypatch, capsys, slow='3')
+    benchmark_run(tmp_path, slow='3')
     monkeypatch.setenv('SLOW', '3')  # the code itself is slower: the confirmation pass is slow too
     code, line = verdict(tmp_path, capsys)
     assert code == 1 and len(line.splitlines()) == 1
