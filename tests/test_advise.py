@@ -77,7 +77,8 @@ def test_the_race_recommends_from_its_records_and_a_rerun_resumes(dataset_dir, t
 
 @pytest.mark.parametrize('argv,message', [
     (['--budget', 'soon'], "--budget 'soon' is not a duration"),
-    (['--memory-limit-mb', '1', '--strategy', 'bitfit,full'], 'cannot train here with any strategy'),
+    (['--memory-limit-mb', '1', '--strategy', 'bitfit,full', '--size', '48', '--resize', '48'],
+     'cannot train here with any strategy'),
     (['--backbone', 'resnet_nope'], 'resnet_nope'),
     (['--strategy', 'zero_shot'], 'no strategy to race'),
 ])

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
+import backbones
 from bench import finetune
 from bench.declare import record
+from bench.train.learner import prepare_for
+from bench.train.resolve import resolve
 from tests.helpers import TINY, as_at_a_terminal, run_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +103,7 @@ def write_weights(path, name):
     (['--lora-dropout', '1', '--strategy', 'lora'], '--lora-dropout must be in [0, 1)'),
     (['--layer-decay', '1.5', '--strategy', 'llrd'], '--layer-decay must be in (0, 1]'),
     (['--memory-limit-mb', '-1'], '--memory-limit-mb must not be negative'),
+    (['--size', '32', '--resize', '16'], '--size 32 is larger than --resize 16: the center crop is cut from the'),
     (['--head', 'fancy'], "unknown head 'fancy'; choose one of auto, fastai, linear, mlp"),
     (['--backbone', 'vit_tiny_patch16_224', '--head', 'fastai', '--size', '32'],
      'vit_tiny_patch16_224: the fastai head needs a (B, C, H, W) feature map'),
@@ -113,6 +118,17 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(args, message, d
     assert code == 2
     assert len(errors) == 1 and message in errors[0] and 'Traceback' not in err
     assert not results.exists()
+
+
+def test_a_size_above_the_presets_resize_enlarges_it():
+    """The crop is cut from the resized image: --size 160 over W7's cpu profile (resize 96) would otherwise train on
+    a 32 px corner of each image."""
+    assert (resolve('w7', 'cpu').size, resolve('w7', 'cpu').resize) == (96, 96)
+    assert (resolve('w7', 'cpu', size=160).size, resolve('w7', 'cpu', size=160).resize) == (160, 160)
+    assert resolve('w1', 'full', size=240).resize == 256  # a crop the preset's resize holds keeps it
+    cfg = resolve('w7', 'cpu', size=160)
+    assert prepare_for(cfg, backbones.describe(cfg.backbone), False)(torch.zeros(2, 96, 128, 3, dtype=torch.uint8)
+                                                                     ).shape == (2, 3, 160, 160)
 
 
 def test_bad_data_exits_2(tmp_path, dataset_tgz, capsys):

@@ -69,7 +69,8 @@ class Config:
                                     'stages keep their BatchNorm weights and statistics')
     size: int = setting(0, 'px, square crop fed to the model; 0 = the backbone\'s pretrained input size, at most '
                            'the size the dataset is stored at (CIFAR-10: 32, Caltech-101: 224, a folder: 256)')
-    resize: int = setting(0, 'px, shorter side before the center crop; 0 = as stored (or --size, if larger)')
+    resize: int = setting(0, 'px, shorter side before the center crop, at least --size (a --size above a preset\'s '
+                             'resize raises it); 0 = as stored (or --size, if larger)')
     normalize: str = setting('backbone', 'backbone (its pretrained mean/std) | unit (pixels / 255 only)',
                              choices=('backbone', 'unit'))
     augment: bool = setting(False, 'random crop with 4 px padding + horizontal flip, per batch on the device')
@@ -162,6 +163,9 @@ def validate_numbers(cfg):
         raise UsageError(f'a run\'s share of its steps must be in (0, 1], got {cfg.stop_at}')
     if not 0 < cfg.valid_frac < 1:
         raise UsageError(f'the validation share must be in (0, 1), got {cfg.valid_frac}')
+    if 0 < cfg.resize < cfg.size:
+        raise UsageError(f'--size {cfg.size} is larger than --resize {cfg.resize}: the center crop is cut from the '
+                         f'resized image, so give --resize {cfg.size} or more (or leave --resize out)')
 
 
 def _flag(name):

@@ -27,6 +27,8 @@ def resolve(preset=None, profile='auto', target=None, **flags):
     profile = resolve_profile(profile, device)
     if profile == 'cpu':
         values.update(exp.cpu)
+    if given.get('size', 0) > values.get('resize', 0) > 0 and 'resize' not in given:
+        values['resize'] = given['size']  # the crop is cut from the resized image: a larger --size enlarges it too
     values.update(given)
     return resolve_auto(Config(**values, profile=profile), target)
 
