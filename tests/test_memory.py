@@ -28,6 +28,18 @@ def test_the_estimate_grows_with_the_batch_and_what_trains():
     assert all(p.requires_grad for p in net.parameters())  # the probe put every flag back
 
 
+def test_the_estimate_counts_what_grows_with_the_batch_not_autocasts_weight_copies():
+    """Under bf16 autocast a pass saves each weight's bf16 copy once, whatever its batch: read off one pass of two
+    images, they were counted per image (6x ResNet18's activations at 96 px), and runs were split into passes they
+    did not need."""
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', bs=16)
+    net, x = net_and_batch(cfg)
+    fp32 = memory.saved_bytes_per_image(net, x, learner.autocast(cfg))
+    bf16 = memory.saved_bytes_per_image(net, x, torch.autocast('cpu', dtype=torch.bfloat16))
+    assert 0.4 * fp32 < bf16 < 0.6 * fp32  # activations half as wide
+    assert abs(memory.saved_bytes_per_image(net, torch.cat([x, x]), learner.autocast(cfg)) - fp32) < 0.05 * fp32
+
+
 def test_the_estimate_leaves_nothing_of_its_forward_pass_alive():
     """Each run measures once: what the probe's forward pass saved must go when it ends. A pack hook that keeps
     the tensor it is given ties an output to its own grad_fn in a cycle the garbage collector cannot see, and every
