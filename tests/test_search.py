@@ -6,7 +6,8 @@ import pytest
 from bench import search
 from bench.declare import record
 from bench.images import loader
-from bench.sweep.search import GRID, RANDOM, describe_space, draws, parse_space
+from bench.sweep.search import GRID, RANDOM, describe_space, draws, parse_space, trial_config
+from bench.train.resolve import resolve
 from tests.helpers import rendered, run_script
 
 TINY = ['--epochs', '1', '--profile', 'full', '--no-bar', '--no-render', '--cluster', 'local']  # the preset's small CNN, one epoch, here
@@ -37,6 +38,14 @@ def test_space_overrides():
     trials = draws(space, False, 30, seed=3)
     assert all(1e-4 <= t['lr'] <= 1e-2 and t['bs'] in (32, 64) and 0.1 <= t['dropout'] <= 0.5 for t in trials)
     assert describe_space(space).startswith('bs=32,64 dropout=uniform:0.1:0.5 h=128,256,384,512')
+
+
+def test_a_searched_size_above_the_resize_raises_it():
+    """W4's cpu profile stores images at 16 px: a trial at 32 px is resized to 32, not cropped past a 16 px edge."""
+    base = resolve('w4', 'cpu')
+    assert (base.size, base.resize) == (16, 16)
+    assert (trial_config(base, {'size': 32}).size, trial_config(base, {'size': 32}).resize) == (32, 32)
+    assert trial_config(base, {'size': 8}).resize == 16
 
 
 @pytest.mark.parametrize('args,message', [

@@ -137,6 +137,12 @@ def image_size(cfg, stored=None):
     return cfg.size or cfg.resize or stored
 
 
+def resize_for(size, resize):
+    """The resize a --size gets where only the size was given (a flag, a searched value): `resize` (a preset's),
+    raised to `size` where smaller, since the center crop is cut from the resized image."""
+    return size if 0 < resize < size else resize
+
+
 def validate_numbers(cfg):
     """The numeric sanity every run needs; strategy- and model-specific checks live with those."""
     for f in fields(cfg):

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
-from bench.declare.config import FIELDS, UsageError
+from bench.declare.config import FIELDS, UsageError, resize_for
 from bench.sweep.executor import Job
 
 GRID = {'lr': [1e-3, 5e-4], 'bs': [64, 128], 'h': [128, 256, 512]}
@@ -92,10 +92,13 @@ def _plain(field, v):
 
 def trial_config(base, params):
     """`base` with a trial's parameters. W4's networks train from scratch, so a searched `lr` is the whole network's
-    (body and head, as the seed searched it), unless the space searches `head_lr` too."""
+    (body and head, as the seed searched it), unless the space searches `head_lr` too; a searched `size` above the
+    base's resize raises it (config.resize_for)."""
     values = {ALIASES.get(k, k): v for k, v in params.items()}
     if 'lr' in values and 'head_lr' not in values:
         values['head_lr'] = values['lr']
+    if 'size' in values and 'resize' not in values:
+        values['resize'] = resize_for(values['size'], base.resize)
     return replace(base, **values)
 
 

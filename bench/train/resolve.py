@@ -3,7 +3,7 @@ hardware the run lands on. The resolved config is printed at start and stored wh
 from dataclasses import replace
 
 from bench.declare import record
-from bench.declare.config import FIELDS, Config, UsageError
+from bench.declare.config import FIELDS, Config, UsageError, resize_for
 from bench.declare.experiments import CUSTOM, EXPERIMENTS
 from bench.declare.strategies import can_cache_features
 
@@ -27,8 +27,8 @@ def resolve(preset=None, profile='auto', target=None, **flags):
     profile = resolve_profile(profile, device)
     if profile == 'cpu':
         values.update(exp.cpu)
-    if given.get('size', 0) > values.get('resize', 0) > 0 and 'resize' not in given:
-        values['resize'] = given['size']  # the crop is cut from the resized image: a larger --size enlarges it too
+    if 'size' in given and 'resize' not in given:
+        values['resize'] = resize_for(given['size'], values.get('resize', 0))
     values.update(given)
     return resolve_auto(Config(**values, profile=profile), target)
 
