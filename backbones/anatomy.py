@@ -29,6 +29,7 @@ from timm.layers import Conv2dSame
 from timm.models import split_model_name_tag
 from timm.models._manipulate import group_with_matcher
 
+from backbones import conv_grad
 from backbones.activations import copy_free
 from backbones.same_pad import SamePadConv2d, unpadded
 from backbones.weights import local_file
@@ -91,8 +92,9 @@ def size_to_build(name, img_size):
 
 def create(name, img_size=None, **kwargs):
     """timm.create_model(name), at `img_size` if the model has a fixed input size, its 'same' padding computed
-    without a padded copy (backbones/same_pad.py) and its in-place activations without autograd's copy of their
-    input (backbones/activations.py); a pretrained tag timm does not know is accepted when the weights
+    without a padded copy (backbones/same_pad.py), its in-place activations without autograd's copy of their
+    input (backbones/activations.py) and two conv gradients oneDNN is slow at computed without it
+    (backbones/conv_grad.py); a pretrained tag timm does not know is accepted when the weights
     folder holds `<arch>.<tag>.safetensors` (the offline copies do)."""
     arch, tag = split_model_name_tag(name)
     if tag and pretrained_cfg(name) is None:
@@ -102,7 +104,7 @@ def create(name, img_size=None, **kwargs):
         name = arch
     if size_to_build(name, img_size):
         kwargs['img_size'] = img_size
-    return copy_free(unpadded(timm.create_model(name, **kwargs)))
+    return conv_grad.rerouting(copy_free(unpadded(timm.create_model(name, **kwargs))))
 
 
 @lru_cache(maxsize=None)
@@ -261,14 +263,15 @@ def _norm_params(model, used):
 
 def _lora_targets(model, used):
     """Every Linear and ungrouped Conv2d whose weight the body uses and whose forward is torch's own, or torch's
-    behind 'same' padding (timm's Conv2dSame). Left out: grouped (and depthwise) convs, since peft refuses a rank
+    behind 'same' padding (timm's Conv2dSame) or with gradients computed by backbones/conv_grad.py. Left out: grouped (and depthwise) convs, since peft refuses a rank
     that does not divide the groups and their adapter would outweigh them; and layers that transform their weight
     (weight-standardized convs), since peft builds the adapters from the layer's class, so the update would be
     standardized too and no longer B·A."""
     targets, skipped = [], []
     for n, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and f'{n}.weight' in used:
-            plain = type(m).forward in (nn.Linear.forward, nn.Conv2d.forward) or type(m) in (Conv2dSame, SamePadConv2d)
+            plain = (type(m).forward in (nn.Linear.forward, nn.Conv2d.forward)
+                     or type(m) in (Conv2dSame, SamePadConv2d, conv_grad.Conv2d))
             (targets if plain and not (isinstance(m, nn.Conv2d) and m.groups > 1) else skipped).append(n)
     return tuple(targets), tuple(skipped)
 

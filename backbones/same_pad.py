@@ -8,10 +8,12 @@ copies the input into a padded tensor first. On a CPU that copy costs several ti
 pads (a, a + 1), output j reads input rows s*j - a .. s*j - a + k - 1; with pads (a + 1, a + 1) and a zero tap in
 front, the window s*j - a - 1 .. s*j - a + k - 1 reads the same rows plus one weighted by zero. The padded weight
 is made at each call from the layer's own (a few hundred bytes), so the parameter, its gradient and the
-state_dict are timm's.
+state_dict are timm's. Its gradients go through backbones/conv_grad.py where that is faster.
 """
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
+
+from backbones.conv_grad import conv2d
 
 
 def same_pad(size, kernel, stride, dilation):
@@ -27,7 +29,7 @@ class SamePadConv2d(Conv2dSame):
         (kh, kw), (sh, sw) = self.weight.shape[-2:], self.stride
         ph, pw = same_pad(x.shape[-2], kh, sh, 1), same_pad(x.shape[-1], kw, sw, 1)
         weight = F.pad(self.weight, (pw % 2, 0, ph % 2, 0)) if ph % 2 or pw % 2 else self.weight
-        return F.conv2d(x, weight, self.bias, self.stride, (ph - ph // 2, pw - pw // 2), 1, self.groups)
+        return conv2d(x, weight, self.bias, self.stride, (ph - ph // 2, pw - pw // 2), self.groups)
 
 
 def unpadded(model):

@@ -56,7 +56,8 @@ def trained(net, x, steps=2):
 
 
 @pytest.mark.parametrize('backbone,lora', [('tf_efficientnet_lite0', False), ('tf_efficientnet_lite0', True),
-                                           ('cifar_resnet32', False), ('cifar_resnet32', True)])
+                                           ('cifar_resnet32', False), ('cifar_resnet32', True),
+                                           ('convnext_atto', True)])  # LoRA over convs of backbones/conv_grad.py
 def test_the_evaluation_copy_computes_the_model_and_follows_its_training(backbone, lora):
     torch.manual_seed(0)
     net, _ = backbones.build(backbone, 5, 'linear', weights='none', img_size=32)

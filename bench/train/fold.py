@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 from timm.layers import BatchNormAct2d, Conv2dSame
 
+from backbones import conv_grad
 from backbones.same_pad import SamePadConv2d
 from bench.train.learner import autocast, eval_mode
 
@@ -80,8 +81,9 @@ def mergeable(m):
         return False
     if type(base) is nn.Linear:
         return not getattr(m, 'fan_in_fan_out', False)
-    return type(base) in (nn.Conv2d, Conv2dSame, SamePadConv2d) and all(
-        type(a) is type(base) and (a.kernel_size, a.stride, a.padding, a.dilation) == (
+    reads = {conv_grad.Conv2d: nn.Conv2d}.get(type(base), type(base))  # ours computes gradients only otherwise
+    return reads in (nn.Conv2d, Conv2dSame, SamePadConv2d) and all(
+        type(a) in (type(base), reads) and (a.kernel_size, a.stride, a.padding, a.dilation) == (
             base.kernel_size, base.stride, base.padding, base.dilation) for a in m.lora_A.values())
 
 
