@@ -11,21 +11,36 @@
 The input's gradient and the forward pass stay torch's. Everywhere else (CUDA, autocast, the other cases) a conv is
 torch's own call. The values are torch's up to float rounding (the sums run in another order).
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_on = True  # off within `torchs_own`
 
 
 def rerouted(x, weight, bias, groups):
     """Whether a conv of `weight` (and `bias`) over `x` computes its gradients here: on a CPU, outside autocast, with
     a gradient wanted, and either a depthwise weight that trains with a kernel larger than the map in either
     dimension, or a bias that trains under a frozen weight."""
-    if x.device.type != 'cpu' or not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu'):
+    if not _on or x.device.type != 'cpu' or not torch.is_grad_enabled() or torch.is_autocast_enabled('cpu'):
         return False
     if not weight.requires_grad:
         return bias is not None and bias.requires_grad
     return (groups > 1 and groups == x.shape[1] == weight.shape[0]
             and (x.shape[-2] < weight.shape[-2] or x.shape[-1] < weight.shape[-1]))
+
+
+@contextlib.contextmanager
+def torchs_own():
+    """Within it, every conv's gradients are torch's (bench/tools/conv_grad.py compares the two)."""
+    global _on
+    was, _on = _on, False
+    try:
+        yield
+    finally:
+        _on = was
 
 
 def weight_grad(x, grad, kernel, stride, padding):

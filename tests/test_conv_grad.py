@@ -51,6 +51,9 @@ def test_torchs_own_call_under_autocast_without_grad_and_for_frozen_convs():
         assert type(conv(x).grad_fn).__name__ != '_ReroutedBackward'
     with torch.no_grad():
         assert conv(x).grad_fn is None
+    with conv_grad.torchs_own():
+        assert type(conv(x).grad_fn).__name__ != '_ReroutedBackward'
+    assert type(conv(x).grad_fn).__name__ == '_ReroutedBackward'  # back on after it
     conv.requires_grad_(False)
     assert conv(x.requires_grad_()).grad_fn is not None and type(conv(x).grad_fn).__name__ != '_ReroutedBackward'
 

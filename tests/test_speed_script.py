@@ -72,3 +72,27 @@ def test_precision_refuses_an_unknown_backbone(capsys):
         cli.main(lambda: precision.main(['--backbone', 'resnet_nonesuch']))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith('error: ') and 'resnet_nonesuch' in err and err.count('\n') == 1
+
+
+def test_conv_grad_times_both_routes_and_says_when_rerouting_is_slower(capsys):
+    """bench/tools/conv_grad.py on a real (small) model with both cases: ConvNeXt's biased convs under BitFit, its 7x7
+    depthwise kernels on maps smaller than them at 32 px. Exit 0 within the tolerance (here any), 1 past it."""
+    from bench.tools import conv_grad
+    argv = ['--backbone', 'convnext_atto', '--size', '32', '--bs', '2', '--steps', '1', '--repeats', '1']
+    assert conv_grad.main([*argv, '--strategy', 'bitfit', '--tolerance', '100']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('cpu: ') and 'one thread, batch 2' in lines[0]
+    assert lines[1].startswith('convnext_atto at 32 px, bitfit: torch ') and ' ms, ' in lines[1]
+    assert float(lines[1].rsplit(', ', 1)[1].rstrip('x')) > 0
+    code = conv_grad.main([*argv, '--tolerance', '0'])  # a timing at no tolerance: either verdict, said as exited
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith('the rerouted gradients ran slower here for convnext_atto (32 px, full)' if code == 1 else
+                           'the rerouted gradients ran as fast or faster')
+
+
+def test_conv_grad_refuses_an_unknown_backbone(capsys):
+    from bench.tools import conv_grad
+    with pytest.raises(SystemExit) as e:
+        cli.main(lambda: conv_grad.main(['--backbone', 'resnet_nonesuch']))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith('error: ') and 'resnet_nonesuch' in err and err.count('\n') == 1
