@@ -4,7 +4,7 @@ runs happen. Flags not given are None: the experiment's value stands.
 """
 import argparse
 
-from bench.declare.config import COUNTS, FIELDS, PROFILES, RESULTS, Config
+from bench.declare.config import COUNTS, FIELDS, PROFILES, RESULTS, Config, UsageError
 
 
 def _count_or_fraction(text):
@@ -86,3 +86,21 @@ def flag_overrides(args):
 
 def split_list(text):
     return [x.strip() for x in text.split(',') if x.strip()] if text else []
+
+
+def add_side_by_side_flags(p, size, bs, steps, repeats, tolerance, rounds, slower):
+    """The flags of a tool that times two ways of one step side by side (bench/tools/precision.py, conv_grad.py):
+    image size and batch, steps per round, alternating `rounds` (what alternates), and how much `slower` (what
+    counts as slower) may measure before the tool exits 1."""
+    p.add_argument('--size', type=int, default=size, help='px, with --backbone (default: %(default)s)')
+    p.add_argument('--bs', type=int, default=bs, help='images per step (default: %(default)s)')
+    p.add_argument('--steps', type=int, default=steps, help='training steps per round (default: %(default)s)')
+    p.add_argument('--repeats', type=int, default=repeats,
+                   help=f'alternating rounds of {rounds} (default: %(default)s)')
+    p.add_argument('--tolerance', type=float, default=tolerance,
+                   help=f'how much slower {slower} may measure before it counts (default: %(default)s)')
+
+
+def check_side_by_side_flags(args):
+    if min(args.size, args.bs, args.steps, args.repeats) < 1 or args.tolerance < 0:
+        raise UsageError('--size, --bs, --steps and --repeats must be at least 1, --tolerance at least 0')

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import backbones
 from backbones import conv_grad
 from bench.command import cli
-from bench.command.flags import split_list
+from bench.command.flags import add_side_by_side_flags, check_side_by_side_flags, split_list
 from bench.declare import record
 from bench.declare.config import UsageError
 
@@ -36,14 +36,10 @@ STRATEGIES = ('full', 'bitfit')
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--backbone', help='comma list of timm names (default: the six cases of docs/speed.md)')
-    p.add_argument('--size', type=int, default=96, help='px, with --backbone (default: %(default)s)')
     p.add_argument('--strategy', default='full', choices=STRATEGIES,
                    help='what trains, with --backbone (default: %(default)s)')
-    p.add_argument('--bs', type=int, default=32, help='images per step (default: %(default)s)')
-    p.add_argument('--steps', type=int, default=3, help='training steps per round (default: %(default)s)')
-    p.add_argument('--repeats', type=int, default=4, help='alternating rounds of each route (default: %(default)s)')
-    p.add_argument('--tolerance', type=float, default=0.05,
-                   help='how much slower the rerouted step may measure before it counts (default: %(default)s)')
+    add_side_by_side_flags(p, size=96, bs=32, steps=3, repeats=4, tolerance=0.05, rounds='each route',
+                           slower='the rerouted step')
     return p
 
 
@@ -82,8 +78,7 @@ def measure(name, size, strategy, bs, steps, repeats):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if min(args.size, args.bs, args.steps, args.repeats) < 1 or args.tolerance < 0:
-        raise UsageError('--size, --bs, --steps and --repeats must be at least 1, --tolerance at least 0')
+    check_side_by_side_flags(args)
     cases = [(n, args.size, args.strategy) for n in split_list(args.backbone)] if args.backbone else list(MEASURED)
     try:
         for name, size, _ in cases:

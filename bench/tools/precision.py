@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import backbones
 from backbones.anatomy import create
 from bench.command import cli
-from bench.command.flags import split_list
+from bench.command.flags import add_side_by_side_flags, check_side_by_side_flags, split_list
 from bench.declare import record
 from bench.declare.config import UsageError
 from bench.train import learner
@@ -35,12 +35,8 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--backbone', help='comma list of timm names (default: the five of the README\'s measurement, '
                                       'each at its own size and batch)')
-    p.add_argument('--size', type=int, default=160, help='px, with --backbone (default: %(default)s)')
-    p.add_argument('--bs', type=int, default=16, help='images per step, with --backbone (default: %(default)s)')
-    p.add_argument('--steps', type=int, default=4, help='training steps per round (default: %(default)s)')
-    p.add_argument('--repeats', type=int, default=3, help='alternating rounds of fp32 and bf16 (default: %(default)s)')
-    p.add_argument('--tolerance', type=float, default=0.1,
-                   help='how much slower auto\'s pick may measure before it counts as wrong (default: %(default)s)')
+    add_side_by_side_flags(p, size=160, bs=16, steps=4, repeats=3, tolerance=0.1, rounds='fp32 and bf16',
+                           slower='auto\'s pick')
     return p
 
 
@@ -77,8 +73,7 @@ def slower(speed, pick, tolerance):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if min(args.size, args.bs, args.steps, args.repeats) < 1 or args.tolerance < 0:
-        raise UsageError('--size, --bs, --steps and --repeats must be at least 1, --tolerance at least 0')
+    check_side_by_side_flags(args)
     cases = [(n, args.size, args.bs) for n in split_list(args.backbone)] if args.backbone else list(MEASURED)
     try:
         specs = {name: backbones.describe(name, size) for name, size, _ in cases}
