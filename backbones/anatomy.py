@@ -263,10 +263,10 @@ def _norm_params(model, used):
 
 def _lora_targets(model, used):
     """Every Linear and ungrouped Conv2d whose weight the body uses and whose forward is torch's own, or torch's
-    behind 'same' padding (timm's Conv2dSame) or with gradients computed by backbones/conv_grad.py. Left out: grouped (and depthwise) convs, since peft refuses a rank
-    that does not divide the groups and their adapter would outweigh them; and layers that transform their weight
-    (weight-standardized convs), since peft builds the adapters from the layer's class, so the update would be
-    standardized too and no longer B·A."""
+    behind 'same' padding (timm's Conv2dSame) or with gradients computed by backbones/conv_grad.py. Left out: grouped
+    (and depthwise) convs, since peft refuses a rank that does not divide the groups and their adapter would outweigh
+    them; and layers that transform their weight (weight-standardized convs), since peft builds the adapters from the
+    layer's class, so the update would be standardized too and no longer B·A."""
     targets, skipped = [], []
     for n, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and f'{n}.weight' in used:
