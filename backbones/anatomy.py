@@ -35,6 +35,9 @@ from backbones.same_pad import SamePadConv2d, unpadded
 from backbones.weights import local_file
 
 TRACE_SIZE = 64   # px: the input a model without a fixed input size is traced at
+# convs that compute torch's Conv2d of their weight: torch's own, behind timm's 'same' padding (either form), or with
+# gradients computed by backbones/conv_grad.py; a LoRA adapter over one is B·A added to that weight
+TORCH_CONVS = (nn.Conv2d, Conv2dSame, SamePadConv2d, conv_grad.Conv2d)
 # where torch and timm define their normalization layers: BatchNorm, LayerNorm, GroupNorm, RmsNorm, their Act forms
 NORM_MODULES = ('torch.nn.modules.batchnorm', 'torch.nn.modules.normalization', 'timm.layers.norm',
                 'timm.layers.norm_act', 'timm.layers.fast_norm')
@@ -270,8 +273,7 @@ def _lora_targets(model, used):
     targets, skipped = [], []
     for n, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and f'{n}.weight' in used:
-            plain = (type(m).forward in (nn.Linear.forward, nn.Conv2d.forward)
-                     or type(m) in (Conv2dSame, SamePadConv2d, conv_grad.Conv2d))
+            plain = type(m).forward in (nn.Linear.forward, nn.Conv2d.forward) or type(m) in TORCH_CONVS
             (targets if plain and not (isinstance(m, nn.Conv2d) and m.groups > 1) else skipped).append(n)
     return tuple(targets), tuple(skipped)
 

@@ -27,10 +27,9 @@ import weakref
 
 import torch
 import torch.nn as nn
-from timm.layers import BatchNormAct2d, Conv2dSame
+from timm.layers import BatchNormAct2d
 
-from backbones import conv_grad
-from backbones.same_pad import SamePadConv2d
+from backbones.anatomy import TORCH_CONVS
 from bench.train.learner import autocast, eval_mode
 
 _twins = weakref.WeakKeyDictionary()  # model -> its Twin (None: evaluated as it is), made once per model
@@ -74,16 +73,15 @@ def find_pairs(model, x, context=contextlib.nullcontext):
 
 
 def mergeable(m):
-    """A peft LoRA layer whose adapters merge into its base: vanilla LoRA over torch's own Linear or Conv2d (or
-    timm's 'same'-padded one), each adapter's first conv of the base's class, reading the input as the base does."""
+    """A peft LoRA layer whose adapters merge into its base: vanilla LoRA over torch's own Linear or a conv of
+    backbones.anatomy.TORCH_CONVS, each adapter's first conv of the base's class, reading the input as the base does."""
     base = getattr(m, 'base_layer', None)
     if base is None or not hasattr(m, 'get_delta_weight') or m.merged or m.disable_adapters or m.lora_variant:
         return False
     if type(base) is nn.Linear:
         return not getattr(m, 'fan_in_fan_out', False)
-    reads = {conv_grad.Conv2d: nn.Conv2d}.get(type(base), type(base))  # ours computes gradients only otherwise
-    return reads in (nn.Conv2d, Conv2dSame, SamePadConv2d) and all(
-        type(a) in (type(base), reads) and (a.kernel_size, a.stride, a.padding, a.dilation) == (
+    return type(base) in TORCH_CONVS and all(
+        type(a) is type(base) and (a.kernel_size, a.stride, a.padding, a.dilation) == (
             base.kernel_size, base.stride, base.padding, base.dilation) for a in m.lora_A.values())
 
 

@@ -54,9 +54,8 @@ def saved_bytes_per_image(model, x, autocast, train=True):
     where `x` is two) saves beyond a pass over `x`, so that only what grows with the batch counts, not the weights
     nor what a pass saves once whatever its batch (under autocast, the low-precision copy of each weight it casts:
     ResNet18 at 96 px in bf16, 12.8 MB per image read off one pass of two, 2.1 MB its activations). In training
-    mode; buffers (BatchNorm
-    statistics) and random states are put back afterwards. `train` False: in eval mode, with a gradient asked for
-    the input, so that every activation is saved (a bound on what inference holds)."""
+    mode; buffers (BatchNorm statistics) and random states are put back afterwards. `train` False: in eval mode, with
+    a gradient asked for the input, so that every activation is saved (a bound on what inference holds)."""
     one = _saved_bytes(model, x, autocast, train)
     return max(0., _saved_bytes(model, torch.cat([x, x]), autocast, train) - one) / x.shape[0]
 
