@@ -114,6 +114,20 @@ def test_the_same_configuration_on_two_devices_is_never_pooled():
     assert '70.00' not in text
 
 
+
+def test_a_row_shows_each_seeds_latest_run_even_where_code_versions_keyed_it_differently():
+    """A later code version may key the same settings differently (a field added with its default): the row, its
+    cells, its verdicts and the front page all read each seed's latest run, never both runs of one seed."""
+    old = three_seeds('full', [0.30, 0.32, 0.34], secs=(50.0, 50.0, 50.0))
+    new = [dict(r, key=f'new{i}', started_at='2026-02-01T00:00:00+00:00', test_acc=acc, train_seconds=20.0)
+           for i, (r, acc) in enumerate(zip(three_seeds('full', [0.0] * 3), (0.40, 0.42, 0.44)))]
+    records = [new[0], *old, *new[1:]]  # the file need not hold a seed's runs in time order
+    row, = stats.tables(stats.latest_per_run(records)[0])[0].rows
+    assert [r['key'] for r in row.records] == ['new0', 'new1', 'new2'] and row.n == 3
+    text = leaderboard.render(records + three_seeds('partial', [0.1, 0.1, 0.1]))
+    full, = [r for r in table_lines(text, '# W1') if r.startswith('| full')]
+    assert '42.00 ± 2.00' in full and '20.0 ± 0.0' in full and '| 3 ' in full
+    assert 'test accuracy 42.00 ± 2.00 % (n = 3)' in text
 def test_a_torn_or_foreign_line_still_renders(tmp_path, capsys):
     results = tmp_path / 'results.jsonl'
     for r in FIXTURE:
