@@ -160,7 +160,7 @@ def rows(records, label=None, metric='test_acc'):
     varying = [f for f in LABEL_FIELDS if len({r.get(f) or '' for r in records}) > 1] or ['strategy']
     out = []
     for key, recs in sorted(groups.items()):
-        recs = sorted(latest_per_seed(recs).values(), key=lambda r: r['seed'])
+        recs = sorted(latest(recs, by=lambda r: r['seed']).values(), key=lambda r: r['seed'])
         name = label(recs[0]) if label else ' '.join(str(recs[0].get(f) or '') for f in varying).strip()
         out.append(Row(name or recs[0]['strategy'], recs, metric=metric))
     seen = defaultdict(int)  # configurations equal in the label's fields but not in others get numbered
@@ -172,15 +172,16 @@ def rows(records, label=None, metric='test_acc'):
     return out
 
 
-def latest_per_seed(records):
-    """{seed: its latest record} of one configuration's `records`, by start time, a later one in the list winning a
-    tie. Runs of one configuration and seed can carry different keys: a key is computed by the code that ran it, and
-    a later version may write another for the same settings (a field added with its default); a row shows one."""
+def latest(records, by):
+    """{by(record): its latest record} of `records`, by start time, a later one in the list winning a tie. Runs of
+    one configuration and seed (or one search's trial) can carry different keys: a key is computed by the code that
+    ran it, and a later version may write another for the same run (a field added with its default, a changed
+    default); a table shows the latest."""
     out = {}
     for rec in records:
-        seen = out.get(rec['seed'])
+        seen = out.get(by(rec))
         if seen is None or (rec.get('started_at') or '') >= (seen.get('started_at') or ''):
-            out[rec['seed']] = rec
+            out[by(rec)] = rec
     return out
 
 

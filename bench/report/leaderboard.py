@@ -99,15 +99,16 @@ def file_stem(text):
 
 def search_section(recs):
     """Per search: a summary row (the refits' test accuracy over seeds), the verdict between searches, and each
-    search's trials sorted by validation score."""
+    search's trials sorted by validation score; a trial or a refit run again (by later code) shows its latest run."""
     searches = defaultdict(lambda: {'trial': [], 'refit': []})
     for r in recs:
         s = r['search']
         searches[(s['kind'], s.get('seed'), s.get('cv'), s.get('space', ''))][s.get('role', 'trial')].append(r)
     summary, details = [], []
     for (kind, seed, cv, space), parts in sorted(searches.items(), key=lambda kv: str(kv[0])):
-        trials = sorted(parts['trial'], key=lambda r: (-r['valid_acc'], r['search']['trial']))
-        refits = sorted(parts['refit'], key=lambda r: r['seed'])
+        trials = sorted(stats.latest(parts['trial'], by=lambda r: r['search']['trial']).values(),
+                        key=lambda r: (-r['valid_acc'], r['search']['trial']))
+        refits = sorted(stats.latest(parts['refit'], by=lambda r: r['seed']).values(), key=lambda r: r['seed'])
         best = trials[0] if trials else None
         scoring = f'{cv}-fold CV' if cv else 'hold-out'
         summary.append([kind, seed, scoring, len(trials), _params(best['search']['params']) if best else '-',
