@@ -72,6 +72,17 @@ def test_the_choice_is_made_on_validation_never_on_test():
     assert [r['config']['lr'] for r in kept] == [3.2e-4]
 
 
+def test_a_grid_point_run_again_by_later_code_counts_once_its_latest_run():
+    """Two code versions may key one grid point differently: the choice, the grid's scores and its cost read the
+    point's latest run, whatever order the file holds them in."""
+    later = dict(tuned('full', 0, 1e-4, valid=.80, test=.90), key='later', started_at='2026-02-01T00:00:00+00:00')
+    records = [later, tuned('full', 0, 1e-4, valid=.50, test=.90), tuned('full', 0, 3.2e-4, valid=.70, test=.60),
+               tuned('full', 0, 1e-3, valid=.60, test=.95)]
+    (res,) = tune.results(records).values()
+    assert res.chosen == 1e-4 and res.points == {1e-4: .8, 3.2e-4: .7, 1e-3: .6}
+    assert res.seconds == pytest.approx(2 * (10 + 1))
+
+
 def test_a_tuned_table_shows_the_chosen_rows_their_lr_and_stands_apart_from_fixed_ones(tmp_path):
     grid = [tuned('full', 0, lr, valid=v, test=v) for lr, v in ((1e-4, .5), (3.2e-4, .7), (1e-3, .6))]
     seeds = [tuned('full', s, 3.2e-4, valid=.7, test=.7 + s / 100, role='seed') for s in (1, 2)]

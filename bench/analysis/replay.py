@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from bench.analysis import stats
+from bench.declare import record
 from bench.declare.config import steps_at, steps_per_epoch
 from bench.declare.datasets import BY_FIELD
 from bench.sweep import tune
@@ -44,6 +45,11 @@ def score_at(rec, share, metric):
     return before[-1].get(metric), math.isclose(before[-1]['epoch'], at, abs_tol=1e-6)
 
 
+def candidate(rec):
+    """A grid record's race candidate: its strategy at its grid point."""
+    return Candidate(rec['strategy'], tune.exponent_of(rec['config'][rec['tune']['field']]))
+
+
 def replay(records, experiment):
     """The race on each dataset of `experiment`'s tuned sweep, from its grid runs at the first seed (the grids'
     first three points: an extension past an edge is the sweep's, not the race's)."""
@@ -56,8 +62,7 @@ def replay(records, experiment):
                 and stats.hardware_key(r) == (table.device, table.profile)
                 and r['config'][r['tune']['field']] in r['tune']['grid']]
         for backbone in sorted({r['backbone'] for r in grid}):
-            runs = {Candidate(r['strategy'], tune.exponent_of(r['config'][r['tune']['field']])): r
-                    for r in grid if r['backbone'] == backbone and r['seed'] == 0}
+            runs = record.latest([r for r in grid if r['backbone'] == backbone and r['seed'] == 0], by=candidate)
             metric = BY_FIELD[table.metric].valid
             alive, seen, seconds, exact = list(runs), [], 0., True
             for share in rungs(next(iter(runs.values()))['config']['epochs']):
@@ -71,9 +76,10 @@ def replay(records, experiment):
             rows = [row for row in table.rows if row.records[0]['backbone'] == backbone]
             best = rows[0]
             tied = [row.records[0]['strategy'] for row in rows[1:] if stats.verdict(row, best, table.metric)[0] == 'tied']
-            spent = stats.seconds_spent([r for r in ok if stats.dataset_name(r) == table.dataset and r.get('tune')
-                                         and r['backbone'] == backbone
-                                         and stats.hardware_key(r) == (table.device, table.profile)])
+            swept = [r for r in ok if stats.dataset_name(r) == table.dataset and r.get('tune')
+                     and r['backbone'] == backbone and stats.hardware_key(r) == (table.device, table.profile)]
+            spent = stats.seconds_spent(record.latest(swept, by=lambda r: (
+                r['strategy'], r['seed'], r['config'].get('lr'), r['config'].get('head_lr'))).values())
             out.append(Replay(table.dataset, backbone, table.device, best.records[0]['strategy'], tied, alive, seen,
                               seconds, spent, exact))
     return out

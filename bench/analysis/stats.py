@@ -19,7 +19,7 @@ from scipy import stats
 
 from bench.declare import datasets
 from bench.declare.experiments import EXPERIMENTS
-from bench.declare.record import group_key
+from bench.declare.record import group_key, latest
 from bench.sweep import tune
 
 MIN_SEEDS = 3     # fewer paired seeds than this give no verdict: the interval would be wider than any effect
@@ -169,19 +169,6 @@ def rows(records, label=None, metric='test_acc'):
         if seen[row.label] > 1:
             row.label = f'{row.label} #{seen[row.label]}'
     out.sort(key=lambda r: (-r.mean(metric), -r.mean('test_acc'), -r.mean('valid_acc'), config_key(r.records[0])))
-    return out
-
-
-def latest(records, by):
-    """{by(record): its latest record} of `records`, by start time, a later one in the list winning a tie. Runs of
-    one configuration and seed (or one search's trial) can carry different keys: a key is computed by the code that
-    ran it, and a later version may write another for the same run (a field added with its default, a changed
-    default); a table shows the latest."""
-    out = {}
-    for rec in records:
-        seen = out.get(by(rec))
-        if seen is None or (rec.get('started_at') or '') >= (seen.get('started_at') or ''):
-            out[by(rec)] = rec
     return out
 
 

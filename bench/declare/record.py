@@ -289,6 +289,19 @@ def read(path):
     return records
 
 
+def latest(records, by):
+    """{by(record): its latest record} of `records`, by start time, a later one in the list winning a tie. Runs of
+    one configuration and seed (or one search's trial) can carry different keys: a key is computed by the code that
+    ran it, and a later version may write another for the same run (a field added with its default, a changed
+    default). A table's rows, a search's trials, a tuned grid's choice and the race's replay read the latest."""
+    out = {}
+    for rec in records:
+        seen = out.get(by(rec))
+        if seen is None or (rec.get('started_at') or '') >= (seen.get('started_at') or ''):
+            out[by(rec)] = rec
+    return out
+
+
 def is_record(rec):
     return (isinstance(rec, dict) and isinstance(rec.get('config'), dict) and isinstance(rec.get('key'), str)
             and isinstance(rec.get('experiment'), str) and 'seed' in rec and 'error' in rec)

@@ -106,9 +106,9 @@ def search_section(recs):
         searches[(s['kind'], s.get('seed'), s.get('cv'), s.get('space', ''))][s.get('role', 'trial')].append(r)
     summary, details = [], []
     for (kind, seed, cv, space), parts in sorted(searches.items(), key=lambda kv: str(kv[0])):
-        trials = sorted(stats.latest(parts['trial'], by=lambda r: r['search']['trial']).values(),
+        trials = sorted(record.latest(parts['trial'], by=lambda r: r['search']['trial']).values(),
                         key=lambda r: (-r['valid_acc'], r['search']['trial']))
-        refits = sorted(stats.latest(parts['refit'], by=lambda r: r['seed']).values(), key=lambda r: r['seed'])
+        refits = sorted(record.latest(parts['refit'], by=lambda r: r['seed']).values(), key=lambda r: r['seed'])
         best = trials[0] if trials else None
         scoring = f'{cv}-fold CV' if cv else 'hold-out'
         summary.append([kind, seed, scoring, len(trials), _params(best['search']['params']) if best else '-',

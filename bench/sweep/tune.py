@@ -254,6 +254,7 @@ def results(records):
             grids[group_key(rec['config'], rec.get('device'))].append(rec)
     out = {}
     for key, recs in grids.items():
+        recs = list(record.latest(recs, by=lambda r: point(r)[0]).values())  # a point run again: its latest run
         t = recs[0]['tune']
         scores = dict(point(r) for r in recs)
         choice = choose(scores, [exponent_of(x) for x in t['grid']])
