@@ -51,6 +51,13 @@ def test_the_race_recommends_from_its_records_and_a_rerun_resumes(dataset_dir, t
         c: runner.TESTED_FROM_CHECKPOINT if c in adv.finalists else None for c in adv.scores[1.0]}  # kept weights
     assert 2 <= len(adv.finalists) <= race.MAX_FINALISTS and len(adv.scores[1.0]) in (3, 4)  # 5 -> 3 (+ a 2nd strategy)
     assert {row.n for row in adv.table.rows} == {race.SEEDS}
+    # the same race recorded again by earlier code under other keys, later in the file: the answer reads each run's
+    # latest record, its scores, finalists, seeds and time unchanged
+    earlier = [dict(r, key=f'earlier {r["key"]}', started_at='2000-01-01T00:00:00+00:00', valid_acc=0.0,
+                    test_acc=0.0, wall_seconds=1e6) for r in recs]
+    twice, = advice.advices(recs + earlier)
+    assert (twice.scores, twice.finalists, twice.wall_s) == (adv.scores, adv.finalists, adv.wall_s)
+    assert [row.mean('test_acc') for row in twice.table.rows] == [row.mean('test_acc') for row in adv.table.rows]
     rec = adv.recommendation()
     assert f'**Use {rec.pick}**' in out and rec.pick in {c.strategy for c in adv.finalists}
     assert all(r['wall_seconds'] > r['train_seconds'] for r in recs)
