@@ -10,8 +10,7 @@ from bench.analysis import stats
 from bench.declare import record
 from bench.declare.config import steps_at, steps_per_epoch
 from bench.declare.datasets import BY_FIELD
-from bench.sweep import tune
-from bench.sweep.race import SEEDS, Candidate, finalists, rungs, survivors
+from bench.sweep.race import SEEDS, candidate_of, finalists, rungs, survivors
 
 
 @dataclass
@@ -45,11 +44,6 @@ def score_at(rec, share, metric):
     return before[-1].get(metric), math.isclose(before[-1]['epoch'], at, abs_tol=1e-6)
 
 
-def candidate(rec):
-    """A grid record's race candidate: its strategy at its grid point."""
-    return Candidate(rec['strategy'], tune.exponent_of(rec['config'][rec['tune']['field']]))
-
-
 def replay(records, experiment):
     """The race on each dataset of `experiment`'s tuned sweep, from its grid runs at the first seed (the grids'
     first three points: an extension past an edge is the sweep's, not the race's)."""
@@ -62,7 +56,7 @@ def replay(records, experiment):
                 and stats.hardware_key(r) == (table.device, table.profile)
                 and r['config'][r['tune']['field']] in r['tune']['grid']]
         for backbone in sorted({r['backbone'] for r in grid}):
-            runs = record.latest([r for r in grid if r['backbone'] == backbone and r['seed'] == 0], by=candidate)
+            runs = record.latest([r for r in grid if r['backbone'] == backbone and r['seed'] == 0], by=candidate_of)
             metric = BY_FIELD[table.metric].valid
             alive, seen, seconds, exact = list(runs), [], 0., True
             for share in rungs(next(iter(runs.values()))['config']['epochs']):

@@ -293,7 +293,8 @@ def latest(records, by):
     """{by(record): its latest record} of `records`, by start time, a later one in the list winning a tie. Runs of
     one configuration and seed (or one search's trial) can carry different keys: a key is computed by the code that
     ran it, and a later version may write another for the same run (a field added with its default, a changed
-    default). A table's rows, a search's trials, a tuned grid's choice and the race's replay read the latest."""
+    default). A table's rows, a search's trials, a tuned grid's choice, the advisor's race and its replay on a tuned
+    sweep read the latest."""
     out = {}
     for rec in records:
         seen = out.get(by(rec))
