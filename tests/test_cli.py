@@ -123,10 +123,9 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(args, message, d
 def test_a_size_above_the_presets_resize_enlarges_it():
     """The crop is cut from the resized image: --size 160 over W7's cpu profile (resize 96) would otherwise train on
     a 32 px corner of each image."""
-    assert (resolve('w7', 'cpu').size, resolve('w7', 'cpu').resize) == (96, 96)
-    assert (resolve('w7', 'cpu', size=160).size, resolve('w7', 'cpu', size=160).resize) == (160, 160)
+    preset, cfg = resolve('w7', 'cpu'), resolve('w7', 'cpu', size=160)
+    assert (preset.size, preset.resize) == (96, 96) and (cfg.size, cfg.resize) == (160, 160)
     assert resolve('w1', 'full', size=240).resize == 256  # a crop the preset's resize holds keeps it
-    cfg = resolve('w7', 'cpu', size=160)
     assert prepare_for(cfg, backbones.describe(cfg.backbone), False)(torch.zeros(2, 96, 128, 3, dtype=torch.uint8)
                                                                      ).shape == (2, 3, 160, 160)
 

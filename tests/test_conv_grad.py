@@ -20,6 +20,16 @@ def grads(conv, x):
         out.shape)).sum(), wanted)
 
 
+def route_with_the_same_results(ours, theirs, x):
+    """`ours`'s route, after checking that its output and gradients are `theirs`'s."""
+    name, out, got = grads(ours, x)
+    _, expected_out, expected = grads(theirs, x)
+    torch.testing.assert_close(out, expected_out)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    return name
+
+
 @pytest.mark.parametrize('channels,kernel,stride,padding,map_hw,bias,train_weight,route', [
     (12, 5, 1, 2, (3, 4), False, True, True),      # Lite0's last stage at 96 px: 5x5 on 3x3
     (12, 7, 1, 3, (6, 6), True, True, True),       # ConvNeXt's stage 3 at 96 px: 7x7 on 6x6, with a bias
@@ -35,12 +45,7 @@ def test_rerouted_gradients_are_torchs(channels, kernel, stride, padding, map_hw
     ours = conv_grad.rerouting(copy.deepcopy(torchs))
     assert type(ours) is conv_grad.Conv2d
     x = torch.randn(4, channels, *map_hw).contiguous(memory_format=torch.channels_last).requires_grad_()
-    name, out, got = grads(ours, x)
-    _, expected_out, expected = grads(torchs, x)
-    assert (name == '_ReroutedBackward') == route
-    torch.testing.assert_close(out, expected_out)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert (route_with_the_same_results(ours, torchs, x) == '_ReroutedBackward') == route
 
 
 def test_torchs_own_call_under_autocast_without_grad_and_for_frozen_convs():
@@ -65,12 +70,7 @@ def test_same_padded_depthwise_convs_take_the_route_with_timms_gradients():
     ours = copy.deepcopy(timms)
     ours.__class__ = SamePadConv2d
     x = torch.randn(4, 16, 3, 3, requires_grad=True)
-    name, out, got = grads(ours, x)
-    _, expected_out, expected = grads(timms, x)
-    assert name == '_ReroutedBackward'
-    torch.testing.assert_close(out, expected_out)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert route_with_the_same_results(ours, timms, x) == '_ReroutedBackward'
 
 
 def test_built_models_reroute_their_depthwise_and_biased_convs_only():

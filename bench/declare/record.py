@@ -297,9 +297,9 @@ def latest(records, by):
     sweep read the latest."""
     out = {}
     for rec in records:
-        seen = out.get(by(rec))
-        if seen is None or (rec.get('started_at') or '') >= (seen.get('started_at') or ''):
-            out[by(rec)] = rec
+        key = by(rec)
+        if key not in out or (rec.get('started_at') or '') >= (out[key].get('started_at') or ''):
+            out[key] = rec
     return out
 
 
