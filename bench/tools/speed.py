@@ -111,6 +111,8 @@ def measure(args):
     if n > len(images.train_y):
         raise UsageError(f'--steps x --bs = {n} needs more than the {len(images.train_y)} images in the data')
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'  # as the runs have it
+    if cfg.device == 'cpu':
+        runner.keep_freed_memory()  # as a run's worker has it
     torch.manual_seed(0)
     # the run every script builds (bench/train/run.py), over the first n images; fit validates each epoch, outside the
     # training clock, on one batch
