@@ -151,6 +151,7 @@ def test_a_cpu_run_reuses_the_memory_its_steps_free_and_a_job_hands_it_back_as_i
     # the same pages come back (16,384 faulted in afresh each time otherwise; glibc's aligned allocations may need a
     # second block before they settle)
     assert min(faults_of_a_64mb_tensor() for _ in range(4)) < 1024
+    runner.trim_heap()  # what this process (and the tests before, in it) freed: handed back, for a baseline
     held, real = resident_mb(), runner.train
 
     def train_then_free(*args, **kwargs):  # a run whose last step freed 256 MB
