@@ -162,3 +162,19 @@ def test_a_cpu_run_reuses_the_memory_its_steps_free_and_a_job_hands_it_back_as_i
     monkeypatch.setattr(runner, 'train', train_then_free)
     assert 'results' in runner.work(Job(replace(cfg, seed=1)), images)
     assert resident_mb() - held < 32  # handed back as the job ended
+
+
+@pytest.mark.skipif(runner._glibc() is None, reason='the C library is not glibc: its allocator is its own')
+def test_a_run_plans_its_batches_after_what_the_process_kept_went_back(images, monkeypatch):
+    """What the process freed and its heap kept (a fold before it in the same job, at 224 px: gigabytes) goes back to
+    the OS before a run plans its batches on the memory the OS reports free."""
+    runner.keep_freed_memory()
+    runner.trim_heap()
+    held = resident_mb()
+    torch.ones(64 * 2 ** 20)  # 256 MB, freed: kept
+    assert resident_mb() - held > 150
+    at_build, real = [], run.build
+    monkeypatch.setattr(run, 'build', lambda *a, **k: at_build.append(resident_mb()) or real(*a, **k))
+    runner.train(tiny_config(CPU, backbone='cifar_cnn', head='linear', strategy='full', epochs=1), images,
+                 data.split(images, valid_frac=0.25), test=False, log=lambda line: None)
+    assert at_build[0] - held < 32

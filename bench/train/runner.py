@@ -37,6 +37,7 @@ def train(cfg, images, split, bar=False, test=True, log=print, keep=None):
     """Train and evaluate `cfg` (resolved); returns the result fields of its record. `keep`: a path the trained
     weights are saved to, for a test scored later."""
     collect_garbage()
+    trim_heap()  # what the runs before freed goes back to the OS before this one plans its batches on what is free
     t0 = time.perf_counter()
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'
@@ -211,7 +212,7 @@ def peak_memory_mb(device):
         if peak:
             return (peak - files) / 1024
     except (OSError, ValueError):
-        trim_heap()
+        pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
