@@ -1,6 +1,7 @@
 """What several test modules share: a tiny run (its flags and its config), running a script as the shell would,
 hand-made records."""
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,12 @@ def as_at_a_terminal():
     """Ctrl-C's default action in the child, as a shell at a terminal gives it: a test run from a background job
     (`make test &`) inherits SIGINT ignored, and a script that ignores it is never interrupted."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def resident_mb():
+    """This process's resident set now, in MB (Linux)."""
+    status = Path('/proc/self/status').read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith('VmRSS:'))) / 1024
 
 
 def tiny_config(target=None, **settings):

@@ -17,7 +17,7 @@ from bench import finetune
 from bench.declare import record
 from bench.train.learner import prepare_for
 from bench.train.resolve import resolve
-from tests.helpers import TINY, as_at_a_terminal, run_script
+from tests.helpers import TINY, as_at_a_terminal, resident_mb, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -298,11 +298,6 @@ def suite_args(dataset_dir, results, seeds=1, epochs=1):
     """The suite's flags for W2 then W3 on the tiny data, TINY's run for every script."""
     return ['--only', 'w2,w3', '--data', str(dataset_dir), '--seeds', str(seeds), '--results', str(results), '--',
             *TINY, '--epochs', str(epochs)]
-
-
-def resident_mb():
-    status = Path('/proc/self/status').read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith('VmRSS:'))) / 1024
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from bench.declare import record, strategies
 from bench.images import data
 from bench.sweep.executor import Job
 from bench.train import run, runner
-from tests.helpers import tiny_config
+from tests.helpers import resident_mb, tiny_config
 
 CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
 
@@ -127,11 +127,6 @@ def test_a_runs_peak_memory_counts_what_it_allocates_and_leaves_out_the_files_it
     assert runner.peak_memory_mb('cpu') - before < 64
     held = np.ones(256 * mb // 8)  # allocated and written: the process's own
     assert runner.peak_memory_mb('cpu') - before > 200 and held[-1] == 1
-
-
-def resident_mb():
-    status = Path('/proc/self/status').read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith('VmRSS:'))) / 1024
 
 
 @pytest.mark.skipif(runner._glibc() is None, reason='the C library is not glibc: its allocator is its own')

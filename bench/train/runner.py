@@ -36,8 +36,7 @@ TESTED_AT_END, TESTED_FROM_CHECKPOINT = 'at the end of the run', 'from the run\'
 def train(cfg, images, split, bar=False, test=True, log=print, keep=None):
     """Train and evaluate `cfg` (resolved); returns the result fields of its record. `keep`: a path the trained
     weights are saved to, for a test scored later."""
-    collect_garbage()
-    trim_heap()  # what the runs before freed goes back to the OS before this one plans its batches on what is free
+    collect_garbage()  # and what the runs before freed goes back to the OS before this one plans on what is free
     t0 = time.perf_counter()
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cfg.device == 'cuda'
@@ -125,16 +124,18 @@ def reset_peak_memory(device):
 
 def collect_garbage():
     """Free what the runs before left in reference cycles (a Learner and its callbacks hold one another), before a run
-    builds anything. The first call then freezes what the process holds (torch, fastai, timm, the images: ~0.3 s to
-    walk, at every collection) into the generation no collection scans, and so does any later call after the process
-    imported more (peft, at its first LoRA run: 59,000 objects, 19 ms a collection): each collection walks only what
-    came since. (Whether to freeze is read off the count of modules: gc.get_freeze_count() walks the frozen list, 50
-    ms for 590,000 objects.)"""
+    builds anything (and, on a CPU, as a job ends). The first call then freezes what the process holds (torch, fastai,
+    timm, the images: ~0.3 s to walk, at every collection) into the generation no collection scans, and so does any
+    later call after the process imported more (peft, at its first LoRA run: 59,000 objects, 19 ms a collection): each
+    collection walks only what came since. (Whether to freeze is read off the count of modules: gc.get_freeze_count()
+    walks the frozen list, 50 ms for 590,000 objects.) Then the memory freed goes back to the OS (trim_heap), where the
+    heap kept it."""
     global _modules_frozen
     gc.collect()
     if len(sys.modules) != _modules_frozen:
         gc.freeze()
         _modules_frozen = len(sys.modules)
+    trim_heap()
 
 
 _modules_frozen = 0  # how many modules this process had imported when it last froze
@@ -147,6 +148,7 @@ def trim_heap():
         libc.malloc_trim(0)
 
 
+@functools.cache  # once per process
 def keep_freed_memory():
     """Let a run reuse the memory its previous step freed, where there is glibc. glibc serves each allocation over its
     mmap threshold (at most 32 MB) from pages of its own and hands them back to the OS when it is freed, so the next
@@ -154,18 +156,15 @@ def keep_freed_memory():
     at 224 px, batch 32, one thread, took 444,000 page faults a step, 1.0 s of kernel time in a 3.4 s step (AMD
     EPYC, AVX2). Served from the heap and never trimmed behind the run's back (mallopt: no mmap, no automatic trim),
     the same step takes 17,000 and 2.3 s, the same numbers. The runner trims the heap itself between runs
-    (trim_heap: before a run plans its batches, and as a job ends), so a run plans on, and its peak counts, what is its
-    own. Once per process, for CPU runs (`work`, bench/tools/speed.py)."""
-    global _kept
+    (collect_garbage: before a run plans its batches, and as a job ends), so a run plans on, and its peak counts, what
+    is its own. For CPU runs (`work`, bench/tools/speed.py)."""
     libc = _glibc()
-    if libc is not None and not _kept:
+    if libc is not None:
         libc.mallopt(M_MMAP_MAX, 0)
         libc.mallopt(M_TRIM_THRESHOLD, -1)  # -1: never, as man mallopt says
-        _kept = True
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
-_kept = False  # whether this process set them
 
 
 @functools.cache
@@ -273,8 +272,7 @@ def work(job, images, bar=False, log=print):
     if 'results' in out:  # everything the run took here: what a budget is spent on
         out['results']['wall_seconds'] = time.perf_counter() - t
     if cfg.device == 'cpu':  # the memory the run held goes back now, not at this worker's next run: a run beside it
-        gc.collect()         # plans on what the OS has free
-        trim_heap()
+        collect_garbage()    # plans on what the OS has free
     return out
 
 
