@@ -89,7 +89,11 @@ class Conv2d(nn.Conv2d):
     """torch's Conv2d (zero padding, dilation 1), through `conv2d`."""
 
     def forward(self, x):
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+        return self.conv_with(x, self.weight, self.bias)
+
+    def conv_with(self, x, weight, bias):
+        """This layer's conv of `x` with `weight` and `bias` in place of its own."""
+        return conv2d(x, weight, bias, self.stride, self.padding, self.groups)
 
 
 def rerouting(model):

@@ -26,10 +26,15 @@ class SamePadConv2d(Conv2dSame):
     'same' padding is odd."""
 
     def forward(self, x):
-        (kh, kw), (sh, sw) = self.weight.shape[-2:], self.stride
+        return self.conv_with(x, self.weight, self.bias)
+
+    def conv_with(self, x, weight, bias):
+        """This layer's conv of `x` with `weight` and `bias` in place of its own (bench/train/fold.py folds a
+        frozen BatchNorm into them)."""
+        (kh, kw), (sh, sw) = weight.shape[-2:], self.stride
         ph, pw = same_pad(x.shape[-2], kh, sh, 1), same_pad(x.shape[-1], kw, sw, 1)
-        weight = F.pad(self.weight, (pw % 2, 0, ph % 2, 0)) if ph % 2 or pw % 2 else self.weight
-        return conv2d(x, weight, self.bias, self.stride, (ph - ph // 2, pw - pw // 2), self.groups)
+        weight = F.pad(weight, (pw % 2, 0, ph % 2, 0)) if ph % 2 or pw % 2 else weight
+        return conv2d(x, weight, bias, self.stride, (ph - ph // 2, pw - pw // 2), self.groups)
 
 
 def unpadded(model):

@@ -1,9 +1,10 @@
 """What several test modules share: a tiny run (its flags and its config), running a script as the shell would,
-hand-made records."""
+hand-made records, the aten ops a computation runs."""
 import signal
 from pathlib import Path
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.command import cli
 from bench.declare import record
@@ -73,3 +74,17 @@ FIXTURE = [rec('full', 0, 0.90), rec('full', 1, 0.92, secs=12.0), rec('partial',
            rec('zero_shot', 0, 0.10), rec('full', 0, None, backbone='resnet50', error='no weights offline'),
            rec('partial', 0, None, backbone='resnet50', error='no weights offline'),
            rec('full', 0, 0.50, experiment='w2', backbone='vgg16')]
+
+
+class Ops(TorchDispatchMode):
+    """The names of the aten ops run inside it."""
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+    def batch_norms(self):
+        return sum('batch_norm' in name for name in self.names)

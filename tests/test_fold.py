@@ -1,17 +1,20 @@
 """Evaluation computes what the model computes, on fewer passes: TF 'same' padding without a padded copy
-(backbones/same_pad.py), LoRA merged and BatchNorms folded on an evaluation copy (bench/train/fold.py)."""
+(backbones/same_pad.py), LoRA merged and BatchNorms folded on an evaluation copy (bench/train/fold.py); and training
+too: a BatchNorm its strategy freezes folded into its conv, with the model's gradients."""
 import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
+from fastai.callback.training import set_bn_eval
 from timm.layers import BatchNormAct2d, Conv2dSame
 
 import backbones
 from backbones.same_pad import SamePadConv2d
-from bench.declare.strategies import add_lora
+from bench.declare.strategies import add_lora, prepare
 from bench.train import fold
+from tests.helpers import Ops, tiny_config
 
 
 @pytest.mark.parametrize('kernel,stride,size', [(3, 2, 32), (3, 2, 33), (5, 2, 16), (3, 1, 15), (5, 2, 7), (1, 2, 9)])
@@ -129,3 +132,67 @@ def test_a_bf16_run_is_evaluated_folded_and_checked_in_bf16():
     assert (a - b).norm() <= 0.05 * a.norm()
     gpu = SimpleNamespace(device='cuda', precision='bf16')
     assert fold.folded(net, lambda: x, gpu) is net  # a GPU evaluates the model itself: no copy in its memory
+
+
+def frozen_the_strategys_way(backbone, strategy, x):
+    """A model as `strategy` trains it: prepared (BitFit's marks, LoRA's adapters), a few steps taken so that running
+    statistics and LoRA's B are away from their init, in float64, its BatchNorms as fastai's BnFreeze leaves them."""
+    torch.manual_seed(0)
+    net, _ = backbones.build(backbone, 5, 'linear', weights='none', img_size=32)
+    prepare(net, tiny_config(backbone=backbone, strategy=strategy))
+    trained(net.double(), x)
+    net.train()
+    set_bn_eval(net)
+    return net
+
+
+def step(net, x):
+    """Output, and the gradients of the input and of every parameter that trains, of one forward and backward."""
+    x = x.clone().requires_grad_(True)
+    out = net(x)
+    out.square().sum().backward()
+    return out.detach(), x.grad, {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize('backbone,strategy', [('tf_efficientnet_lite0', 'bitfit'), ('tf_efficientnet_lite0', 'lora'),
+                                               ('cifar_resnet32', 'bitfit'), ('cifar_resnet32', 'lora')])
+def test_a_frozen_batchnorm_trains_folded_into_its_conv_with_the_models_gradients(backbone, strategy):
+    x = torch.randn(4, 3, 32, 32, dtype=torch.double)
+    net = frozen_the_strategys_way(backbone, strategy, x)
+    unfolded = copy.deepcopy(net)
+    norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    assert fold.fold_frozen_norms(net, x[:2]) == norms  # every BatchNorm of these reads its conv alone
+    with Ops() as ops:
+        out, x_grad, grads = step(net, x)
+    assert ops.batch_norms() == 0  # no pass of its own, forward or backward
+    want_out, want_x_grad, want_grads = step(unfolded, x)
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(x_grad, want_x_grad)
+    assert grads.keys() == want_grads.keys() and any('.bn' in n or 'lora_B' in n for n in grads)
+    for name, grad in grads.items():  # BitFit's BatchNorm biases, LoRA's A and B, the head
+        torch.testing.assert_close(grad, want_grads[name], atol=1e-12 * want_grads[name].abs().max(), rtol=1e-7)
+    assert net.state_dict().keys() == unfolded.state_dict().keys()
+    twin = fold.folded(net, lambda: x)  # evaluation's copy folds for good, from the layers' own classes
+    assert not any(isinstance(m, fold._FoldsItsNorm) for m in twin.modules())
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), net(x))
+
+
+@pytest.mark.parametrize('strategy', ['norm_only', 'full'])
+def test_a_batchnorm_that_trains_or_updates_its_statistics_computes_as_it_did(strategy):
+    x = torch.randn(4, 3, 32, 32, dtype=torch.double)
+    net = frozen_the_strategys_way('tf_efficientnet_lite0', strategy, x)
+    unfolded = copy.deepcopy(net)
+    assert fold.fold_frozen_norms(net, x[:2]) > 0
+    with Ops() as ops:
+        out, x_grad, grads = step(net, x)
+    assert ops.batch_norms() >= 2 * sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    want_out, want_x_grad, want_grads = step(unfolded, x)
+    assert torch.equal(out, want_out) and torch.equal(x_grad, want_x_grad)
+    assert all(torch.equal(g, want_grads[n]) for n, g in grads.items())
+    frozen = frozen_the_strategys_way('tf_efficientnet_lite0', 'bitfit', x)
+    fold.fold_frozen_norms(frozen, x[:2])
+    with Ops() as ops, torch.no_grad():  # evaluating (no gradient): each as it is; the copy folds, above
+        frozen(x)
+    assert ops.batch_norms() > 0

@@ -13,7 +13,7 @@ from bench.declare import record, strategies
 from bench.images import data
 from bench.sweep.executor import Job
 from bench.train import run, runner
-from tests.helpers import resident_mb, tiny_config
+from tests.helpers import Ops, resident_mb, tiny_config
 
 CPU = record.Hardware('cpu', 'cpu: test (2 cores)')
 
@@ -173,3 +173,16 @@ def test_a_run_plans_its_batches_after_what_the_process_kept_went_back(images, m
     runner.train(tiny_config(CPU, backbone='cifar_cnn', head='linear', strategy='full', epochs=1), images,
                  data.split(images, valid_frac=0.25), test=False, log=lambda line: None)
     assert at_build[0] - held < 32
+
+
+@pytest.mark.parametrize('strategy,folds', [('bitfit', True), ('full', False)])
+def test_a_cpu_run_trains_the_batchnorms_its_strategy_freezes_folded_into_their_convs(strategy, folds, images):
+    """BitFit's BatchNorms are frozen (fastai's BnFreeze, in its warm-up too): no pass of their own, forward or
+    backward, in the warm-up, the training or the evaluation; full fine-tuning's train and update their statistics."""
+    cfg = tiny_config(CPU, backbone='cifar_resnet32', head='linear', strategy=strategy, epochs=1)
+    built = run.build(cfg, images, data.split(images, valid_frac=0.25), log=lambda line: None)
+    built.evaluate(built.valid_dl)  # the evaluation copy is made (and checked against the model) once, here
+    with Ops() as ops:
+        built.warm_up()
+        built.train()
+    assert (ops.batch_norms() == 0) is folds and built.runlog.epochs

@@ -21,13 +21,13 @@ import torch
 from fastai.basics import Callback, CancelFitException, DataLoaders, Learner
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
-from fastai.callback.training import GradientAccumulation
+from fastai.callback.training import GradientAccumulation, set_bn_eval
 
 import backbones
 from bench.declare.config import Config, image_size
 from bench.declare.strategies import STRATEGIES, prepare
 from bench.images import loader
-from bench.train import memory
+from bench.train import fold, memory
 from bench.train.learner import apply_precision, autocast, group_names, learner, prepare_for, show_progress, sync
 from bench.train.runlog import RunLog, evaluate
 
@@ -161,6 +161,8 @@ def warm_up(model, cfg, loaders, backward=True):
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
     model.train(backward)
+    if backward and not cfg.train_bn:
+        set_bn_eval(model)  # as fastai's BnFreeze sets them when training starts (bench/train/learner.py)
     for x, y in [batch for dl in loaders for batch in dl.shapes()]:
         with torch.set_grad_enabled(backward), autocast(cfg):
             out = model(x)
@@ -200,6 +202,8 @@ def build(cfg, images, split, log=print, plan=True):
     # memory for the phase that trains the most; on cached features the body never sees a gradient
     trains = max((set(ph['names']) for ph in phases), key=len, default=set())
     two = train_dl.head(2)
+    if plan and not cached and torch.device(cfg.device).type == 'cpu' and cfg.precision == 'fp32' and not cfg.compile:
+        fold.fold_frozen_norms(net, two)  # a BatchNorm the strategy freezes computes with its conv (fold.py)
     fit = memory.plan_batches(net, cfg, two, autocast(cfg), trains, eval_cap=EVAL_BS_MAX[torch.device(cfg.device).type])
     # evaluation reads the same images in every run of a process: prepared once and kept (bench/images/loader.py)
     evaluation = dict(prepare=prepare_for(cfg, spec, False), bs=fit.eval_bs, device=cfg.device, keep=True)
