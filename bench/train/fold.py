@@ -26,11 +26,11 @@ weight frozen), it is the same affine map at every step, so the conv computes co
 itself: weight * g and bias * g + (beta - mean * g), made afresh at each forward from the layer's tensors (a LoRA
 layer's weight being its base's plus its adapters' update, its dropout none), so that gradients reach whatever
 trains in them (BitFit's beta; LoRA's A and B) and the BatchNorm applies only its activation. Forward and backward
-skip a pass over the conv's output each (EfficientNet-Lite0, BitFit, 96 px: 0.85x a training step). It folds only on
-a CPU, in fp32, with a gradient wanted, and only while the BatchNorm is in eval mode with its weight frozen; anywhere
-else (a BatchNorm that trains or updates its statistics, evaluation, autocast) each computes as before. Pairs are
-read off the model as for the copy above, and the norm skips its normalization only for the very tensor its conv
-returned folded.
+skip a pass over the conv's output each (EfficientNet-Lite0 at 96 px: a BitFit step 0.89x, LoRA 0.81x; at 224 px
+0.85x and 0.63x: docs/speed.md). It folds only on a CPU, in fp32, with a gradient wanted, and only while the
+BatchNorm is in eval mode with its weight frozen; anywhere else (a BatchNorm that trains or updates its statistics,
+evaluation, autocast) each computes as before. Pairs are read off the model as for the copy above, and the norm
+skips its normalization only for the very tensor its conv returned folded.
 """
 import contextlib
 import copy
