@@ -1,11 +1,12 @@
 """Will a run fit in memory? Estimated before it starts, so that a run too large is refused with the figure it
 needs, or fits by accumulating gradients over smaller batches, and is never killed by the OS mid-sweep.
 
-The estimate is measured, not guessed from the architecture: one forward pass of two images in training mode
-records every tensor autograd saves for the backward pass (saved_tensors_hooks, counting each storage once),
-which is what grows with the batch. On top of it: a gradient for every parameter that may train, the optimizer's
-state for them (Adam and AdamW: two moments; SGD: one momentum), the batch itself, and a margin for the backward
-pass's transient buffers. What is free: `--memory-limit-mb` if given, else what the device has free (CUDA's free
+The estimate is measured, not guessed from the architecture: one forward pass of two images in training mode (a
+BatchNorm whose weight stays frozen in eval mode, as the run's BnFreeze will set it, unless --train-bn) records every
+tensor autograd saves for the backward pass (saved_tensors_hooks, counting each storage once), which is what grows
+with the batch. On top of it: a gradient for every parameter that may train, the optimizer's state for them (Adam
+and AdamW: two moments; SGD: one momentum), the batch itself, and a margin for the backward pass's transient
+buffers. What is free: `--memory-limit-mb` if given, else what the device has free (CUDA's free
 memory; on a CPU the memory the OS reports available, shared with the runs beside it), less a safety share.
 
 Evaluation needs no saved activations, so it runs in larger batches than training: the largest (up to a cap) whose
@@ -15,6 +16,7 @@ activation then is saved: more than inference ever holds at once, so the batch i
 from dataclasses import dataclass
 
 import torch
+from fastai.callback.training import set_bn_eval
 
 BACKWARD_MARGIN = 1.5   # activations' gradients and kernel workspaces during the backward pass, over the saved tensors
 USABLE_SHARE = 0.85     # of the free memory a run plans to use: the allocator's slack and other processes
@@ -49,18 +51,20 @@ def _restore(model, buffers):
         b.copy_(buffers[name])
 
 
-def saved_bytes_per_image(model, x, autocast, train=True):
+def saved_bytes_per_image(model, x, autocast, train=True, frozen_bn=False):
     """Bytes autograd saves for the backward pass, per image: what a pass over `x` twice over (a batch of four,
     where `x` is two) saves beyond a pass over `x`, so that only what grows with the batch counts, not the weights
     nor what a pass saves once whatever its batch (under autocast, the low-precision copy of each weight it casts:
     ResNet18 at 96 px in bf16, 12.8 MB per image read off one pass of two, 2.1 MB its activations). In training
-    mode; buffers (BatchNorm statistics) and random states are put back afterwards. `train` False: in eval mode, with
-    a gradient asked for the input, so that every activation is saved (a bound on what inference holds)."""
-    one = _saved_bytes(model, x, autocast, train)
-    return max(0., _saved_bytes(model, torch.cat([x, x]), autocast, train) - one) / x.shape[0]
+    mode (`frozen_bn`: a BatchNorm whose weight does not train in eval mode, as fastai's BnFreeze sets it, and so
+    folded into its conv on a CPU: bench/train/fold.py); buffers (BatchNorm statistics) and random states are put back
+    afterwards. `train` False: in eval mode, with a gradient asked for the input, so that every activation is saved
+    (a bound on what inference holds)."""
+    one = _saved_bytes(model, x, autocast, train, frozen_bn)
+    return max(0., _saved_bytes(model, torch.cat([x, x]), autocast, train, frozen_bn) - one) / x.shape[0]
 
 
-def _saved_bytes(model, x, autocast, train):
+def _saved_bytes(model, x, autocast, train, frozen_bn=False):
     """Bytes of the storages autograd saves in one forward pass over `x`, the parameters' own left out."""
     seen, total = {p.untyped_storage().data_ptr() for p in model.parameters()}, 0
 
@@ -76,14 +80,17 @@ def _saved_bytes(model, x, autocast, train):
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if x.is_cuda else None)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.train(train)
+    if train and frozen_bn:
+        set_bn_eval(model)
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
             model(x if train else x.detach().requires_grad_())
     finally:
         _restore(model, buffers)
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
         torch.set_rng_state(rng[0])
         if rng[1] is not None:
             torch.cuda.set_rng_state_all(rng[1])
@@ -113,7 +120,7 @@ def plan_batches(model, cfg, x, autocast, trains, eval_cap=128):
     for n, p in params.items():
         p.requires_grad_(n in trains)
     try:
-        saved = saved_bytes_per_image(model, x, autocast)
+        saved = saved_bytes_per_image(model, x, autocast, frozen_bn=not cfg.train_bn)
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])
