@@ -7,7 +7,8 @@ import torch
 import backbones
 from bench.images import data
 from bench.sweep.executor import Job
-from bench.train import learner, memory, runner
+from bench.declare.strategies import prepare
+from bench.train import fold, learner, memory, runner
 from tests.helpers import tiny_config
 
 
@@ -147,3 +148,21 @@ def test_passes_too_small_for_training_batchnorm_are_refused_and_allowed_without
     assert (fit.micro_bs, fit.accumulate) == (4, 4)
     small = memory.plan_batches(net, replace(cfg, bs=4), x, learner.autocast(cfg), names)
     assert (small.micro_bs, small.accumulate) == (4, 1)  # a run's own batch below the floor is the user's choice
+
+
+def test_the_estimate_measures_batchnorms_in_the_modes_training_gives_them():
+    """BnFreeze keeps a BatchNorm whose weight is frozen in eval mode, folded into its conv on a CPU (BitFit): the
+    probe measures that pass, not one where every BatchNorm trains (Lite0 at 224 px, batch 32, 3,072 MB: one pass
+    instead of two of 16); with --train-bn every one trains, and the probe puts every module's mode back."""
+    cfg = tiny_config(backbone='cifar_resnet32', head='linear', strategy='bitfit', bs=16)
+    net, x = net_and_batch(cfg)
+    prepare(net, cfg)
+    fold.fold_frozen_norms(net, x)
+    trains = {n for n, p in net.named_parameters() if p.requires_grad}
+    net.train()
+    net.body.eval()
+    modes = [m.training for m in net.modules()]
+    frozen = memory.plan_batches(net, cfg, x, learner.autocast(cfg), trains)
+    training = memory.plan_batches(net, replace(cfg, train_bn=True), x, learner.autocast(cfg), trains)
+    assert frozen.estimate_mb < training.estimate_mb
+    assert [m.training for m in net.modules()] == modes
