@@ -34,6 +34,7 @@ skips its normalization only for the very tensor its conv returned folded.
 """
 import contextlib
 import copy
+import functools
 import inspect
 import weakref
 
@@ -225,9 +226,8 @@ class _FoldedBatchNormAct2d(BatchNormAct2d):
         return self.act(self.drop(x)) if _normalized(self, x) else super().forward(x)
 
 
-_NORMS = (nn.BatchNorm2d, BatchNormAct2d, _FoldedBatchNorm2d, _FoldedBatchNormAct2d)
 _FOLDED_NORM = {nn.BatchNorm2d: _FoldedBatchNorm2d, BatchNormAct2d: _FoldedBatchNormAct2d}
-_PLAIN = {folded: plain for plain, folded in _FOLDED_NORM.items()}  # and each folding conv class (below)
+_NORMS = (*_FOLDED_NORM, *_FOLDED_NORM.values())
 
 
 def _normalized(norm, x):
@@ -259,14 +259,10 @@ class _FoldsItsNorm:
         return out
 
 
-_FOLDING = {}  # a conv class -> its class that folds its norm
-
-
+@functools.cache
 def _folding_class(cls):
-    if cls not in _FOLDING:
-        _FOLDING[cls] = type(f'Folding{cls.__name__}', (_FoldsItsNorm, cls), {'__module__': __name__})
-        _PLAIN[_FOLDING[cls]] = cls
-    return _FOLDING[cls]
+    """`cls` computing its BatchNorm with it (one class per conv class); its last base is `cls`."""
+    return type(f'Folding{cls.__name__}', (_FoldsItsNorm, cls), {'__module__': __name__})
 
 
 def _computes_plainly(conv):
@@ -297,7 +293,7 @@ def fold_frozen_norms(model, x):
 
 
 def unfolding(m):
-    """`m` back to its own class, where fold_frozen_norms changed it."""
-    if type(m) in _PLAIN:
-        m.__class__ = _PLAIN[type(m)]
+    """`m` back to its own class (each class fold_frozen_norms gives has it as its last base)."""
+    if isinstance(m, _FoldsItsNorm) or type(m) in _FOLDED_NORM.values():
+        m.__class__ = type(m).__bases__[-1]
         m.__dict__.pop('_folds', None)

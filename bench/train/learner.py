@@ -12,7 +12,7 @@ import torch
 from fastai.basics import Callback, CrossEntropyLossFlat, Learner, accuracy
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.training import BnFreeze
+from fastai.callback.training import BnFreeze, set_bn_eval
 from fastai.learner import AvgSmoothLoss, Metric
 from fastai.torch_core import norm_bias_params
 
@@ -107,15 +107,29 @@ class Bar(ProgressCallback):
 
 
 @contextlib.contextmanager
-def eval_mode(model):
-    """`model` in eval mode inside, every module's train/eval mode put back as it was afterwards."""
+def modes_kept(model):
+    """Inside, `model`'s modes may change; every module's train/eval mode is put back as it was afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
         yield model
     finally:
         for m, mode in modes:
             m.train(mode)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode inside, every module's train/eval mode put back as it was afterwards."""
+    with modes_kept(model):
+        yield model.eval()
+
+
+def training_modes(model, train_bn):
+    """`model` in training mode as a fit puts it: a BatchNorm whose weight is frozen stays in eval mode (fastai's
+    BnFreeze, which `learner` adds unless `train_bn`), and so, on a CPU, folded into its conv (fold.py)."""
+    model.train()
+    if not train_bn:
+        set_bn_eval(model)
 
 
 def autocast(cfg):

@@ -16,7 +16,8 @@ activation then is saved: more than inference ever holds at once, so the batch i
 from dataclasses import dataclass
 
 import torch
-from fastai.callback.training import set_bn_eval
+
+from bench.train.learner import modes_kept, training_modes
 
 BACKWARD_MARGIN = 1.5   # activations' gradients and kernel workspaces during the backward pass, over the saved tensors
 USABLE_SHARE = 0.85     # of the free memory a run plans to use: the allocator's slack and other processes
@@ -51,20 +52,20 @@ def _restore(model, buffers):
         b.copy_(buffers[name])
 
 
-def saved_bytes_per_image(model, x, autocast, train=True, frozen_bn=False):
+def saved_bytes_per_image(model, x, autocast, train=True, train_bn=True):
     """Bytes autograd saves for the backward pass, per image: what a pass over `x` twice over (a batch of four,
     where `x` is two) saves beyond a pass over `x`, so that only what grows with the batch counts, not the weights
     nor what a pass saves once whatever its batch (under autocast, the low-precision copy of each weight it casts:
     ResNet18 at 96 px in bf16, 12.8 MB per image read off one pass of two, 2.1 MB its activations). In training
-    mode (`frozen_bn`: a BatchNorm whose weight does not train in eval mode, as fastai's BnFreeze sets it, and so
-    folded into its conv on a CPU: bench/train/fold.py); buffers (BatchNorm statistics) and random states are put back
-    afterwards. `train` False: in eval mode, with a gradient asked for the input, so that every activation is saved
-    (a bound on what inference holds)."""
-    one = _saved_bytes(model, x, autocast, train, frozen_bn)
-    return max(0., _saved_bytes(model, torch.cat([x, x]), autocast, train, frozen_bn) - one) / x.shape[0]
+    mode (`train_bn` False: a BatchNorm whose weight does not train in eval mode, as fastai's BnFreeze sets it, and
+    so folded into its conv on a CPU: bench/train/fold.py); every module's mode, the buffers (BatchNorm statistics)
+    and random states are put back afterwards. `train` False: in eval mode, with a gradient asked for the input, so
+    that every activation is saved (a bound on what inference holds)."""
+    one = _saved_bytes(model, x, autocast, train, train_bn)
+    return max(0., _saved_bytes(model, torch.cat([x, x]), autocast, train, train_bn) - one) / x.shape[0]
 
 
-def _saved_bytes(model, x, autocast, train, frozen_bn=False):
+def _saved_bytes(model, x, autocast, train, train_bn=True):
     """Bytes of the storages autograd saves in one forward pass over `x`, the parameters' own left out."""
     seen, total = {p.untyped_storage().data_ptr() for p in model.parameters()}, 0
 
@@ -80,17 +81,16 @@ def _saved_bytes(model, x, autocast, train, frozen_bn=False):
 
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if x.is_cuda else None)
-    modes = {m: m.training for m in model.modules()}
-    model.train(train)
-    if train and frozen_bn:
-        set_bn_eval(model)
     try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-            model(x if train else x.detach().requires_grad_())
+        with modes_kept(model):
+            if train:
+                training_modes(model, train_bn)
+            else:
+                model.eval()
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+                model(x if train else x.detach().requires_grad_())
     finally:
         _restore(model, buffers)
-        for m, training in modes.items():
-            m.training = training
         torch.set_rng_state(rng[0])
         if rng[1] is not None:
             torch.cuda.set_rng_state_all(rng[1])
@@ -120,7 +120,7 @@ def plan_batches(model, cfg, x, autocast, trains, eval_cap=128):
     for n, p in params.items():
         p.requires_grad_(n in trains)
     try:
-        saved = saved_bytes_per_image(model, x, autocast, frozen_bn=not cfg.train_bn)
+        saved = saved_bytes_per_image(model, x, autocast, train_bn=cfg.train_bn)
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])

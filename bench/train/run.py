@@ -21,14 +21,15 @@ import torch
 from fastai.basics import Callback, CancelFitException, DataLoaders, Learner
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
-from fastai.callback.training import GradientAccumulation, set_bn_eval
+from fastai.callback.training import GradientAccumulation
 
 import backbones
 from bench.declare.config import Config, image_size
 from bench.declare.strategies import STRATEGIES, prepare
 from bench.images import loader
 from bench.train import fold, memory
-from bench.train.learner import apply_precision, autocast, group_names, learner, prepare_for, show_progress, sync
+from bench.train.learner import (apply_precision, autocast, group_names, learner, prepare_for, show_progress, sync,
+                                 training_modes)
 from bench.train.runlog import RunLog, evaluate
 
 
@@ -160,9 +161,10 @@ def warm_up(model, cfg, loaders, backward=True):
     t = time.perf_counter()
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cfg.device == 'cuda' else None)
-    model.train(backward)
-    if backward and not cfg.train_bn:
-        set_bn_eval(model)  # as fastai's BnFreeze sets them when training starts (bench/train/learner.py)
+    if backward:
+        training_modes(model, cfg.train_bn)
+    else:
+        model.eval()
     for x, y in [batch for dl in loaders for batch in dl.shapes()]:
         with torch.set_grad_enabled(backward), autocast(cfg):
             out = model(x)
